@@ -1,0 +1,131 @@
+"""Every error agent-runner raises, in one tree.
+
+::
+
+    AgentRunnerError
+    ├── InvalidRequestError          a caller mistake: bad argument, unknown name, bad message
+    │   ├── SessionNotFoundError     resume/confirm against a session that does not exist
+    │   └── UnknownToolCallError     a confirmation for a call ID nobody is waiting on
+    ├── ConfigurationError           a bad setting (environment variable, URL, option)
+    ├── ModelError                   the model endpoint failed or misbehaved
+    │   ├── ModelHTTPError           the endpoint answered 4xx/5xx
+    │   ├── ModelTimeoutError        no answer in time
+    │   └── ModelConnectionError     the endpoint could not be reached
+    ├── ToolError                    a tool call could not be carried out (shown to the model)
+    │   ├── ToolNotFoundError
+    │   ├── ToolArgumentsError
+    │   └── ToolExecutionError
+    ├── SessionBackendError          the session store failed (server down, timeout, ...)
+    │   └── CorruptSessionDataError  stored data that cannot be decoded; never skipped
+    └── RunError                     a run ended badly (raised by blocking helpers only)
+
+Messages say what was wrong and how to fix it. Driver errors are translated at the
+boundary with ``raise ... from exc`` so the original stays in ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentRunnerError",
+    "ConfigurationError",
+    "CorruptSessionDataError",
+    "InvalidRequestError",
+    "ModelConnectionError",
+    "ModelError",
+    "ModelHTTPError",
+    "ModelTimeoutError",
+    "RunError",
+    "SessionBackendError",
+    "SessionNotFoundError",
+    "ToolArgumentsError",
+    "ToolError",
+    "ToolExecutionError",
+    "ToolNotFoundError",
+    "UnknownToolCallError",
+]
+
+
+class AgentRunnerError(Exception):
+    """Root of every error raised by agent-runner."""
+
+
+class InvalidRequestError(AgentRunnerError, ValueError):
+    """The caller passed something invalid. The message names the field and the fix."""
+
+
+class SessionNotFoundError(InvalidRequestError):
+    """An operation needs an existing session and there is none."""
+
+
+class UnknownToolCallError(InvalidRequestError):
+    """A tool confirmation names a call ID that no paused run is waiting on."""
+
+
+class ConfigurationError(AgentRunnerError, ValueError):
+    """A setting is invalid. The message names the variable or option."""
+
+
+class ModelError(AgentRunnerError):
+    """The model endpoint failed.
+
+    Attributes:
+        error_type: a short machine-readable kind (``http_error``, ``timeout``, ...).
+        code: the HTTP status or provider error code when known.
+    """
+
+    error_type = "model_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class ModelHTTPError(ModelError):
+    error_type = "model_http_error"
+
+
+class ModelTimeoutError(ModelError):
+    error_type = "model_timeout"
+
+
+class ModelConnectionError(ModelError):
+    error_type = "model_connection_error"
+
+
+class ToolError(AgentRunnerError):
+    """A tool call failed. The runner turns it into a tool result the model can read."""
+
+    error_type = "tool_error"
+
+
+class ToolNotFoundError(ToolError):
+    error_type = "tool_not_found"
+
+
+class ToolArgumentsError(ToolError):
+    error_type = "tool_invalid_arguments"
+
+
+class ToolExecutionError(ToolError):
+    error_type = "tool_execution_error"
+
+
+class SessionBackendError(AgentRunnerError):
+    """The session store failed. The message names the server and what to check."""
+
+
+class CorruptSessionDataError(SessionBackendError):
+    """Stored session data could not be decoded. It is reported, never skipped."""
+
+
+class RunError(AgentRunnerError):
+    """Raised by blocking helpers when a run did not complete.
+
+    Attributes:
+        status: the completion status (``failed``, ``cancelled``, ``timeout``, ``paused``).
+    """
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,1 @@
+"""Real celery worker fixtures."""

@@ -1,0 +1,1 @@
+"""Real redis-server and PostgreSQL fixtures (see module docstring once written)."""
