@@ -22,9 +22,13 @@ from .errors import (
     UnknownToolCallError,
 )
 from .events import Event, EventActions, EventError, EventType, RunStatus, Usage
+from .agent import LLMAgent
 from .messages import FunctionCall, Message, ToolCall
 from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
+from .openai_model import OpenAIModel
+from .runner import Runner, RunStream
 from .session import Session, SessionKey, SessionService, Summary
+from .tools import FunctionTool, ToolContext, tool
 
 __all__ = [
     "AgentRunnerError",
@@ -35,8 +39,10 @@ __all__ = [
     "EventError",
     "EventType",
     "FunctionCall",
+    "FunctionTool",
     "GenerationConfig",
     "InvalidRequestError",
+    "LLMAgent",
     "Message",
     "Model",
     "ModelConnectionError",
@@ -46,8 +52,11 @@ __all__ = [
     "ModelRequest",
     "ModelResponse",
     "ModelTimeoutError",
+    "OpenAIModel",
     "RunError",
     "RunStatus",
+    "RunStream",
+    "Runner",
     "Session",
     "SessionBackendError",
     "SessionKey",
@@ -57,9 +66,11 @@ __all__ = [
     "TextDelta",
     "ToolArgumentsError",
     "ToolCall",
+    "ToolContext",
     "ToolError",
     "ToolExecutionError",
     "ToolNotFoundError",
-    "Usage",
     "UnknownToolCallError",
+    "Usage",
+    "tool",
 ]

@@ -15,13 +15,12 @@ Types:
 - ``runner.completion``  always the last event of a run (``status``, ``final_text``, ``usage``,
                          ``cost``, ``state``)
 
-``python -m runner_core.events docs/event.schema.json`` writes the JSON Schema of events.
+``python -m runner_core.schema docs/event.schema.json`` writes the JSON Schema of events.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -164,18 +163,3 @@ def event_json_schema() -> dict[str, Any]:
 
 def render_event_json_schema() -> str:
     return json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    text = render_event_json_schema()
-    if args:
-        with open(args[0], "w", encoding="utf-8") as fh:
-            fh.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

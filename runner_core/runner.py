@@ -1,0 +1,548 @@
+"""Runner: owns the session and the event stream of every run.
+
+For each run the Runner gets or creates the session, picks the invocation ID, numbers every
+event with a gap-free ``seq``, appends every non-partial event to the session before handing it
+out (the user message first), and always ends with one ``runner.completion`` event, whatever
+happened: completed, failed, cancelled, timeout or paused.
+
+Runs execute in their own asyncio task, so :meth:`RunStream.cancel` (or cancelling the task that
+iterates) stops the run at its next await and still delivers a ``cancelled`` completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from .agent import LLMAgent
+from .context import pending_tool_calls
+from .errors import (
+    AgentRunnerError,
+    InvalidRequestError,
+    SessionBackendError,
+    SessionNotFoundError,
+    UnknownToolCallError,
+)
+from .events import Event, EventError, RunStatus, Usage
+from .invocation import InvocationContext, RunOutcome, ToolDecision
+from .messages import Message, coerce_message
+from .session import Session, SessionService, validate_identifier
+
+__all__ = ["RunStream", "Runner"]
+
+Emit = Callable[[Event], None]
+
+
+class RunStream:
+    """The events of one run, as an async iterator; the last one is ``runner.completion``.
+
+    Use it directly in ``async for``, or as ``async with runner.run(...) as stream:`` so that
+    leaving the block early cancels the run.
+    """
+
+    def __init__(
+        self, body: Callable[[Emit], Coroutine[Any, Any, None]], invocation_id: str
+    ) -> None:
+        self.invocation_id = invocation_id
+        self._body = body
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._cancel_requested = False
+        self._completion: Event | None = None
+
+    def _start(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._body(self._queue.put_nowait))
+            if self._cancel_requested:
+                self._task.cancel()
+        return self._task
+
+    def __aiter__(self) -> RunStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._completion is not None:
+            raise StopAsyncIteration
+        self._start()
+        try:
+            event = await self._queue.get()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        if event.type == "runner.completion":
+            self._completion = event
+        return event
+
+    def cancel(self) -> None:
+        """Stop the run at its next await; the stream still ends with a completion."""
+        self._cancel_requested = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def completion(self) -> Event:
+        """Run to the end (consuming the remaining events) and return the completion."""
+        async for _ in self:
+            pass
+        assert self._completion is not None
+        return self._completion
+
+    async def aclose(self) -> None:
+        """Cancel the run if it is still going and wait until it has cleaned up."""
+        if self._task is None:
+            return
+        self.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def __aenter__(self) -> RunStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _validate_confirmations(raw: Mapping[str, Any] | None) -> dict[str, ToolDecision]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise InvalidRequestError(
+            "tool_confirmations must be a dict of {call_id: True | False | "
+            '{"arguments": {...}}}.'
+        )
+    decisions: dict[str, ToolDecision] = {}
+    for call_id, decision in raw.items():
+        if isinstance(decision, bool):
+            decisions[call_id] = decision
+        elif (
+            isinstance(decision, Mapping)
+            and set(decision) == {"arguments"}
+            and isinstance(decision["arguments"], dict | str)
+        ):
+            decisions[call_id] = dict(decision)
+        else:
+            raise InvalidRequestError(
+                f"tool_confirmations[{call_id!r}] must be True (run it), False (refuse it) or "
+                '{"arguments": {...}} (run it with edited arguments).'
+            )
+    return decisions
+
+
+class Runner:
+    """Runs an agent against sessions of one app.
+
+    Args:
+        app_name: the app the sessions belong to.
+        agent: the agent to run.
+        session_service: where sessions live. Default: a new in-memory store, which the
+            Runner closes in :meth:`close`. A store passed in is never closed by the Runner.
+
+    Raises:
+        InvalidRequestError: ``app_name`` is empty, too long or has invalid characters.
+    """
+
+    def __init__(
+        self,
+        app_name: str,
+        agent: LLMAgent,
+        *,
+        session_service: SessionService | None = None,
+    ) -> None:
+        self.app_name = validate_identifier(app_name, "app_name")
+        self.agent = agent
+        self._owns_service = session_service is None
+        if session_service is None:
+            from .memory_sessions import InMemorySessionService
+
+            session_service = InMemorySessionService()
+        self.session_service: SessionService = session_service
+        self._closed = False
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
+
+    async def close(self) -> None:
+        """Close what the Runner created itself. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_service:
+            await self.session_service.close()
+
+    async def __aenter__(self) -> Runner:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def run(
+        self,
+        user_id: str,
+        session_id: str | None,
+        message: str | Message | Mapping[str, Any] | None,
+        *,
+        messages: Sequence[str | Message | Mapping[str, Any]] | None = None,
+        resume: bool = False,
+        tool_confirmations: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        invocation_id: str | None = None,
+        first_seq: int = 0,
+        timeout_s: float | None = None,
+    ) -> RunStream:
+        """Start a run; returns its event stream at once.
+
+        Args:
+            user_id: the user the session belongs to.
+            session_id: the session; empty or None creates a new one with a generated ID.
+            message: the user's input (text or a message); None only when resuming.
+            messages: a prior conversation that seeds an empty session (the last user turn
+                is not duplicated when it equals ``message``).
+            resume: first run the tool calls the session left without results.
+            tool_confirmations: answers for paused calls, ``{call_id: True | False |
+                {"arguments": {...}}}``; implies ``resume``.
+            request_id: the caller's ID, copied onto every event.
+            invocation_id: default: a new UUID. If the session already holds events of this
+                invocation (a redelivered run), the run continues it: stored events with
+                ``seq >= first_seq`` are handed out again, completed tools are not re-run.
+            first_seq: the first ``seq`` to use (events below it were already delivered).
+            timeout_s: end the run with status ``timeout`` after this many seconds.
+
+        Raises:
+            InvalidRequestError: a bad ID, message, confirmation or timeout, naming the field.
+        """
+        if self._closed:
+            raise InvalidRequestError("this Runner is closed; create a new one.")
+        validate_identifier(user_id, "user_id")
+        if session_id:
+            validate_identifier(session_id, "session_id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise InvalidRequestError("request_id must be a string.")
+        decisions = _validate_confirmations(tool_confirmations)
+        resume = resume or bool(decisions)
+        user_message = coerce_message(message) if message is not None else None
+        if user_message is None and not resume:
+            raise InvalidRequestError(
+                "message is required unless resume=True (or tool_confirmations are given)."
+            )
+        if user_message is not None and user_message.role != "user":
+            raise InvalidRequestError(
+                f"message must have role 'user', got {user_message.role!r}."
+            )
+        seed = [
+            coerce_message(m, field=f"messages[{i}]") for i, m in enumerate(messages or ())
+        ]
+        if timeout_s is not None and not timeout_s > 0:
+            raise InvalidRequestError("timeout_s must be a positive number of seconds.")
+        if first_seq < 0:
+            raise InvalidRequestError("first_seq must be >= 0.")
+        invocation_id = invocation_id or uuid.uuid4().hex
+        validate_identifier(invocation_id, "invocation_id")
+        plan = _RunPlan(
+            runner=self,
+            user_id=user_id,
+            session_id=session_id or None,
+            message=user_message,
+            seed=seed,
+            resume=resume,
+            decisions=decisions,
+            request_id=request_id,
+            invocation_id=invocation_id,
+            next_seq=first_seq,
+            timeout_s=timeout_s,
+        )
+        return RunStream(plan.execute, invocation_id)
+
+    def run_sync(
+        self,
+        user_id: str,
+        session_id: str | None,
+        message: str | Message | Mapping[str, Any] | None,
+        **options: Any,
+    ) -> Event:
+        """Blocking convenience for scripts: run to the end and return the completion.
+
+        Uses one private event loop per Runner, so clients stay usable across calls. Do not
+        call it from inside a running event loop.
+        """
+        if self._sync_loop is None:
+            self._sync_loop = asyncio.new_event_loop()
+
+        async def go() -> Event:
+            return await self.run(user_id, session_id, message, **options).completion()
+
+        return self._sync_loop.run_until_complete(go())
+
+    def close_sync(self) -> None:
+        """Close the Runner and the private loop of :meth:`run_sync`."""
+        loop = self._sync_loop or asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self.close())
+        finally:
+            loop.close()
+            self._sync_loop = None
+
+
+class _RunPlan:
+    """One run's parameters and progress; ``execute`` is the body of its task."""
+
+    def __init__(
+        self,
+        *,
+        runner: Runner,
+        user_id: str,
+        session_id: str | None,
+        message: Message | None,
+        seed: list[Message],
+        resume: bool,
+        decisions: dict[str, ToolDecision],
+        request_id: str | None,
+        invocation_id: str,
+        next_seq: int,
+        timeout_s: float | None,
+    ) -> None:
+        self.runner = runner
+        self.agent = runner.agent
+        self.service = runner.session_service
+        self.user_id = user_id
+        self.session_id = session_id
+        self.message = message
+        self.seed = seed
+        self.resume = resume
+        self.decisions = decisions
+        self.request_id = request_id
+        self.invocation_id = invocation_id
+        self.next_seq = next_seq
+        self.timeout_s = timeout_s
+        self.usage = Usage()
+        self.ctx: InvocationContext | None = None
+        self.emit: Emit = lambda event: None
+
+    # --- the task body -------------------------------------------------------------------
+
+    async def execute(self, emit: Emit) -> None:
+        self.emit = emit
+        outcome: RunOutcome
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                outcome = await self._run()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            outcome = RunOutcome(status="cancelled")
+        except TimeoutError:
+            error = EventError(
+                type="timeout", message=f"the run did not finish within {self.timeout_s} s."
+            )
+            outcome = RunOutcome(status="timeout", error=error)
+            await self._emit_error(error)
+        except InvalidRequestError as exc:
+            error = EventError(type="invalid_request", message=str(exc))
+            outcome = RunOutcome(status="failed", error=error)
+            await self._emit_error(error)
+        except SessionBackendError as exc:
+            error = EventError(type="session_backend_error", message=str(exc))
+            outcome = RunOutcome(status="failed", error=error)
+            self._stamp_and_emit(self._error_event(error))
+        except Exception as exc:
+            error = EventError(type="internal_error", message=f"{type(exc).__name__}: {exc}")
+            outcome = RunOutcome(status="failed", error=error)
+            await self._emit_error(error)
+        self._stamp_and_emit(self._completion_event(outcome))
+
+    async def _run(self) -> RunOutcome:
+        session = await self._load_session()
+        ctx = InvocationContext(
+            app_name=self.runner.app_name,
+            user_id=self.user_id,
+            session=session,
+            invocation_id=self.invocation_id,
+            request_id=self.request_id,
+            resume=self.resume,
+            tool_confirmations=self.decisions,
+        )
+        self.ctx = ctx
+        prior = [e for e in session.events if e.invocation_id == self.invocation_id]
+        if prior:
+            return await self._continue(ctx, prior)
+
+        pending_ids = {call.id for call in pending_tool_calls(session.events)}
+        unknown = sorted(set(self.decisions) - pending_ids)
+        if unknown:
+            waiting = ", ".join(sorted(pending_ids)) or "none"
+            raise UnknownToolCallError(
+                f"tool_confirmations name call IDs no paused run is waiting on: "
+                f"{', '.join(unknown)}. Calls waiting in this session: {waiting}."
+            )
+        if self.resume and not pending_ids and self.message is None:
+            raise InvalidRequestError(
+                "resume=True but the session has no tool calls waiting; send a message instead."
+            )
+        if self.seed and not session.events:
+            await self._append_seed(ctx)
+        if self.resume and pending_ids:
+            async for event in self.agent.resume(ctx):
+                await self._record(event)
+            if ctx.outcome.status == "paused":
+                return ctx.outcome
+        if self.message is not None and not self._seed_ends_with_message():
+            await self._record(ctx.message_event("user", self.message))
+        return await self._loop(ctx)
+
+    async def _continue(self, ctx: InvocationContext, prior: list[Event]) -> RunOutcome:
+        """A redelivered invocation: hand out what subscribers may have missed, then go on."""
+        self.next_seq = max(self.next_seq, max(e.seq for e in prior) + 1)
+        first_unseen = self.next_seq
+        for event in prior:
+            if event.usage is not None:
+                self.usage = self.usage + event.usage
+            if event.seq >= first_unseen:
+                self.emit(event)
+        last = prior[-1]
+        if last.is_final_response() and last.type == "message" and last.message is not None:
+            return RunOutcome(status="completed", final_text=last.message.content or "")
+        if last.type == "error":
+            return RunOutcome(status="failed", error=last.error)
+        if last.type == "run.paused" and not self.decisions:
+            return RunOutcome(status="paused")
+        async for event in self.agent.resume(ctx):
+            await self._record(event)
+        if ctx.outcome.status == "paused":
+            return ctx.outcome
+        return await self._loop(ctx)
+
+    async def _loop(self, ctx: InvocationContext) -> RunOutcome:
+        async for event in self.agent.run(ctx):
+            await self._record(event)
+        return ctx.outcome
+
+    # --- sessions ------------------------------------------------------------------------
+
+    async def _load_session(self) -> Session:
+        app_name = self.runner.app_name
+        if self.session_id is None:
+            return await self.service.create_session(app_name, self.user_id)
+        session = await self.service.get_session(app_name, self.user_id, self.session_id)
+        if session is not None:
+            return session
+        if self.resume:
+            raise SessionNotFoundError(
+                f"session {self.session_id!r} does not exist, so there is nothing to resume; "
+                "start it with a message instead."
+            )
+        try:
+            return await self.service.create_session(app_name, self.user_id, self.session_id)
+        except InvalidRequestError:
+            # Another run created it between our get and create.
+            session = await self.service.get_session(app_name, self.user_id, self.session_id)
+            if session is None:
+                raise
+            return session
+
+    def _seed_ends_with_message(self) -> bool:
+        if not self.seed or self.message is None:
+            return False
+        last = self.seed[-1]
+        return last.role == "user" and last.content == self.message.content
+
+    async def _append_seed(self, ctx: InvocationContext) -> None:
+        for message in self.seed:
+            if message.role == "tool":
+                event = ctx.event("tool.result", self.agent.name, message=message)
+            else:
+                author = self.agent.name if message.role == "assistant" else message.role
+                event = ctx.message_event(author, message)
+            await self._record(event)
+
+    # --- emitting ------------------------------------------------------------------------
+
+    def _stamp(self, event: Event) -> Event:
+        event.seq = self.next_seq
+        event.id = f"{self.invocation_id}:{self.next_seq}"
+        self.next_seq += 1
+        return event
+
+    def _stamp_and_emit(self, event: Event) -> None:
+        self.emit(self._stamp(event))
+
+    async def _record(self, event: Event) -> None:
+        """Number the event, store it if it is complete, then hand it out."""
+        assert self.ctx is not None
+        self._stamp(event)
+        if not event.partial:
+            try:
+                await self.service.append_event(self.ctx.session, event)
+            except BaseException:
+                self.next_seq -= 1  # not stored and not handed out: keep seq gap-free
+                raise
+            if event.state_delta:
+                self.ctx.note_temp_state(event.state_delta)
+            if event.usage is not None:
+                self.usage = self.usage + event.usage
+        self.emit(event)
+
+    def _error_event(self, error: EventError) -> Event:
+        return Event(
+            invocation_id=self.invocation_id,
+            type="error",
+            author=self.runner.app_name,
+            app_name=self.runner.app_name,
+            user_id=self.user_id,
+            session_id=self._session_id_for_events(),
+            request_id=self.request_id,
+            error=error,
+        )
+
+    async def _emit_error(self, error: EventError) -> None:
+        """Store the error event when the session is there, and hand it out either way."""
+        event = self._error_event(error)
+        if self.ctx is None:
+            self._stamp_and_emit(event)
+            return
+        try:
+            await self._record(event)
+        except (AgentRunnerError, asyncio.CancelledError):
+            self.emit(event)
+
+    def _session_id_for_events(self) -> str:
+        if self.ctx is not None:
+            return self.ctx.session.id
+        return self.session_id or ""
+
+    def _completion_event(self, outcome: RunOutcome) -> Event:
+        state: dict[str, Any] | None = None
+        if self.ctx is not None:
+            state = dict(self.ctx.session.state)
+        price = getattr(self.agent.model, "price", None)
+        status: RunStatus = outcome.status
+        return Event(
+            invocation_id=self.invocation_id,
+            type="runner.completion",
+            author=self.runner.app_name,
+            app_name=self.runner.app_name,
+            user_id=self.user_id,
+            session_id=self._session_id_for_events(),
+            request_id=self.request_id,
+            status=status,
+            final_text=outcome.final_text,
+            usage=self.usage,
+            cost=price.cost(self.usage) if price is not None else None,
+            error=outcome.error,
+            state=state,
+        )
+
+
+async def collect(stream: AsyncIterator[Event]) -> list[Event]:
+    """All events of a stream, in order (a helper for scripts and tests)."""
+    return [event async for event in stream]

@@ -1,0 +1,301 @@
+"""Function tools: JSON Schema from type hints, arguments validated before the call.
+
+::
+
+    @tool
+    def add(a: int, b: int) -> int:
+        \"\"\"Add two integers.
+
+        Args:
+            a: the first addend.
+            b: the second addend.
+        \"\"\"
+        return a + b
+
+    @tool(requires_confirmation=True, name="refund")
+    async def refund_order(order_id: str, context: ToolContext) -> str: ...
+
+A parameter annotated :class:`ToolContext` is not part of the schema; it receives the
+invocation ID and the session state. Writes to ``context.state`` become the tool result's
+``state_delta``, which the Runner stores with the result (``temp:`` keys live only for the run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .errors import InvalidRequestError, ToolArgumentsError, ToolExecutionError
+
+__all__ = ["FunctionTool", "ToolContext", "ToolState", "tool"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ToolState(MutableMapping[str, Any]):
+    """The session state as a tool sees it: reads fall through to the session, writes are
+    recorded in ``delta``."""
+
+    def __init__(self, base: Mapping[str, Any]) -> None:
+        self._base = base
+        self.delta: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.delta:
+            return self.delta[key]
+        return self._base[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.delta[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("state keys cannot be deleted by a tool; set the key to None instead")
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.delta
+        yield from (k for k in self._base if k not in self.delta)
+
+    def __len__(self) -> int:
+        return len(set(self._base) | set(self.delta))
+
+
+class ToolContext:
+    """What a tool may know about its run: IDs and the session state."""
+
+    __slots__ = ("app_name", "invocation_id", "session_id", "state", "tool_call_id", "user_id")
+
+    def __init__(
+        self,
+        *,
+        app_name: str,
+        user_id: str,
+        session_id: str,
+        invocation_id: str,
+        tool_call_id: str,
+        state: Mapping[str, Any],
+    ) -> None:
+        self.app_name = app_name
+        self.user_id = user_id
+        self.session_id = session_id
+        self.invocation_id = invocation_id
+        self.tool_call_id = tool_call_id
+        self.state = ToolState(state)
+
+
+def _docstring_parts(doc: str | None) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into (summary, {param: description})."""
+    if not doc:
+        return "", {}
+    lines = inspect.cleandoc(doc).splitlines()
+    summary: list[str] = []
+    params: dict[str, str] = {}
+    section: str | None = None
+    current: str | None = None
+    for line in lines:
+        stripped = line.strip()
+        if stripped.endswith(":") and stripped[:-1] in ("Args", "Arguments", "Parameters"):
+            section = "args"
+            continue
+        if stripped.endswith(":") and stripped[:-1] in ("Returns", "Raises", "Yields", "Example"):
+            section = "other"
+            continue
+        if section is None:
+            summary.append(line)
+        elif section == "args" and stripped:
+            match = re.match(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$", stripped)
+            if match and not line.startswith(" " * 8):
+                current = match.group(1).lstrip("*")
+                params[current] = match.group(2)
+            elif current:
+                params[current] = f"{params[current]} {stripped}".strip()
+    return "\n".join(summary).strip(), params
+
+
+class _ArgsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _clean_schema(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _clean_schema(v) for k, v in node.items() if k != "title"}
+    if isinstance(node, list):
+        return [_clean_schema(v) for v in node]
+    return node
+
+
+class FunctionTool:
+    """A Python function the model can call.
+
+    Args:
+        fn: a sync or async function. Sync functions run in a worker thread so they never
+            block the event loop that other runs share.
+        name: the name the model sees (default: the function's name).
+        description: default: the docstring's summary.
+        requires_confirmation: pause the run before calling it until the caller confirms.
+
+    Raises:
+        InvalidRequestError: the name is not 1-64 letters, digits, ``_`` or ``-``, or a
+            parameter has no type hint.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        requires_confirmation: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        if not _NAME_RE.match(self.name):
+            raise InvalidRequestError(
+                f"tool name {self.name!r} is invalid: use 1-64 letters, digits, '_' or '-'."
+            )
+        summary, param_docs = _docstring_parts(fn.__doc__)
+        self.description = description if description is not None else summary
+        self.requires_confirmation = requires_confirmation
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._context_param: str | None = None
+
+        hints = get_type_hints(fn)
+        fields: dict[str, Any] = {}
+        for param in inspect.signature(fn).parameters.values():
+            annotation = hints.get(param.name, inspect.Parameter.empty)
+            if annotation is ToolContext:
+                self._context_param = param.name
+                continue
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            if annotation is inspect.Parameter.empty:
+                raise InvalidRequestError(
+                    f"tool {self.name!r}: parameter {param.name!r} has no type hint; "
+                    "add one so its JSON Schema can be derived."
+                )
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[param.name] = (
+                annotation,
+                Field(default, description=param_docs.get(param.name)),
+            )
+        self.args_model: type[BaseModel] = create_model(
+            f"{self.name}_arguments", __base__=_ArgsBase, **fields
+        )
+        schema = _clean_schema(self.args_model.model_json_schema())
+        schema.setdefault("properties", {})
+        self.parameters: dict[str, Any] = schema
+
+    def openai_schema(self) -> dict[str, Any]:
+        """The entry for the ``tools`` list of a chat-completions request."""
+        function: dict[str, Any] = {"name": self.name, "parameters": self.parameters}
+        if self.description:
+            function["description"] = self.description
+        return {"type": "function", "function": function}
+
+    def parse_arguments(self, arguments: str | Mapping[str, Any]) -> dict[str, Any]:
+        """Decode and validate the model's arguments.
+
+        Raises:
+            ToolArgumentsError: not a JSON object, or failing the parameter schema; the message
+                says which field is wrong so the model can correct its call.
+        """
+        if isinstance(arguments, str):
+            try:
+                decoded = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ToolArgumentsError(
+                    f"arguments for tool {self.name!r} are not valid JSON ({exc.msg} at "
+                    f"position {exc.pos}); send a JSON object matching the tool's parameters."
+                ) from exc
+        else:
+            decoded = dict(arguments)
+        if not isinstance(decoded, dict):
+            raise ToolArgumentsError(
+                f"arguments for tool {self.name!r} must be a JSON object, got "
+                f"{type(decoded).__name__}."
+            )
+        try:
+            model = self.args_model.model_validate(decoded)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: {problems}."
+            ) from exc
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    async def call(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        """Run the tool with validated arguments.
+
+        Raises:
+            ToolExecutionError: the function raised; the original is the ``__cause__``.
+        """
+        kwargs = dict(arguments)
+        if self._context_param is not None:
+            kwargs[self._context_param] = context
+        try:
+            if self.is_async:
+                return await self.fn(**kwargs)
+            return await asyncio.to_thread(self.fn, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise ToolExecutionError(
+                f"tool {self.name!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"FunctionTool(name={self.name!r}, requires_confirmation={self.requires_confirmation})"
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    requires_confirmation: bool = False,
+) -> Callable[[Callable[..., Any]], FunctionTool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    requires_confirmation: bool = False,
+) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
+    """Make a :class:`FunctionTool` from a function: ``@tool`` or ``@tool(...)``."""
+
+    def wrap(f: Callable[..., Any]) -> FunctionTool:
+        return FunctionTool(
+            f, name=name, description=description, requires_confirmation=requires_confirmation
+        )
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap
+
+
+def render_tool_result(value: Any) -> str:
+    """What the model reads as the tool's output: text as is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
