@@ -3,6 +3,7 @@
 Importable without Celery, Redis or PostgreSQL.
 """
 
+from .agent import LLMAgent
 from .errors import (
     AgentRunnerError,
     ConfigurationError,
@@ -22,7 +23,6 @@ from .errors import (
     UnknownToolCallError,
 )
 from .events import Event, EventActions, EventError, EventType, RunStatus, Usage
-from .agent import LLMAgent
 from .messages import FunctionCall, Message, ToolCall
 from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
 from .openai_model import OpenAIModel

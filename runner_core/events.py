@@ -73,7 +73,7 @@ class Usage(BaseModel):
 
 
 class EventError(BaseModel):
-    """What went wrong: a machine-readable ``type``, a readable ``message``, an optional ``code``."""
+    """What went wrong: a machine-readable ``type``, a readable ``message``, maybe a ``code``."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -21,7 +21,7 @@ class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    arguments: str = Field(default="{}", description="JSON-encoded arguments, as the model sent them")
+    arguments: str = Field(default="{}", description="JSON-encoded arguments, as sent by the model")
 
 
 class ToolCall(BaseModel):

@@ -1,4 +1,4 @@
-"""Write the JSON Schema of events: ``python -m runner_core.schema [PATH]`` (stdout without PATH)."""
+"""Write the JSON Schema of events: ``python -m runner_core.schema [PATH]`` (default: stdout)."""
 
 from __future__ import annotations
 

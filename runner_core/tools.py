@@ -252,7 +252,8 @@ class FunctionTool:
             ) from exc
 
     def __repr__(self) -> str:
-        return f"FunctionTool(name={self.name!r}, requires_confirmation={self.requires_confirmation})"
+        confirm = self.requires_confirmation
+        return f"FunctionTool(name={self.name!r}, requires_confirmation={confirm})"
 
 
 @overload

@@ -524,15 +524,14 @@ async def test_cancelling_the_consuming_task_cancels_the_run(
 ) -> None:
     server.add_hang()
     stream = make_runner(server, service).run("u", "s", "hi")
-    seen: list[Event] = []
+    first_seen = asyncio.Event()
 
     async def consume() -> None:
-        async for event in stream:
-            seen.append(event)
+        async for _ in stream:
+            first_seen.set()
 
     task = asyncio.create_task(consume())
-    while not seen:
-        await asyncio.sleep(0.01)
+    await first_seen.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

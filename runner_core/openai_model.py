@@ -1,0 +1,346 @@
+"""`OpenAIModel`: the :class:`~runner_core.model.Model` protocol over ``openai.AsyncOpenAI``.
+
+Works with any OpenAI-compatible chat-completions endpoint. Streaming turns yield text deltas as
+they arrive and assemble tool calls from their streamed fragments; usage comes from the final
+chunk (``stream_options.include_usage``). ``openai`` errors are translated here, at the boundary,
+into the :class:`~runner_core.errors.ModelError` branch; retries are the client's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
+
+from .errors import ModelConnectionError, ModelError, ModelHTTPError, ModelTimeoutError
+from .events import Usage
+from .messages import FunctionCall, Message, ToolCall
+from .model import GenerationConfig, ModelPrice, ModelRequest, ModelResponse, TextDelta
+
+__all__ = ["OpenAIModel"]
+
+#: Longest provider error text carried into a ModelHTTPError message.
+_MAX_PROVIDER_MESSAGE = 500
+
+
+class OpenAIModel:
+    """A chat model behind an OpenAI-compatible endpoint.
+
+    Args:
+        name: the model name sent in each request (``gpt-4o-mini``, ...).
+        base_url: the endpoint (``http://host:port/v1``); default ``OPENAI_BASE_URL``, then
+            the OpenAI API. Ignored when ``client`` is given.
+        api_key: default ``OPENAI_API_KEY``. Ignored when ``client`` is given.
+        client: an ``AsyncOpenAI`` to use as is. The model never closes a client it was given.
+        price: per-million-token prices, for the cost on run completions.
+        timeout: seconds per attempt (``None``: no limit). Ignored when ``client`` is given.
+        max_retries: the client's own retries on connection errors, 408, 409, 429 and 5xx.
+            Ignored when ``client`` is given.
+        default_headers: headers sent with every request. Ignored when ``client`` is given.
+
+    Without ``client``, the ``AsyncOpenAI`` is created on the first :meth:`generate`, on the
+    event loop running it (an HTTP connection pool belongs to one loop), so building a model does
+    no I/O and needs no loop. A call from another loop gets a new client. :meth:`close` closes
+    it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: AsyncOpenAI | None = None,
+        price: ModelPrice | None = None,
+        timeout: float | None = 60.0,
+        max_retries: int = 2,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if not name:
+            raise ValueError("OpenAIModel needs a model name, e.g. OpenAIModel('gpt-4o-mini').")
+        self.name = name
+        self.price = price
+        self._base_url = base_url
+        self._api_key = api_key
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._default_headers = dict(default_headers) if default_headers else None
+        self._client = client
+        self._owns_client = client is None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        # Never the API key.
+        return f"OpenAIModel(name={self.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        """The endpoint this model calls (resolved from the client once it exists)."""
+        if self._client is not None:
+            return str(self._client.base_url)
+        return self._base_url or "the OPENAI_BASE_URL default"
+
+    async def generate(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]:
+        """Run one model turn. See :meth:`runner_core.model.Model.generate`.
+
+        Raises:
+            ModelHTTPError: the endpoint answered 4xx/5xx (``code`` is the status).
+            ModelTimeoutError: no answer within ``timeout``.
+            ModelConnectionError: the endpoint could not be reached.
+            ModelError: anything else the endpoint got wrong (e.g. an empty stream).
+        """
+        client = self._get_client()
+        options = _request_options(request)
+        try:
+            if request.generation.stream:
+                # aclosing: a consumer that stops early releases the HTTP response now, not at GC.
+                async with aclosing(self._stream(client, options)) as items:
+                    async for item in items:
+                        yield item
+            else:
+                yield await self._complete(client, options)
+        except openai.APIError as exc:
+            raise self._translate(exc) from exc
+
+    async def close(self) -> None:
+        """Close the client if this model created it. Idempotent."""
+        client, self._client = (self._client, None) if self._owns_client else (None, self._client)
+        loop, self._client_loop = self._client_loop, None
+        if client is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - close() is async, a loop always runs it
+            running = None
+        # A pool made on another (maybe closed) loop cannot be closed from this one; drop it.
+        if loop is running:
+            await client.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _get_client(self) -> AsyncOpenAI:
+        if not self._owns_client:
+            assert self._client is not None
+            return self._client
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            try:
+                self._client = AsyncOpenAI(
+                    api_key=self._api_key,
+                    base_url=self._base_url,
+                    timeout=self._timeout,
+                    max_retries=self._max_retries,
+                    default_headers=self._default_headers,
+                )
+            except openai.OpenAIError as exc:
+                # Missing credentials is the usual cause: name the variable, not the value.
+                raise ModelError(
+                    f"Cannot create the OpenAI client for model {self.name!r}: "
+                    f"{self._redact(str(exc))} Pass api_key= or set OPENAI_API_KEY."
+                ) from exc
+            self._client_loop = loop
+        return self._client
+
+    async def _stream(
+        self, client: AsyncOpenAI, options: dict[str, Any]
+    ) -> AsyncGenerator[TextDelta | ModelResponse, None]:
+        stream = await client.chat.completions.create(
+            model=self.name, stream=True, stream_options={"include_usage": True}, **options
+        )
+        text_parts: list[str] = []
+        calls = _ToolCallAssembler(self.name)
+        finish_reason: str | None = None
+        saw_choice = False
+        usage: Usage | None = None
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = _usage(chunk.usage)
+                if not chunk.choices:
+                    continue
+                saw_choice = True
+                choice = chunk.choices[0]
+                delta = choice.delta
+                text = delta.content or delta.refusal
+                if text:
+                    text_parts.append(text)
+                    yield TextDelta(text)
+                if delta.tool_calls:
+                    calls.add(delta.tool_calls)
+                if choice.finish_reason is not None:
+                    finish_reason = choice.finish_reason
+        finally:
+            await stream.close()
+        if not saw_choice:
+            raise ModelError(
+                f"The stream from {self.base_url} for model {self.name!r} ended without any "
+                "choices. Check that the endpoint implements streaming chat completions."
+            )
+        tool_calls = calls.tool_calls()
+        yield ModelResponse(
+            message=Message.assistant("".join(text_parts) or None, tool_calls=tool_calls),
+            usage=usage or Usage(model_calls=1),
+            finish_reason=finish_reason,
+        )
+
+    async def _complete(self, client: AsyncOpenAI, options: dict[str, Any]) -> ModelResponse:
+        completion = await client.chat.completions.create(model=self.name, **options)
+        if not completion.choices:
+            raise ModelError(
+                f"The response from {self.base_url} for model {self.name!r} has no choices."
+            )
+        choice = completion.choices[0]
+        message = choice.message
+        tool_calls = []
+        for index, call in enumerate(message.tool_calls or ()):
+            function = getattr(call, "function", None)
+            if function is None:
+                raise ModelError(
+                    f"Model {self.name!r} returned a {call.type!r} tool call; only function "
+                    "tool calls are supported."
+                )
+            tool_calls.append(
+                _tool_call(self.name, index, call.id, function.name, function.arguments)
+            )
+        return ModelResponse(
+            message=Message.assistant(
+                message.content or message.refusal or None, tool_calls=tool_calls
+            ),
+            usage=_usage(completion.usage) if completion.usage else Usage(model_calls=1),
+            finish_reason=choice.finish_reason,
+        )
+
+    def _translate(self, exc: openai.APIError) -> ModelError:
+        where = f"model {self.name!r} at {self.base_url}"
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            detail = _provider_message(exc)
+            return ModelHTTPError(
+                self._redact(f"The endpoint answered HTTP {status} for {where}: {detail}"),
+                code=str(status),
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            limit = f" within {self._timeout:g} s" if self._owns_client and self._timeout else ""
+            return ModelTimeoutError(
+                self._redact(
+                    f"No answer from {where}{limit}. The server may be overloaded; raise "
+                    "timeout= or check the server."
+                )
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            reason = f" ({type(cause).__name__}: {cause})" if cause else ""
+            return ModelConnectionError(
+                self._redact(
+                    f"Cannot connect to {where}{reason}. Check that the server is running and "
+                    "that base_url (or OPENAI_BASE_URL) is right."
+                )
+            )
+        return ModelError(self._redact(f"The endpoint failed for {where}: {exc.message}"))
+
+    def _redact(self, text: str) -> str:
+        key = self._api_key
+        if key is None and self._client is not None:
+            key = self._client.api_key
+        if key and len(key) >= 4:
+            text = text.replace(key, "[redacted]")
+        return text
+
+
+class _ToolCallAssembler:
+    """Tool calls put together from streamed fragments, keyed by their ``index``.
+
+    The first fragment of a call carries its ID and name; the arguments arrive as pieces of a
+    JSON string, possibly interleaved with other calls' pieces.
+    """
+
+    __slots__ = ("_calls", "_model_name")
+
+    def __init__(self, model_name: str) -> None:
+        self._model_name = model_name
+        self._calls: dict[int, tuple[list[str | None], list[str]]] = {}
+
+    def add(self, fragments: list[ChoiceDeltaToolCall]) -> None:
+        for fragment in fragments:
+            entry = self._calls.get(fragment.index)
+            if entry is None:
+                entry = self._calls[fragment.index] = ([None, None], [])
+            head, arguments = entry
+            if fragment.id:
+                head[0] = fragment.id
+            function = fragment.function
+            if function is not None:
+                if function.name:
+                    head[1] = function.name
+                if function.arguments:
+                    arguments.append(function.arguments)
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            _tool_call(self._model_name, index, head[0], head[1], "".join(arguments))
+            for index, (head, arguments) in sorted(self._calls.items())
+        ]
+
+
+def _tool_call(
+    model_name: str, index: int, call_id: str | None, name: str | None, arguments: str
+) -> ToolCall:
+    if not name:
+        raise ModelError(f"Model {model_name!r} sent tool call #{index} without a function name.")
+    # Some OpenAI-compatible servers omit IDs; a tool result still needs one to refer to.
+    return ToolCall(
+        id=call_id or f"call_{index}",
+        function=FunctionCall(name=name, arguments=arguments or "{}"),
+    )
+
+
+def _request_options(request: ModelRequest) -> dict[str, Any]:
+    """The keyword arguments of ``chat.completions.create`` for one request, unset ones left out."""
+    options: dict[str, Any] = {"messages": [message.to_openai() for message in request.messages]}
+    if request.tools:
+        options["tools"] = request.tools
+    config: GenerationConfig = request.generation
+    if config.temperature is not None:
+        options["temperature"] = config.temperature
+    if config.top_p is not None:
+        options["top_p"] = config.top_p
+    if config.max_tokens is not None:
+        options["max_tokens"] = config.max_tokens
+    if config.stop:
+        options["stop"] = config.stop
+    if config.parallel_tool_calls is not None and request.tools:
+        # The API rejects parallel_tool_calls without tools.
+        options["parallel_tool_calls"] = config.parallel_tool_calls
+    if config.extra_body:
+        options["extra_body"] = config.extra_body
+    return options
+
+
+def _usage(usage: Any) -> Usage:
+    prompt = usage.prompt_tokens or 0
+    completion = usage.completion_tokens or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=usage.total_tokens or prompt + completion,
+        model_calls=1,
+    )
+
+
+def _provider_message(exc: openai.APIStatusError) -> str:
+    """The provider's own error text: ``error.message`` of the body, else the raw body."""
+    body = exc.body
+    message: object = None
+    if isinstance(body, Mapping):
+        message = body.get("message")
+    elif isinstance(body, str):
+        message = body
+    text = message.strip() if isinstance(message, str) and message.strip() else exc.message
+    if len(text) > _MAX_PROVIDER_MESSAGE:
+        text = text[:_MAX_PROVIDER_MESSAGE] + "..."
+    return text
