@@ -27,7 +27,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from typing import Any, get_type_hints, overload
+from typing import Any, get_args, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -117,6 +117,13 @@ def _docstring_parts(doc: str | None) -> tuple[str, dict[str, str]]:
     return "\n".join(summary).strip(), params
 
 
+def _is_context_type(annotation: Any) -> bool:
+    """``ToolContext`` or an optional ``ToolContext``."""
+    if annotation is ToolContext:
+        return True
+    return ToolContext in get_args(annotation)
+
+
 class _ArgsBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -168,7 +175,7 @@ class FunctionTool:
         fields: dict[str, Any] = {}
         for param in inspect.signature(fn).parameters.values():
             annotation = hints.get(param.name, inspect.Parameter.empty)
-            if annotation is ToolContext:
+            if _is_context_type(annotation):
                 self._context_param = param.name
                 continue
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

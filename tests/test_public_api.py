@@ -1,0 +1,45 @@
+"""The public names of each package are a contract: sorted, importable, and what we document."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+EXPECTED = {
+    "runner_core": {
+        "AgentRunnerError", "ConfigurationError", "CorruptSessionDataError", "Event",
+        "EventActions", "EventError", "EventType", "FunctionCall", "FunctionTool",
+        "GenerationConfig", "InvalidRequestError", "LLMAgent", "Message", "Model",
+        "ModelConnectionError", "ModelError", "ModelHTTPError", "ModelPrice", "ModelRequest",
+        "ModelResponse", "ModelTimeoutError", "OpenAIModel", "RunError", "RunStatus",
+        "RunStream", "Runner", "Session", "SessionBackendError", "SessionKey",
+        "SessionNotFoundError", "SessionService", "Summary", "TextDelta", "ToolArgumentsError",
+        "ToolCall", "ToolContext", "ToolError", "ToolExecutionError", "ToolNotFoundError",
+        "UnknownToolCallError", "Usage", "tool",
+    },
+}
+
+
+@pytest.mark.parametrize("package", sorted(EXPECTED))
+def test_public_names(package: str) -> None:
+    module = importlib.import_module(package)
+    names = list(module.__all__)
+    assert names == sorted(names), "keep __all__ sorted"
+    assert EXPECTED[package] <= set(names)
+    for name in names:
+        assert hasattr(module, name), name
+
+
+def test_runner_core_imports_no_infrastructure() -> None:
+    # runner_core must stay importable without Celery, Redis or PostgreSQL drivers.
+    code = (
+        "import sys, runner_core, runner_core.testing\n"
+        "bad = [m for m in ('celery', 'kombu', 'redis', 'psycopg', 'workers', 'session_backends')"
+        " if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
