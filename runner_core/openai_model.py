@@ -9,6 +9,8 @@ into the :class:`~runner_core.errors.ModelError` branch; retries are the client'
 from __future__ import annotations
 
 import asyncio
+import os
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
@@ -17,7 +19,13 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
-from .errors import ModelConnectionError, ModelError, ModelHTTPError, ModelTimeoutError
+from .errors import (
+    ConfigurationError,
+    ModelConnectionError,
+    ModelError,
+    ModelHTTPError,
+    ModelTimeoutError,
+)
 from .events import Usage
 from .messages import FunctionCall, Message, ToolCall
 from .model import GenerationConfig, ModelPrice, ModelRequest, ModelResponse, TextDelta
@@ -45,8 +53,9 @@ class OpenAIModel:
 
     Without ``client``, the ``AsyncOpenAI`` is created on the first :meth:`generate`, on the
     event loop running it (an HTTP connection pool belongs to one loop), so building a model does
-    no I/O and needs no loop. A call from another loop gets a new client. :meth:`close` closes
-    it.
+    no I/O and needs no loop. A call from another loop gets its own client. Call :meth:`close`
+    before the loop ends (e.g. at the end of each ``asyncio.run``); the next call on a new
+    loop creates a new client.
     """
 
     def __init__(
@@ -62,7 +71,9 @@ class OpenAIModel:
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
         if not name:
-            raise ValueError("OpenAIModel needs a model name, e.g. OpenAIModel('gpt-4o-mini').")
+            raise ConfigurationError(
+                "OpenAIModel needs a model name, e.g. OpenAIModel('gpt-4o-mini')."
+            )
         self.name = name
         self.price = price
         self._base_url = base_url
@@ -70,9 +81,14 @@ class OpenAIModel:
         self._timeout = timeout
         self._max_retries = max_retries
         self._default_headers = dict(default_headers) if default_headers else None
-        self._client = client
-        self._owns_client = client is None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._given_client = client
+        # The clients this model made, one per event loop (a connection pool belongs to one).
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
+            weakref.WeakKeyDictionary()
+        )
+        # Learned from the first client: what OPENAI_BASE_URL / OPENAI_API_KEY resolved to.
+        self._resolved_base_url = client.base_url if client is not None else base_url
+        self._resolved_api_key = client.api_key if client is not None else api_key
 
     def __repr__(self) -> str:
         # Never the API key.
@@ -80,10 +96,10 @@ class OpenAIModel:
 
     @property
     def base_url(self) -> str:
-        """The endpoint this model calls (resolved from the client once it exists)."""
-        if self._client is not None:
-            return str(self._client.base_url)
-        return self._base_url or "the OPENAI_BASE_URL default"
+        """The endpoint this model calls (resolved from the environment once a client exists)."""
+        if self._resolved_base_url is None:
+            return "the OPENAI_BASE_URL default"
+        return str(self._resolved_base_url).rstrip("/")
 
     async def generate(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelResponse]:
         """Run one model turn. See :meth:`runner_core.model.Model.generate`.
@@ -108,34 +124,35 @@ class OpenAIModel:
             raise self._translate(exc) from exc
 
     async def close(self) -> None:
-        """Close the client if this model created it. Idempotent."""
-        client, self._client = (self._client, None) if self._owns_client else (None, self._client)
-        loop, self._client_loop = self._client_loop, None
-        if client is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover - close() is async, a loop always runs it
-            running = None
-        # A pool made on another (maybe closed) loop cannot be closed from this one; drop it.
-        if loop is running:
+        """Close the client this model created on the running loop (never one it was given).
+        Idempotent; a later :meth:`generate` creates a new client.
+        """
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        # Clients of loops that have ended cannot be closed from here; just let them go.
+        for loop in [loop for loop in self._clients if loop.is_closed()]:
+            del self._clients[loop]
+        if client is not None:
             await client.close()
 
     # -- internals ---------------------------------------------------------------------------
 
     def _get_client(self) -> AsyncOpenAI:
-        if not self._owns_client:
-            assert self._client is not None
-            return self._client
+        if self._given_client is not None:
+            return self._given_client
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
+        client = self._clients.get(loop)
+        if client is None:
             try:
-                self._client = AsyncOpenAI(
+                client = AsyncOpenAI(
                     api_key=self._api_key,
                     base_url=self._base_url,
                     timeout=self._timeout,
                     max_retries=self._max_retries,
                     default_headers=self._default_headers,
+                    # Not openai's default wrapper: when it is garbage-collected unclosed (its
+                    # loop ended without close()), it schedules its close on whatever loop runs
+                    # then, which fails there with "Event loop is closed".
+                    http_client=openai.DefaultAsyncHttpxClient(),
                 )
             except openai.OpenAIError as exc:
                 # Missing credentials is the usual cause: name the variable, not the value.
@@ -143,8 +160,10 @@ class OpenAIModel:
                     f"Cannot create the OpenAI client for model {self.name!r}: "
                     f"{self._redact(str(exc))} Pass api_key= or set OPENAI_API_KEY."
                 ) from exc
-            self._client_loop = loop
-        return self._client
+            self._clients[loop] = client
+            self._resolved_base_url = client.base_url
+            self._resolved_api_key = client.api_key
+        return client
 
     async def _stream(
         self, client: AsyncOpenAI, options: dict[str, Any]
@@ -225,7 +244,8 @@ class OpenAIModel:
                 code=str(status),
             )
         if isinstance(exc, openai.APITimeoutError):
-            limit = f" within {self._timeout:g} s" if self._owns_client and self._timeout else ""
+            own = self._given_client is None
+            limit = f" within {self._timeout:g} s" if own and self._timeout else ""
             return ModelTimeoutError(
                 self._redact(
                     f"No answer from {where}{limit}. The server may be overloaded; raise "
@@ -244,9 +264,7 @@ class OpenAIModel:
         return ModelError(self._redact(f"The endpoint failed for {where}: {exc.message}"))
 
     def _redact(self, text: str) -> str:
-        key = self._api_key
-        if key is None and self._client is not None:
-            key = self._client.api_key
+        key = self._resolved_api_key or os.environ.get("OPENAI_API_KEY")
         if key and len(key) >= 4:
             text = text.replace(key, "[redacted]")
         return text

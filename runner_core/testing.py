@@ -15,7 +15,8 @@ an LLM::
 
 Replies are queued first in, first out; each chat-completions request consumes one. Every bit of
 state lives in the server object of the test process, so requests from other processes (Celery
-worker subprocesses pointed at ``server.url``) consume the same script. Standard library only.
+worker subprocesses pointed at ``server.url``) consume the same script. The server itself is
+standard library only.
 """
 
 from __future__ import annotations
@@ -421,6 +422,8 @@ def scripted_model(
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The default backlog of 5 drops connections under a load benchmark's burst of clients.
+    request_queue_size = 256
     scripted: ScriptedModelServer
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
