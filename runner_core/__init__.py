@@ -28,6 +28,15 @@ from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelRespo
 from .openai_model import OpenAIModel
 from .runner import Runner, RunStream
 from .session import Session, SessionKey, SessionService, Summary
+from .summarizer import (
+    Summarizer,
+    SummaryCheck,
+    check_event_count,
+    check_idle_time,
+    check_token_count,
+    create_session_summary,
+    get_session_summary_text,
+)
 from .tools import FunctionTool, ToolContext, tool
 
 __all__ = [
@@ -62,7 +71,9 @@ __all__ = [
     "SessionKey",
     "SessionNotFoundError",
     "SessionService",
+    "Summarizer",
     "Summary",
+    "SummaryCheck",
     "TextDelta",
     "ToolArgumentsError",
     "ToolCall",
@@ -72,5 +83,10 @@ __all__ = [
     "ToolNotFoundError",
     "UnknownToolCallError",
     "Usage",
+    "check_event_count",
+    "check_idle_time",
+    "check_token_count",
+    "create_session_summary",
+    "get_session_summary_text",
     "tool",
 ]

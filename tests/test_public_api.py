@@ -16,9 +16,11 @@ EXPECTED = {
         "ModelConnectionError", "ModelError", "ModelHTTPError", "ModelPrice", "ModelRequest",
         "ModelResponse", "ModelTimeoutError", "OpenAIModel", "RunError", "RunStatus",
         "RunStream", "Runner", "Session", "SessionBackendError", "SessionKey",
-        "SessionNotFoundError", "SessionService", "Summary", "TextDelta", "ToolArgumentsError",
-        "ToolCall", "ToolContext", "ToolError", "ToolExecutionError", "ToolNotFoundError",
-        "UnknownToolCallError", "Usage", "tool",
+        "SessionNotFoundError", "SessionService", "Summarizer", "Summary", "SummaryCheck",
+        "TextDelta", "ToolArgumentsError", "ToolCall", "ToolContext", "ToolError",
+        "ToolExecutionError", "ToolNotFoundError", "UnknownToolCallError", "Usage",
+        "check_event_count", "check_idle_time", "check_token_count", "create_session_summary",
+        "get_session_summary_text", "tool",
     },
 }
 

@@ -1,0 +1,242 @@
+"""Event latency: a published chunk until a subscriber has it, through the client vs raw pub/sub.
+
+Two processes on one machine and one local ``redis-server``. A publisher emits ``message.delta``
+events at a steady rate (like a model streaming tokens), stamping each with
+``time.monotonic_ns()`` just before sending; the subscriber notes the time it receives each one.
+``CLOCK_MONOTONIC`` is system-wide, so the difference is the latency.
+
+- **client**: ``EventBus.publish`` (one Lua call: XADD + EXPIRE + PUBLISH) -> the subscriber's
+  ``workers.client.stream_events`` (XREAD BLOCK, decode, dedupe by seq) -> the ``Event``.
+- **raw**: redis-py ``PUBLISH`` of the same event JSON -> a redis-py ``SUBSCRIBE`` -> ``json.loads``.
+
+Both build the event and encode it inside the timed span, so the difference is what the bus
+and the client add. Rounds alternate raw, client, raw, client; the figures pool the rounds.
+
+    python -m bench.bench_events [--events N] [--rate PER_S] [--rounds R] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from bench.report import machine, machine_line, summarize, write_results
+from runner_core.events import Event
+from workers import client
+from workers.bus import EventBus, events_channel
+from workers.localstack import LOOPBACK, find_redis_server, free_port
+
+NAME = "events"
+WARMUP = 100
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[tuple[str, str]]:
+    """A throw-away redis-server on 127.0.0.1; yields (url, version)."""
+    executable = find_redis_server()
+    port = free_port()
+    directory = tempfile.mkdtemp(prefix="agent-runner-bench-")
+    process = subprocess.Popen(
+        [executable, "--bind", LOOPBACK, "--port", str(port), "--dir", directory,
+         "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://{LOOPBACK}:{port}/0"
+    try:
+        probe = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                version = str(probe.info("server")["redis_version"])
+                break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        probe.close()
+        yield url, version
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def make_event(invocation_id: str, seq: int, *, last: bool = False) -> Event:
+    common: dict[str, Any] = {
+        "invocation_id": invocation_id,
+        "seq": seq,
+        "author": "assistant",
+        "app_name": "bench",
+        "user_id": "bench-user",
+        "session_id": "bench-session",
+    }
+    if last:
+        return Event(type="runner.completion", status="completed", final_text="", **common)
+    # The stamp rides in the delta: the text a model chunk would carry.
+    return Event(type="message.delta", partial=True, delta=str(time.monotonic_ns()), **common)
+
+
+# --- subscribers (child processes) ---------------------------------------------------------
+
+
+def subscribe_client(url: str, invocation_id: str, ready: Connection, out: Connection) -> None:
+    latencies: list[int] = []
+    ready.send(True)
+    for event in client.stream_events(invocation_id, redis_url=url, timeout=30):
+        received = time.monotonic_ns()
+        if event.type == "message.delta":
+            latencies.append(received - int(event.delta or 0))
+    out.send(latencies)
+
+
+def subscribe_raw(url: str, invocation_id: str, ready: Connection, out: Connection) -> None:
+    connection = redis.Redis.from_url(url)
+    pubsub = connection.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events_channel(invocation_id))
+    while pubsub.get_message(timeout=1) is None and not pubsub.subscribed:
+        pass
+    latencies: list[int] = []
+    ready.send(True)
+    for message in pubsub.listen():
+        received = time.monotonic_ns()
+        if message["type"] != "message":
+            continue
+        event = json.loads(message["data"])
+        if event["type"] == "runner.completion":
+            break
+        latencies.append(received - int(event["delta"]))
+    pubsub.close()
+    connection.close()
+    out.send(latencies)
+
+
+# --- publisher (this process) --------------------------------------------------------------
+
+
+async def publish(url: str, invocation_id: str, mode: str, count: int, rate: float) -> None:
+    connection = aioredis.Redis.from_url(url)
+    bus = EventBus(connection)
+    channel = events_channel(invocation_id)
+    interval = 1.0 / rate
+    start = time.monotonic()
+    try:
+        for seq in range(count + 1):
+            delay = start + seq * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            event = make_event(invocation_id, seq, last=seq == count)
+            if mode == "client":
+                await bus.publish(event)
+            else:
+                await connection.publish(channel, event.to_json())
+    finally:
+        await connection.aclose()
+
+
+def run_round(url: str, mode: str, count: int, rate: float) -> list[float]:
+    """One round; returns latencies in microseconds, warm-up dropped."""
+    invocation_id = f"bench-{uuid.uuid4()}"
+    context = multiprocessing.get_context("spawn")
+    ready_recv, ready_send = context.Pipe(duplex=False)
+    out_recv, out_send = context.Pipe(duplex=False)
+    target = subscribe_client if mode == "client" else subscribe_raw
+    child = context.Process(target=target, args=(url, invocation_id, ready_send, out_send))
+    child.start()
+    if not ready_recv.poll(60):
+        child.kill()
+        raise RuntimeError(f"{mode} subscriber did not start")
+    ready_recv.recv()
+    time.sleep(0.2)  # let the subscriber reach its blocking read
+    asyncio.run(publish(url, invocation_id, mode, count, rate))
+    if not out_recv.poll(60):
+        child.kill()
+        raise RuntimeError(f"{mode} subscriber did not finish")
+    latencies: list[int] = out_recv.recv()
+    child.join(timeout=10)
+    if len(latencies) != count:
+        raise RuntimeError(f"{mode} subscriber got {len(latencies)} of {count} events")
+    return [ns / 1000 for ns in latencies[WARMUP:]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=3000, help="events per round")
+    parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per mode")
+    parser.add_argument("--quick", action="store_true", help="a short run (no doc update)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.rounds = 500, 1
+
+    samples: dict[str, list[float]] = {"raw": [], "client": []}
+    with redis_server() as (url, redis_version):
+        for _ in range(args.rounds):
+            for mode in ("raw", "client"):
+                samples[mode].extend(run_round(url, mode, args.events, args.rate))
+
+    raw, bus = summarize(samples["raw"]), summarize(samples["client"])
+    ratio = bus["p99"] / raw["p99"]
+    info = machine()
+    data = {
+        "benchmark": NAME,
+        "machine": info,
+        "redis_version": redis_version,
+        "events_per_round": args.events,
+        "warmup_per_round": WARMUP,
+        "rate_per_s": args.rate,
+        "rounds": args.rounds,
+        "unit": "microseconds",
+        "raw_pubsub": raw,
+        "client_stream": bus,
+        "p99_ratio": ratio,
+        "target": "client p99 within 2x of raw pub/sub p99",
+        "target_met": ratio <= 2.0,
+    }
+    print(json.dumps({k: data[k] for k in ("raw_pubsub", "client_stream", "p99_ratio")}, indent=2))
+    if args.quick:
+        return 0
+
+    def row(label: str, stats: dict[str, float]) -> str:
+        return (
+            f"| {label} | {stats['median']:.0f} | {stats['p90']:.0f} | {stats['p99']:.0f} | "
+            f"{stats['mean']:.0f} |"
+        )
+
+    markdown = f"""## Event latency (`python -m bench.bench_events`)
+
+From a published chunk to the subscriber having it, in microseconds: {args.rounds} rounds x
+{args.events} `message.delta` events at {args.rate:g}/s per mode (first {WARMUP} of each round
+dropped), publisher and subscriber in separate processes, redis-server {redis_version} on
+127.0.0.1. **client** = `EventBus.publish` (one Lua call: XADD + EXPIRE + PUBLISH) read with
+`workers.client.stream_events` (XREAD BLOCK, decode to `Event`, dedupe by seq); **raw** = redis-py
+`PUBLISH` of the same JSON read with `SUBSCRIBE` and `json.loads`.
+
+| path | p50 | p90 | p99 | mean |
+|---|---|---|---|---|
+{row("raw pub/sub", raw)}
+{row("client (stream)", bus)}
+
+p99 ratio client/raw: **{ratio:.2f}x** (target: within 2x; {"met" if ratio <= 2 else "NOT met"}).
+
+{machine_line(info)}
+"""
+    write_results(NAME, data, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

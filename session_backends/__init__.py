@@ -1,0 +1,82 @@
+"""Session stores: one module per backend, all implementing
+:class:`runner_core.session.SessionService`, and :func:`from_url` to pick one by URL.
+
+=====================  ==========================================================
+URL                    store
+=====================  ==========================================================
+``memory://``          :class:`InMemorySessionService` (this process only)
+``redis://``           :class:`RedisSessionService` (``rediss://`` for TLS,
+                       ``unix:///path/redis.sock?db=0`` for a Unix socket)
+``postgresql://``      :class:`PostgresSessionService` (``postgres://`` too)
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from runner_core.errors import ConfigurationError
+from runner_core.session import SessionService
+
+from .memory import InMemorySessionService
+from .postgres import PostgresSessionService
+from .redis import RedisSessionService
+
+__all__ = [
+    "InMemorySessionService",
+    "PostgresSessionService",
+    "RedisSessionService",
+    "from_url",
+]
+
+_SCHEMES: dict[str, type[Any]] = {
+    "memory": InMemorySessionService,
+    "redis": RedisSessionService,
+    "rediss": RedisSessionService,
+    "unix": RedisSessionService,
+    "postgresql": PostgresSessionService,
+    "postgres": PostgresSessionService,
+}
+
+
+def from_url(url: str, **options: Any) -> SessionService:
+    """Build the session store that ``url`` names, with its keyword ``options``.
+
+    Nothing is connected here: connections open on first use.
+
+    Args:
+        url: ``memory://``, ``redis://host:port/db``, ``rediss://...``, ``unix:///path``,
+            ``postgresql://user@host:port/db`` (or ``postgres://``).
+        options: passed to the store's constructor (``event_limit``, ``session_ttl``,
+            ``key_prefix`` for Redis, ``schema``/``table_prefix``/``soft_delete`` for
+            PostgreSQL, ...).
+
+    Raises:
+        ConfigurationError: the URL scheme is not one of the above, or an option is unknown
+            or invalid.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"session store URL {url!r} has no scheme. Use one of: "
+            + ", ".join(f"{s}://" for s in _SCHEMES)
+            + " (AGENT_RUNNER_SESSION_URL)."
+        )
+    scheme = urlsplit(url).scheme.lower()
+    factory = _SCHEMES.get(scheme)
+    if factory is None:
+        raise ConfigurationError(
+            f"session store URL scheme {scheme!r} is not supported. Use one of: "
+            + ", ".join(f"{s}://" for s in _SCHEMES)
+            + " (AGENT_RUNNER_SESSION_URL)."
+        )
+    try:
+        if factory is InMemorySessionService:
+            service: SessionService = factory(**options)
+        else:
+            service = factory(url, **options)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"bad option for {factory.__name__} (from {scheme}:// URL): {exc}"
+        ) from exc
+    return service

@@ -1,0 +1,226 @@
+"""What every session backend shares: argument checks, JSON coding, TTL options, and the
+in-place update of a :class:`~runner_core.session.Session` after an append.
+
+The rules themselves (scopes, the event window) live in :mod:`runner_core.session`; this module
+holds the plumbing around them so the backends do not repeat it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from runner_core.errors import ConfigurationError, CorruptSessionDataError, InvalidRequestError
+from runner_core.events import Event
+from runner_core.session import (
+    APP_PREFIX,
+    DEFAULT_EVENT_LIMIT,
+    USER_PREFIX,
+    Session,
+    SessionKey,
+    StateDeltaParts,
+    Summary,
+    split_state_delta,
+    window_events,
+)
+
+__all__ = [
+    "DEFAULT_CLEANUP_INTERVAL",
+    "apply_append",
+    "check_appendable",
+    "check_delta",
+    "check_event_limit",
+    "check_num_events",
+    "check_ttl",
+    "decode_event",
+    "decode_json_object",
+    "decode_json_value",
+    "decode_summary",
+    "decode_time",
+    "encode_json",
+    "new_session_id",
+    "route_initial_state",
+    "session_key",
+    "utcnow",
+]
+
+#: How often expired data is swept when any TTL is set (seconds), as in tRPC-Agent-Go.
+DEFAULT_CLEANUP_INTERVAL = 300.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+def session_key(app_name: str, user_id: str, session_id: str | None) -> SessionKey:
+    """Validate the three IDs (a new ID when ``session_id`` is None or empty)."""
+    return SessionKey(app_name, user_id, session_id or new_session_id())
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+def check_ttl(value: float | timedelta | None, option: str) -> float | None:
+    """A TTL option in seconds; None or 0 means "never expires"."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise ConfigurationError(
+            f"{option} must be a number of seconds >= 0 or a timedelta (0 or None: never "
+            f"expire), got {value!r}."
+        )
+    return float(seconds) or None
+
+
+def check_event_limit(value: int | None) -> int | None:
+    """The event limit option: a positive int, or None/0 for no limit."""
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            f"event_limit must be a positive integer (0 or None: no limit), got {value!r}. "
+            f"The default is {DEFAULT_EVENT_LIMIT}."
+        )
+    return value
+
+
+# --- arguments -----------------------------------------------------------------------------
+
+
+def check_delta(delta: object, field: str) -> dict[str, Any]:
+    """A state delta: a dict with string keys and JSON-encodable values."""
+    if not isinstance(delta, dict):
+        raise InvalidRequestError(f"{field} must be a dict, got {type(delta).__name__}.")
+    for key in delta:
+        if not isinstance(key, str) or not key:
+            raise InvalidRequestError(f"{field} keys must be non-empty strings, got {key!r}.")
+    encode_json(delta, field)
+    return delta
+
+
+def check_num_events(num_events: int | None) -> None:
+    if num_events is not None and (isinstance(num_events, bool) or num_events < 0):
+        raise InvalidRequestError("num_events must be >= 0 (or None for all events).")
+
+
+def check_appendable(session: Session, event: Event) -> SessionKey:
+    """The checks before any append: a stored kind of event, of this session.
+
+    Raises:
+        InvalidRequestError: the event is partial, has no ID, or names another session.
+    """
+    key = session.key
+    if event.partial:
+        raise InvalidRequestError(
+            f"event {event.id!r} is partial ({event.type}); only complete events are stored. "
+            "Append the final event instead of its deltas."
+        )
+    if not event.id:
+        raise InvalidRequestError("event.id is empty; events need an ID to be stored once.")
+    theirs = (event.app_name, event.user_id, event.session_id)
+    if theirs != (key.app_name, key.user_id, key.session_id):
+        raise InvalidRequestError(
+            f"event {event.id!r} belongs to session {theirs!r}, not to "
+            f"{(key.app_name, key.user_id, key.session_id)!r}. Append it to its own session."
+        )
+    check_delta(event.state_delta, "event.state_delta")
+    return key
+
+
+# --- JSON ----------------------------------------------------------------------------------
+
+
+def encode_json(value: Any, field: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(
+            f"{field} must hold JSON values only (str, int, float, bool, None, list, dict): {exc}"
+        ) from exc
+
+
+def _corrupt(where: str, exc: Exception) -> CorruptSessionDataError:
+    return CorruptSessionDataError(
+        f"stored session data at {where} cannot be decoded ({exc}). It was written by "
+        "something other than agent-runner or damaged; inspect it, then repair or delete it."
+    )
+
+
+def decode_json_object(raw: str | bytes | None, where: str) -> dict[str, Any]:
+    """Decode a stored JSON object (None or empty means {})."""
+    if raw is None or raw == b"" or raw == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(where, exc) from exc
+    if not isinstance(value, dict):
+        raise _corrupt(where, TypeError(f"expected a JSON object, got {type(value).__name__}"))
+    return value
+
+
+def decode_json_value(raw: str | bytes, where: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(where, exc) from exc
+
+
+def decode_event(raw: str | bytes, where: str) -> Event:
+    try:
+        return Event.from_json(raw)
+    except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(where, exc) from exc
+
+
+def decode_summary(raw: str | bytes, where: str) -> Summary:
+    try:
+        return Summary.model_validate_json(raw)
+    except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(where, exc) from exc
+
+
+def decode_time(raw: str | bytes, where: str) -> datetime:
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        value = datetime.fromisoformat(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(where, exc) from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- the Session object after an append ----------------------------------------------------
+
+
+def apply_append(
+    session: Session,
+    event: Event,
+    parts: StateDeltaParts,
+    *,
+    event_count: int,
+    updated_at: datetime,
+    event_limit: int | None,
+) -> None:
+    """Update the caller's ``session`` in place the way the store changed."""
+    session.events.append(event)
+    if event_limit is not None and len(session.events) > event_limit:
+        session.events = window_events(session.events, num_events=event_limit)
+    session.state.update(parts.session)
+    session.state.update({APP_PREFIX + k: v for k, v in parts.app.items()})
+    session.state.update({USER_PREFIX + k: v for k, v in parts.user.items()})
+    session.event_count = event_count
+    session.updated_at = updated_at
+
+
+def route_initial_state(state: dict[str, Any] | None) -> StateDeltaParts:
+    """The ``state`` argument of create_session, routed to its scopes."""
+    return split_state_delta(check_delta(state or {}, "state"))

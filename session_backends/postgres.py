@@ -1,0 +1,888 @@
+"""``PostgresSessionService``: sessions in PostgreSQL (psycopg 3, async pool).
+
+Tables (names get ``table_prefix`` and live in ``schema`` when set; e.g. ``tenant_a.app1_...``):
+
+- ``session_states``     one row per session: state (JSONB), ``event_count`` (every event ever
+  appended), ``first_position`` (the oldest kept event), ``last_user_position``
+- ``session_events``     one row per event: ``event_id``, ``position`` (append order), event JSONB
+- ``session_summaries``  one row per (session, ``filter_key``), with the summary's ``event_count``
+- ``app_states`` / ``user_states``  one row per key, value JSONB
+
+Every table has ``expires_at`` and ``deleted_at``; uniqueness holds among live rows only
+(partial unique indexes ``WHERE deleted_at IS NULL``), so a deleted session's ID can be used
+again. Deletes and expiry set ``deleted_at`` (soft delete, the default) or remove rows
+(``soft_delete=False``); reads never see either. Expired rows are hidden at once and swept by a
+cleanup loop. Events evicted by the event limit are removed, not soft-deleted: the limit exists
+to bound storage.
+
+Each append is one transaction: ``SELECT ... FOR UPDATE`` the session row (so appends to one
+session queue up, from any number of processes), insert the event unless its ID is there,
+apply the state delta to the three scopes, evict past the limit. Schema creation takes a
+transaction-scoped advisory lock, so many workers can start at once. ``schema`` and
+``table_prefix`` are checked against a strict pattern and always quoted with
+:class:`psycopg.sql.Identifier`; IDs and values only ever travel as query parameters.
+
+The connection pool opens on first use (never at import) and :meth:`close` closes it unless it
+was passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import zlib
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from runner_core.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    SessionBackendError,
+    SessionNotFoundError,
+)
+from runner_core.events import Event
+from runner_core.session import (
+    DEFAULT_EVENT_LIMIT,
+    Session,
+    SessionKey,
+    Summary,
+    merge_state,
+    split_state_delta,
+    validate_identifier,
+    window_events,
+)
+
+from ._common import (
+    DEFAULT_CLEANUP_INTERVAL,
+    apply_append,
+    check_appendable,
+    check_delta,
+    check_event_limit,
+    check_num_events,
+    check_ttl,
+    decode_event,
+    decode_json_object,
+    decode_summary,
+    encode_json,
+    route_initial_state,
+    session_key,
+    utcnow,
+)
+
+__all__ = ["PostgresSessionService"]
+
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[Any]
+
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,29}$")
+_HINT = "is PostgreSQL running and reachable there? Check AGENT_RUNNER_SESSION_URL"
+_LIVE = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+_KEY = "app_name = %s AND user_id = %s AND session_id = %s"
+_EXPIRES = "now() + %s::float8 * interval '1 second'"
+
+
+def _live(alias: str) -> str:
+    """Neither deleted nor expired."""
+    return (
+        f"{alias}.deleted_at IS NULL AND ({alias}.expires_at IS NULL OR {alias}.expires_at > now())"
+    )
+
+
+def _check_name(value: object, option: str, pattern: re.Pattern[str], longest: int) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ConfigurationError(
+            f"{option} {value!r} is not allowed: use letters, digits and '_', starting with a "
+            f"letter or '_', at most {longest} characters."
+        )
+    return value
+
+
+class _Statements:
+    """Every SQL statement the service runs, built once from the validated names."""
+
+    def __init__(self, schema: str | None, prefix: str, soft_delete: bool) -> None:
+        def table(name: str) -> sql.Identifier:
+            return (
+                sql.Identifier(schema, prefix + name) if schema else sql.Identifier(prefix + name)
+            )
+
+        def q(text: str, **names: sql.Composable) -> sql.Composed:
+            return sql.SQL(text).format(**names)
+
+        ss, se, su = table("session_states"), table("session_events"), table("session_summaries")
+        aps, uss = table("app_states"), table("user_states")
+        t = {"ss": ss, "se": se, "su": su, "aps": aps, "uss": uss}
+        self.lock_key = zlib.crc32(f"agent-runner-sessions:{schema}.{prefix}".encode())
+
+        def ix(name: str) -> sql.Identifier:
+            return sql.Identifier(f"{prefix}{name}")
+
+        stamps = (
+            "created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL, "
+            "expires_at TIMESTAMPTZ, deleted_at TIMESTAMPTZ"
+        )
+        ids = "app_name VARCHAR(128) NOT NULL, user_id VARCHAR(128) NOT NULL, "
+        sid = "session_id VARCHAR(128) NOT NULL, "
+        self.ddl: list[sql.Composed] = []
+        if schema:
+            self.ddl.append(q("CREATE SCHEMA IF NOT EXISTS {s}", s=sql.Identifier(schema)))
+        self.ddl += [
+            q(
+                "CREATE TABLE IF NOT EXISTS {ss} (id BIGSERIAL PRIMARY KEY, "
+                + ids
+                + sid
+                + "state JSONB NOT NULL DEFAULT '{{}}'::jsonb, "
+                "event_count BIGINT NOT NULL DEFAULT 0, "
+                "first_position BIGINT NOT NULL DEFAULT 0, "
+                "last_user_position BIGINT NOT NULL DEFAULT -1, " + stamps + ")",
+                ss=ss,
+            ),
+            q(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {ss} (app_name, user_id, session_id) "
+                "WHERE deleted_at IS NULL",
+                ix=ix("session_states_unique_active"),
+                ss=ss,
+            ),
+            q(
+                "CREATE INDEX IF NOT EXISTS {ix} ON {ss} (expires_at) "
+                "WHERE deleted_at IS NULL AND expires_at IS NOT NULL",
+                ix=ix("session_states_expires"),
+                ss=ss,
+            ),
+            q(
+                "CREATE TABLE IF NOT EXISTS {se} (id BIGSERIAL PRIMARY KEY, "
+                + ids
+                + sid
+                + "event_id TEXT NOT NULL, position BIGINT NOT NULL, event JSONB NOT NULL, "
+                + stamps
+                + ")",
+                se=se,
+            ),
+            q(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {se} "
+                "(app_name, user_id, session_id, event_id) WHERE deleted_at IS NULL",
+                ix=ix("session_events_unique_active"),
+                se=se,
+            ),
+            q(
+                "CREATE INDEX IF NOT EXISTS {ix} ON {se} (app_name, user_id, session_id, position)"
+                " WHERE deleted_at IS NULL",
+                ix=ix("session_events_position"),
+                se=se,
+            ),
+            q(
+                "CREATE TABLE IF NOT EXISTS {su} (id BIGSERIAL PRIMARY KEY, "
+                + ids
+                + sid
+                + "filter_key TEXT NOT NULL, summary JSONB NOT NULL, "
+                "event_count BIGINT NOT NULL, " + stamps + ")",
+                su=su,
+            ),
+            q(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {su} "
+                "(app_name, user_id, session_id, filter_key) WHERE deleted_at IS NULL",
+                ix=ix("session_summaries_unique_active"),
+                su=su,
+            ),
+            q(
+                "CREATE TABLE IF NOT EXISTS {aps} (id BIGSERIAL PRIMARY KEY, "
+                "app_name VARCHAR(128) NOT NULL, key TEXT NOT NULL, value JSONB, " + stamps + ")",
+                aps=aps,
+            ),
+            q(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {aps} (app_name, key) "
+                "WHERE deleted_at IS NULL",
+                ix=ix("app_states_unique_active"),
+                aps=aps,
+            ),
+            q(
+                "CREATE TABLE IF NOT EXISTS {uss} (id BIGSERIAL PRIMARY KEY, "
+                + ids
+                + "key TEXT NOT NULL, value JSONB, "
+                + stamps
+                + ")",
+                uss=uss,
+            ),
+            q(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {uss} (app_name, user_id, key) "
+                "WHERE deleted_at IS NULL",
+                ix=ix("user_states_unique_active"),
+                uss=uss,
+            ),
+        ]
+
+        def retire(name: str, where: str, *, using: str | None = None) -> str:
+            """Soft or hard delete of the rows of ``name`` matching ``where``."""
+            if soft_delete:
+                head = f"UPDATE {{{name}}} AS x SET deleted_at = now()"
+                return head + (f" FROM {using}" if using else "") + f" WHERE {where}"
+            head = f"DELETE FROM {{{name}}} AS x"
+            return head + (f" USING {using}" if using else "") + f" WHERE {where}"
+
+        same = (
+            "x.app_name = gone.app_name AND x.user_id = gone.user_id "
+            "AND x.session_id = gone.session_id AND x.deleted_at IS NULL"
+        )
+        key_x = "x.app_name = %s AND x.user_id = %s AND x.session_id = %s AND x.deleted_at IS NULL"
+        expired = "x.deleted_at IS NULL AND x.expires_at <= now()"
+
+        # The expired session under this key (if any), with its events and summaries.
+        self.retire_expired_session = q(
+            "WITH gone AS ("
+            + retire("ss", f"{key_x} AND x.expires_at <= now()")
+            + " RETURNING x.app_name, x.user_id, x.session_id), "
+            "e AS (" + retire("se", same, using="gone") + " RETURNING 1), "
+            "s AS (" + retire("su", same, using="gone") + " RETURNING 1) "
+            "SELECT count(*) FROM gone",
+            **t,
+        )
+        self.delete_session = q(
+            "WITH a AS (" + retire("ss", key_x) + " RETURNING 1), "
+            "e AS (" + retire("se", key_x) + " RETURNING 1), "
+            "s AS (" + retire("su", key_x) + " RETURNING 1) "
+            "SELECT count(*) FROM a",
+            **t,
+        )
+        self.remove_expired = q(
+            "WITH gone AS ("
+            + retire("ss", expired)
+            + " RETURNING x.app_name, x.user_id, x.session_id), "
+            "e AS (" + retire("se", same, using="gone") + " RETURNING 1), "
+            "s AS (" + retire("su", same, using="gone") + " RETURNING 1), "
+            "a AS (" + retire("aps", expired) + " RETURNING 1), "
+            "u AS (" + retire("uss", expired) + " RETURNING 1) "
+            "SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM a) "
+            "+ (SELECT count(*) FROM u)",
+            **t,
+        )
+        self.insert_session = q(
+            "INSERT INTO {ss} (app_name, user_id, session_id, state, created_at, updated_at, "
+            f"expires_at) VALUES (%s, %s, %s, %s::jsonb, %s, %s, {_EXPIRES})",
+            **t,
+        )
+
+        def user_agg(app: str, user: str) -> str:
+            return (
+                "(SELECT jsonb_object_agg(u.key, u.value)::text FROM {uss} AS u "
+                f"WHERE u.app_name = {app} AND u.user_id = {user} AND {_live('u')})"
+            )
+
+        def app_agg(app: str) -> str:
+            return (
+                "(SELECT jsonb_object_agg(a.key, a.value)::text FROM {aps} AS a "
+                f"WHERE a.app_name = {app} AND {_live('a')})"
+            )
+
+        self.scopes = q(f"SELECT {user_agg('%s', '%s')}, {app_agg('%s')}", **t)
+        s_live = _live("s")
+        self.get_session = q(
+            "SELECT s.state::text, s.created_at, s.updated_at, s.event_count, "
+            + user_agg("s.app_name", "s.user_id")
+            + ", "
+            + app_agg("s.app_name")
+            + ", (SELECT jsonb_object_agg(m.filter_key, m.summary::text)::text FROM {su} AS m "
+            "WHERE m.app_name = s.app_name AND m.user_id = s.user_id "
+            "AND m.session_id = s.session_id AND m.deleted_at IS NULL), "
+            "ARRAY(SELECT e.event::text FROM {se} AS e WHERE e.app_name = s.app_name "
+            "AND e.user_id = s.user_id AND e.session_id = s.session_id "
+            "AND e.deleted_at IS NULL ORDER BY e.position) "
+            f"FROM {{ss}} AS s WHERE s.app_name = %s AND s.user_id = %s AND s.session_id = %s "
+            f"AND {s_live}",
+            **t,
+        )
+        self.list_sessions = q(
+            "SELECT session_id, state::text, created_at, updated_at, event_count FROM {ss} "
+            f"WHERE app_name = %s AND user_id = %s AND {_LIVE} ORDER BY created_at, session_id",
+            **t,
+        )
+        self.lock_session = q(
+            "SELECT id, event_count, first_position, last_user_position FROM {ss} "
+            f"WHERE {_KEY} AND {_LIVE} FOR UPDATE",
+            **t,
+        )
+        self.share_session = q(f"SELECT 1 FROM {{ss}} WHERE {_KEY} AND {_LIVE} FOR KEY SHARE", **t)
+        self.insert_event = q(
+            "INSERT INTO {se} (app_name, user_id, session_id, event_id, position, event, "
+            f"created_at, updated_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, "
+            f"{_EXPIRES}) ON CONFLICT (app_name, user_id, session_id, event_id) "
+            "WHERE deleted_at IS NULL DO NOTHING",
+            **t,
+        )
+        self.update_session = q(
+            "UPDATE {ss} SET state = state || %s::jsonb, event_count = %s, first_position = %s, "
+            f"last_user_position = %s, updated_at = %s, expires_at = {_EXPIRES} WHERE id = %s",
+            **t,
+        )
+        self.evict_events = q(
+            f"DELETE FROM {{se}} WHERE {_KEY} AND position < %s AND deleted_at IS NULL", **t
+        )
+        self.upsert_user_state = q(
+            "INSERT INTO {uss} (app_name, user_id, key, value, created_at, updated_at, "
+            f"expires_at) SELECT %s, %s, d.k, d.v::jsonb, now(), now(), {_EXPIRES} "
+            "FROM unnest(%s::text[], %s::text[]) AS d(k, v) "
+            "ON CONFLICT (app_name, user_id, key) WHERE deleted_at IS NULL DO UPDATE SET "
+            "value = excluded.value, updated_at = excluded.updated_at, "
+            "expires_at = excluded.expires_at",
+            **t,
+        )
+        self.refresh_user_state = q(
+            f"UPDATE {{uss}} SET expires_at = {_EXPIRES} WHERE app_name = %s AND user_id = %s "
+            f"AND {_LIVE}",
+            **t,
+        )
+        self.upsert_app_state = q(
+            "INSERT INTO {aps} (app_name, key, value, created_at, updated_at, expires_at) "
+            f"SELECT %s, d.k, d.v::jsonb, now(), now(), {_EXPIRES} "
+            "FROM unnest(%s::text[], %s::text[]) AS d(k, v) "
+            "ON CONFLICT (app_name, key) WHERE deleted_at IS NULL DO UPDATE SET "
+            "value = excluded.value, updated_at = excluded.updated_at, "
+            "expires_at = excluded.expires_at",
+            **t,
+        )
+        self.refresh_app_state = q(
+            f"UPDATE {{aps}} SET expires_at = {_EXPIRES} WHERE app_name = %s AND {_LIVE}", **t
+        )
+        self.get_summary = q(
+            "SELECT m.summary::text FROM {su} AS m JOIN {ss} AS s ON s.app_name = m.app_name "
+            "AND s.user_id = m.user_id AND s.session_id = m.session_id "
+            "WHERE m.app_name = %s AND m.user_id = %s AND m.session_id = %s "
+            f"AND m.filter_key = %s AND m.deleted_at IS NULL AND {s_live}",
+            **t,
+        )
+        self.put_summary = q(
+            "INSERT INTO {su} (app_name, user_id, session_id, filter_key, summary, event_count, "
+            "created_at, updated_at) VALUES (%s, %s, %s, %s, %s::jsonb, %s, now(), now()) "
+            "ON CONFLICT (app_name, user_id, session_id, filter_key) WHERE deleted_at IS NULL "
+            "DO UPDATE SET summary = excluded.summary, event_count = excluded.event_count, "
+            "updated_at = excluded.updated_at WHERE {su}.event_count < excluded.event_count "
+            "RETURNING 1",
+            **t,
+        )
+
+
+class PostgresSessionService:
+    """Sessions in PostgreSQL. See the module docstring for the tables.
+
+    Args:
+        dsn: a libpq URL or ``key=value`` string (``postgresql://user@host:5432/db``).
+        pool: an existing ``psycopg_pool.AsyncConnectionPool`` to use instead of ``dsn``
+            (not closed by :meth:`close`; it must use ``autocommit=True`` connections).
+        schema: the schema holding the tables (created if missing); None uses the search path.
+        table_prefix: put before every table and index name (``app1_`` -> ``app1_session_states``).
+        soft_delete: deletes and expiry set ``deleted_at`` (True, default) or remove rows.
+        skip_db_init: do not create the schema and tables (they were created by a migration).
+        event_limit: events kept per session (oldest evicted first, never the latest user
+            message); None or 0 keeps all. Default 1000.
+        session_ttl, app_state_ttl, user_state_ttl: seconds (or timedelta) after the last write;
+            None or 0 never expires.
+        cleanup_interval: seconds between sweeps of expired rows (default 300 when a TTL is set).
+        connect_timeout: seconds; bounds how long a call waits for an unreachable server.
+        max_pool_size: connections held at most.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: psycopg_pool.AsyncConnectionPool[Any] | None = None,
+        schema: str | None = None,
+        table_prefix: str = "",
+        soft_delete: bool = True,
+        skip_db_init: bool = False,
+        event_limit: int | None = DEFAULT_EVENT_LIMIT,
+        session_ttl: float | timedelta | None = None,
+        app_state_ttl: float | timedelta | None = None,
+        user_state_ttl: float | timedelta | None = None,
+        cleanup_interval: float | timedelta | None = None,
+        connect_timeout: float = 5.0,
+        max_pool_size: int = 10,
+    ) -> None:
+        if (dsn is None) == (pool is None):
+            raise ConfigurationError("PostgresSessionService needs a dsn or a pool (one of them).")
+        if schema is not None:
+            _check_name(schema, "schema", _IDENT_RE, 40)
+        if table_prefix:
+            _check_name(table_prefix, "table_prefix", _PREFIX_RE, 30)
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int | float):
+            raise ConfigurationError(f"connect_timeout must be seconds, got {connect_timeout!r}.")
+        if connect_timeout <= 0:
+            raise ConfigurationError(f"connect_timeout must be > 0, got {connect_timeout!r}.")
+        if isinstance(max_pool_size, bool) or not isinstance(max_pool_size, int):
+            raise ConfigurationError(f"max_pool_size must be an integer, got {max_pool_size!r}.")
+        if max_pool_size < 1:
+            raise ConfigurationError(f"max_pool_size must be >= 1, got {max_pool_size!r}.")
+        self.schema = schema
+        self.table_prefix = table_prefix
+        self.soft_delete = bool(soft_delete)
+        self.skip_db_init = bool(skip_db_init)
+        self.event_limit = check_event_limit(event_limit)
+        self.session_ttl = check_ttl(session_ttl, "session_ttl")
+        self.app_state_ttl = check_ttl(app_state_ttl, "app_state_ttl")
+        self.user_state_ttl = check_ttl(user_state_ttl, "user_state_ttl")
+        self.cleanup_interval = (
+            check_ttl(cleanup_interval, "cleanup_interval") or DEFAULT_CLEANUP_INTERVAL
+        )
+        self.connect_timeout = float(connect_timeout)
+        self._dsn = dsn
+        self._max_pool_size = max_pool_size
+        self._pool = pool
+        self._owns_pool = pool is None
+        self._where = self._describe(dsn) if dsn is not None else "the given pool"
+        self._sql = _Statements(schema, table_prefix, self.soft_delete)
+        self._ready_lock: asyncio.Lock | None = None
+        self._initialized = self.skip_db_init
+        self._cleanup_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @staticmethod
+    def _describe(dsn: str) -> str:
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"bad PostgreSQL DSN for the session store: {exc}") from exc
+        host = str(params.get("host") or "localhost")
+        port = str(params.get("port") or "5432")
+        return f"{host}:{port}" if not host.startswith("/") else f"socket dir {host} port {port}"
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresSessionService({self._where}, schema={self.schema!r}, "
+            f"table_prefix={self.table_prefix!r})"
+        )
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _backend_error(self, action: str, exc: BaseException) -> SessionBackendError:
+        return SessionBackendError(
+            f"PostgreSQL session store at {self._where} failed while {action}: "
+            f"{type(exc).__name__}: {str(exc).strip()}. {_HINT}."
+        )
+
+    async def _ready(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        """The pool, opened and the schema created on first use."""
+        if self._closed:
+            raise SessionBackendError(
+                f"PostgresSessionService for {self._where} is closed; build a new one."
+            )
+        if self._pool is not None and self._initialized:
+            return self._pool
+        if self._ready_lock is None:
+            self._ready_lock = asyncio.Lock()
+        async with self._ready_lock:
+            if self._pool is None:
+                assert self._dsn is not None
+                self._pool = psycopg_pool.AsyncConnectionPool(
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._max_pool_size,
+                    open=False,
+                    timeout=self.connect_timeout,
+                    kwargs={
+                        "autocommit": True,
+                        "connect_timeout": max(2, round(self.connect_timeout)),
+                    },
+                    name="agent-runner-sessions",
+                )
+                await self._pool.open(wait=False)
+            if not self._initialized:
+                await self._attempt(self._pool, "creating the session tables", self._create_schema)
+                self._initialized = True
+        self._start_cleanup()
+        return self._pool
+
+    async def _create_schema(self, conn: Conn) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._sql.lock_key,))
+            for statement in self._sql.ddl:
+                await conn.execute(statement)
+
+    async def _attempt(
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        action: str,
+        work: Callable[[Conn], Awaitable[T]],
+    ) -> T:
+        """Run ``work`` on a pooled connection, translating driver errors.
+
+        A connection the server dropped (a restart) fails at its first statement; the pool is
+        then checked and ``work`` runs once more on a fresh connection. Everything ``work``
+        does is safe to repeat: appends are deduplicated by event ID.
+        """
+        for attempt in (1, 2):
+            try:
+                async with pool.connection() as conn:
+                    return await work(conn)
+            except psycopg_pool.PoolTimeout as exc:
+                raise self._backend_error(action, exc) from exc
+            except psycopg.OperationalError as exc:
+                if attempt == 1 and not isinstance(exc, psycopg.errors.QueryCanceled):
+                    with contextlib.suppress(psycopg.Error, OSError):
+                        await pool.check()
+                    continue
+                raise self._backend_error(action, exc) from exc
+            except (psycopg.Error, psycopg_pool.PoolClosed, OSError) as exc:
+                raise self._backend_error(action, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(self, action: str, work: Callable[[Conn], Awaitable[T]]) -> T:
+        pool = await self._ready()
+        return await self._attempt(pool, action, work)
+
+    def _start_cleanup(self) -> None:
+        if self._closed or not (self.session_ttl or self.app_state_ttl or self.user_state_ttl):
+            return
+        if self._cleanup_task is not None and not self._cleanup_task.done():
+            return
+        self._cleanup_task = asyncio.get_running_loop().create_task(
+            self._cleanup_loop(), name="agent-runner-postgres-session-cleanup"
+        )
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cleanup_interval)
+            # A failed sweep is retried at the next interval; the reads hide expired rows anyway.
+            with contextlib.suppress(SessionBackendError):
+                await self.remove_expired()
+
+    async def remove_expired(self) -> int:
+        """Retire expired sessions (with their events and summaries) and state rows now.
+
+        Returns how many session and state rows were retired.
+        """
+
+        async def work(conn: Conn) -> int:
+            cur = await conn.execute(self._sql.remove_expired)
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run("removing expired sessions", work)
+
+    async def _write_scopes(
+        self,
+        conn: Conn,
+        app_name: str,
+        user_id: str | None,
+        user_delta: dict[str, Any],
+        app_delta: dict[str, Any],
+    ) -> None:
+        if user_delta and user_id is not None:
+            keys, values = _columns(user_delta)
+            ttl = self.user_state_ttl
+            await conn.execute(self._sql.upsert_user_state, (app_name, user_id, ttl, keys, values))
+            if ttl is not None:
+                await conn.execute(self._sql.refresh_user_state, (ttl, app_name, user_id))
+        if app_delta:
+            keys, values = _columns(app_delta)
+            ttl = self.app_state_ttl
+            await conn.execute(self._sql.upsert_app_state, (app_name, ttl, keys, values))
+            if ttl is not None:
+                await conn.execute(self._sql.refresh_app_state, (ttl, app_name))
+
+    async def _scopes(
+        self, conn: Conn, app_name: str, user_id: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        cur = await conn.execute(self._sql.scopes, (app_name, user_id, app_name))
+        row = await cur.fetchone()
+        assert row is not None
+        user_state = decode_json_object(row[0], f"user_states of {app_name!r}/{user_id!r}")
+        app_state = decode_json_object(row[1], f"app_states of {app_name!r}")
+        return user_state, app_state
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        app_name: str,
+        user_id: str,
+        session_id: str | None = None,
+        *,
+        state: dict[str, Any] | None = None,
+    ) -> Session:
+        key = session_key(app_name, user_id, session_id)
+        parts = route_initial_state(state)
+        session_json = encode_json(parts.session, "state")
+        now = utcnow()
+        ids = (key.app_name, key.user_id, key.session_id)
+
+        async def work(conn: Conn) -> dict[str, Any]:
+            async with conn.transaction():
+                await conn.execute(self._sql.retire_expired_session, ids)
+                try:
+                    async with conn.transaction():  # a savepoint, to name the conflict below
+                        await conn.execute(
+                            self._sql.insert_session,
+                            (*ids, session_json, now, now, self.session_ttl),
+                        )
+                except psycopg.errors.UniqueViolation as exc:
+                    raise InvalidRequestError(
+                        f"session {key.session_id!r} of user {key.user_id!r} in app "
+                        f"{key.app_name!r} already exists. Get it with get_session, or pass "
+                        "another session_id (or none for a generated one)."
+                    ) from exc
+                await self._write_scopes(conn, key.app_name, key.user_id, parts.user, parts.app)
+                user_state, app_state = await self._scopes(conn, key.app_name, key.user_id)
+            return merge_state(parts.session, app_state, user_state)
+
+        merged = await self._run("creating a session", work)
+        return Session(
+            id=key.session_id,
+            app_name=key.app_name,
+            user_id=key.user_id,
+            state=merged,
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def get_session(
+        self,
+        app_name: str,
+        user_id: str,
+        session_id: str,
+        *,
+        num_events: int | None = None,
+        since: datetime | None = None,
+    ) -> Session | None:
+        key = SessionKey(app_name, user_id, session_id)
+        check_num_events(num_events)
+
+        async def work(conn: Conn) -> tuple[Any, ...] | None:
+            cur = await conn.execute(
+                self._sql.get_session, (key.app_name, key.user_id, key.session_id)
+            )
+            return await cur.fetchone()
+
+        row = await self._run("reading a session", work)
+        if row is None:
+            return None
+        state_raw, created_at, updated_at, event_count, user_raw, app_raw, sums_raw, raw_events = (
+            row
+        )
+        where = f"session {key.app_name!r}/{key.user_id!r}/{key.session_id!r}"
+        events = [
+            decode_event(raw, f"session_events of {where} (row {n})")
+            for n, raw in enumerate(raw_events)
+        ]
+        summaries = decode_json_object(sums_raw, f"session_summaries of {where}")
+        return Session(
+            id=key.session_id,
+            app_name=key.app_name,
+            user_id=key.user_id,
+            state=merge_state(
+                decode_json_object(state_raw, f"session_states of {where}"),
+                decode_json_object(app_raw, f"app_states of {key.app_name!r}"),
+                decode_json_object(user_raw, f"user_states of {key.app_name!r}/{key.user_id!r}"),
+            ),
+            events=window_events(events, num_events=num_events, since=since),
+            summaries={
+                fk: decode_summary(raw, f"session_summaries of {where}, filter_key {fk!r}")
+                for fk, raw in summaries.items()
+            },
+            created_at=created_at,
+            updated_at=updated_at,
+            event_count=int(event_count),
+        )
+
+    async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:
+        validate_identifier(app_name, "app_name")
+        validate_identifier(user_id, "user_id")
+
+        async def work(
+            conn: Conn,
+        ) -> tuple[list[tuple[Any, ...]], dict[str, Any], dict[str, Any]]:
+            cur = await conn.execute(self._sql.list_sessions, (app_name, user_id))
+            rows = await cur.fetchall()
+            user_state, app_state = await self._scopes(conn, app_name, user_id)
+            return rows, user_state, app_state
+
+        rows, user_state, app_state = await self._run("listing sessions", work)
+        return [
+            Session(
+                id=sid,
+                app_name=app_name,
+                user_id=user_id,
+                state=merge_state(
+                    decode_json_object(state_raw, f"session_states of {sid!r}"),
+                    app_state,
+                    user_state,
+                ),
+                created_at=created_at,
+                updated_at=updated_at,
+                event_count=int(event_count),
+            )
+            for sid, state_raw, created_at, updated_at, event_count in rows
+        ]
+
+    async def delete_session(self, app_name: str, user_id: str, session_id: str) -> None:
+        key = SessionKey(app_name, user_id, session_id)
+        ids = (key.app_name, key.user_id, key.session_id)
+
+        async def work(conn: Conn) -> None:
+            await conn.execute(self._sql.delete_session, ids * 3)
+
+        await self._run("deleting a session", work)
+
+    async def append_event(self, session: Session, event: Event) -> bool:
+        key = check_appendable(session, event)
+        parts = split_state_delta(event.state_delta)
+        event_json = event.to_json()
+        session_delta = encode_json(parts.session, "event.state_delta")
+        is_user = event.is_user_message()
+        now = utcnow()
+        ids = (key.app_name, key.user_id, key.session_id)
+        limit = self.event_limit
+        ttl = self.session_ttl
+
+        async def work(conn: Conn) -> int | None:
+            async with conn.transaction():
+                cur = await conn.execute(self._sql.lock_session, ids)
+                row = await cur.fetchone()
+                if row is None:
+                    raise SessionNotFoundError(
+                        f"session {key.session_id!r} of user {key.user_id!r} in app "
+                        f"{key.app_name!r} does not exist (deleted or expired). "
+                        "Create it with create_session first."
+                    )
+                pk, position, first, last_user = row
+                cur = await conn.execute(
+                    self._sql.insert_event, (*ids, event.id, position, event_json, now, now, ttl)
+                )
+                if cur.rowcount == 0:
+                    return None
+                count = position + 1
+                if is_user:
+                    last_user = position
+                new_first = first
+                if limit is not None and count - first > limit:
+                    new_first = count - limit
+                    if first <= last_user < new_first:
+                        new_first = last_user
+                await conn.execute(
+                    self._sql.update_session,
+                    (session_delta, count, new_first, last_user, now, ttl, pk),
+                )
+                if new_first > first:
+                    await conn.execute(self._sql.evict_events, (*ids, new_first))
+                await self._write_scopes(conn, key.app_name, key.user_id, parts.user, parts.app)
+                return int(count)
+
+        event_count = await self._run("appending an event", work)
+        if event_count is None:
+            return False
+        apply_append(
+            session, event, parts, event_count=event_count, updated_at=now, event_limit=limit
+        )
+        return True
+
+    # --- app and user state ------------------------------------------------------------------
+
+    async def get_app_state(self, app_name: str) -> dict[str, Any]:
+        validate_identifier(app_name, "app_name")
+
+        async def work(conn: Conn) -> dict[str, Any]:
+            return (await self._scopes(conn, app_name, None))[1]
+
+        return await self._run("reading app state", work)
+
+    async def update_app_state(self, app_name: str, delta: dict[str, Any]) -> None:
+        validate_identifier(app_name, "app_name")
+        check_delta(delta, "delta")
+        if not delta:
+            return
+
+        async def work(conn: Conn) -> None:
+            async with conn.transaction():
+                await self._write_scopes(conn, app_name, None, {}, delta)
+
+        await self._run("updating app state", work)
+
+    async def get_user_state(self, app_name: str, user_id: str) -> dict[str, Any]:
+        validate_identifier(app_name, "app_name")
+        validate_identifier(user_id, "user_id")
+
+        async def work(conn: Conn) -> dict[str, Any]:
+            return (await self._scopes(conn, app_name, user_id))[0]
+
+        return await self._run("reading user state", work)
+
+    async def update_user_state(self, app_name: str, user_id: str, delta: dict[str, Any]) -> None:
+        validate_identifier(app_name, "app_name")
+        validate_identifier(user_id, "user_id")
+        check_delta(delta, "delta")
+        if not delta:
+            return
+
+        async def work(conn: Conn) -> None:
+            async with conn.transaction():
+                await self._write_scopes(conn, app_name, user_id, delta, {})
+
+        await self._run("updating user state", work)
+
+    # --- summaries ---------------------------------------------------------------------------
+
+    async def get_summary(
+        self, app_name: str, user_id: str, session_id: str, *, filter_key: str = ""
+    ) -> Summary | None:
+        key = SessionKey(app_name, user_id, session_id)
+
+        async def work(conn: Conn) -> str | None:
+            cur = await conn.execute(
+                self._sql.get_summary, (key.app_name, key.user_id, key.session_id, filter_key)
+            )
+            row = await cur.fetchone()
+            return None if row is None else str(row[0])
+
+        raw = await self._run("reading a summary", work)
+        if raw is None:
+            return None
+        return decode_summary(
+            raw, f"session_summaries of {session_id!r}, filter_key {filter_key!r}"
+        )
+
+    async def put_summary(
+        self, app_name: str, user_id: str, session_id: str, summary: Summary
+    ) -> bool:
+        key = SessionKey(app_name, user_id, session_id)
+        ids = (key.app_name, key.user_id, key.session_id)
+        summary_json = summary.model_dump_json()
+
+        async def work(conn: Conn) -> bool:
+            async with conn.transaction():
+                cur = await conn.execute(self._sql.share_session, ids)
+                if await cur.fetchone() is None:
+                    raise SessionNotFoundError(
+                        f"cannot store a summary: session {key.session_id!r} of user "
+                        f"{key.user_id!r} in app {key.app_name!r} does not exist."
+                    )
+                cur = await conn.execute(
+                    self._sql.put_summary,
+                    (*ids, summary.filter_key, summary_json, summary.event_count),
+                )
+                return await cur.fetchone() is not None
+
+        return await self._run("storing a summary", work)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        task, self._cleanup_task = self._cleanup_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._owns_pool and self._pool is not None:
+            await self._pool.close()
+
+
+def _columns(delta: dict[str, Any]) -> tuple[list[str], list[str]]:
+    keys = list(delta)
+    return keys, [encode_json(delta[k], f"state value {k!r}") for k in keys]

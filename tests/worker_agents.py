@@ -1,0 +1,59 @@
+"""Agents that the test workers load through ``AGENT_RUNNER_AGENTS`` (app ``testkit``).
+
+Tools record each execution in Redis (a counter per label), so a test can check from outside
+the worker that a tool ran exactly once even when its worker was killed and the run recovered.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import redis
+
+from runner_core.agent import LLMAgent
+from runner_core.openai_model import OpenAIModel
+from runner_core.tools import tool
+
+TOOL_COUNTER_KEY = "test:tool-executions"
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["AGENT_RUNNER_REDIS_URL"])
+
+
+@tool
+def record(label: str) -> str:
+    """Record one execution of this tool under ``label``.
+
+    Args:
+        label: what to count.
+    """
+    client = _redis()
+    try:
+        count = client.hincrby(TOOL_COUNTER_KEY, label, 1)
+    finally:
+        client.close()
+    return f"recorded {label} ({count})"
+
+
+@tool
+def crash_worker() -> str:
+    """Kill the worker process running this tool (SIGKILL), like an out-of-memory kill."""
+    client = _redis()
+    try:
+        client.hincrby(TOOL_COUNTER_KEY, "crash_worker", 1)
+    finally:
+        client.close()
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"
+
+
+def build_testkit() -> LLMAgent:
+    model = OpenAIModel(
+        os.environ.get("AGENT_RUNNER_MODEL", "scripted"),
+        base_url=os.environ["OPENAI_BASE_URL"],
+        api_key="sk-test",
+        max_retries=0,
+    )
+    return LLMAgent("testkit", model=model, instruction="test agent", tools=[record, crash_worker])

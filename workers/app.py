@@ -1,0 +1,69 @@
+"""The Celery app of agent-runner: ``celery -A workers.app worker -Q runs``.
+
+Configuration comes from ``celeryconfig`` (every setting from the environment). The worker's
+event loop (:mod:`workers.runtime`) starts from the worker signals below, never at import, so
+producers importing this module open no connection and start no thread.
+
+Recommended run worker (one process, many runs waiting on the model)::
+
+    celery -A workers.app worker -Q runs -P threads -c 100
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.concurrency import get_implementation
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
+
+from .summary_routing import configure_summary_routing
+
+__all__ = ["app"]
+
+logger = logging.getLogger(__name__)
+
+app = Celery("agent_runner", include=["workers.tasks", "workers.summaries"])
+app.config_from_object("celeryconfig")
+# The summary shard queues and their router (docs/summaries.md). This loads the configuration
+# now, so a bad AGENT_RUNNER_SUMMARY_* value stops the import with an error naming it.
+configure_summary_routing(app)
+
+
+def _start_in_main_process(sender: Any = None, **_: Any) -> None:
+    """threads/solo/gevent pools run tasks in the main process: start its loop here.
+
+    A prefork parent runs no task; its children start their own loop (below), because a
+    thread does not survive ``fork``.
+    """
+    pool_cls = get_implementation(getattr(sender, "pool_cls", None) or "prefork")
+    if isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool):
+        return
+    from .runtime import start_runtime
+
+    start_runtime()
+
+
+def _start_in_child(**_: Any) -> None:
+    from .runtime import start_runtime
+
+    start_runtime()
+
+
+def _stop(**_: Any) -> None:
+    from .runtime import stop_runtime
+
+    stop_runtime()
+
+
+worker_init.connect(_start_in_main_process, weak=False)
+worker_process_init.connect(_start_in_child, weak=False)
+worker_process_shutdown.connect(_stop, weak=False)
+worker_shutdown.connect(_stop, weak=False)

@@ -1,0 +1,429 @@
+"""The ``agent-runner`` command.
+
+::
+
+    agent-runner dev [--flower]                      local stack + interactive chat
+    agent-runner submit APP USER SESSION MESSAGE [--follow]
+    agent-runner tail INVOCATION_ID [--after-seq N]  print a run's events until it completes
+    agent-runner cancel INVOCATION_ID
+    agent-runner schema [PATH]                       write the event JSON Schema
+
+``submit``, ``tail`` and ``cancel`` use the Redis of ``AGENT_RUNNER_BROKER_URL`` /
+``AGENT_RUNNER_REDIS_URL``. ``dev`` starts its own (see :mod:`workers.localstack`) and chats
+through the whole distributed path: each line is a ``submit_run`` task, and what is printed is
+read back from the run's event stream. Errors print one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from runner_core.errors import AgentRunnerError
+from runner_core.events import Event, render_event_json_schema
+
+from . import client
+from .settings import Settings, mask_url
+
+__all__ = ["EventPrinter", "main"]
+
+DEFAULT_SCHEMA_PATH = Path("docs") / "event.schema.json"
+DEMO_NOTICE = "no OPENAI_API_KEY: using the offline demo model"
+CHAT_HELP = "Type a message, or /history, /new, /exit (Ctrl-D also exits)."
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class EventPrinter:
+    """Renders events for a terminal: streamed text as it comes, tool calls, results, errors.
+
+    Args:
+        out: where to write.
+        show_user: also print user messages (``tail``); the chat has already shown them.
+    """
+
+    def __init__(self, out: TextIO, *, show_user: bool = False) -> None:
+        self.out = out
+        self.show_user = show_user
+        self.in_text = False  # inside a line of streamed assistant text
+
+    def _end_text(self) -> None:
+        if self.in_text:
+            self.out.write("\n")
+            self.in_text = False
+
+    def _line(self, text: str) -> None:
+        self._end_text()
+        self.out.write(text + "\n")
+
+    def note(self, text: str) -> None:
+        """An indented line of our own (not from an event), on a fresh line."""
+        self._line(f"  {text}")
+        self.out.flush()
+
+    def __call__(self, event: Event) -> None:
+        handler = getattr(self, "_on_" + event.type.replace(".", "_"))
+        handler(event)
+        self.out.flush()
+
+    def _on_message_delta(self, event: Event) -> None:
+        if not self.in_text:
+            self.out.write("assistant> ")
+            self.in_text = True
+        self.out.write(event.delta or "")
+
+    def _on_message(self, event: Event) -> None:
+        message = event.message
+        if message is None:
+            return
+        if message.role == "user":
+            if self.show_user:
+                self._line(f"user> {message.text}")
+            return
+        for call in message.tool_calls or []:
+            self._line(f"  [tool call] {call.function.name}({call.function.arguments})")
+        if message.content and not message.tool_calls:
+            if self.in_text:
+                self._end_text()  # it was streamed already
+            else:
+                self._line(f"{message.role}> {message.content}")
+
+    def _on_tool_result(self, event: Event) -> None:
+        message = event.message
+        if message is not None:
+            name = message.name or message.tool_call_id or "tool"
+            self._line(f"  [tool result] {name}: {_short(message.text)}")
+
+    def _on_state_update(self, event: Event) -> None:
+        self._line(f"  [state] {', '.join(sorted(event.state_delta)) or '(no keys)'}")
+
+    def _on_error(self, event: Event) -> None:
+        if event.error is not None:
+            self._line(f"  [error] {event.error.type}: {event.error.message}")
+
+    def _on_run_paused(self, event: Event) -> None:
+        calls = event.actions.requested_confirmations
+        waiting = ", ".join(f"{c.function.name} (call {c.id})" for c in calls)
+        self._line(f"  [paused] waiting for confirmation of: {waiting or 'nothing'}")
+
+    def _on_runner_completion(self, event: Event) -> None:
+        usage = event.usage
+        detail: list[str] = [event.status or "finished"]
+        if usage is not None:
+            calls = "1 model call" if usage.model_calls == 1 else f"{usage.model_calls} model calls"
+            detail.append(f"{calls}, {usage.total_tokens} tokens")
+        if event.cost is not None:
+            detail.append(f"cost {event.cost:.6f}")
+        self._line(f"  [{'; '.join(detail)}]")
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def _print_events(events: Iterable[Event], *, as_json: bool, out: TextIO) -> Event | None:
+    """Print events (JSON lines or rendered); return the completion, if one came."""
+    printer = EventPrinter(out, show_user=True)
+    last: Event | None = None
+    for event in events:
+        if as_json:
+            out.write(event.to_json() + "\n")
+            out.flush()
+        else:
+            printer(event)
+        last = event
+    return last if last is not None and last.is_runner_completion() else None
+
+
+def _exit_status(completion: Event | None) -> int:
+    return 0 if completion is not None and completion.status in ("completed", "paused") else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    invocation_id = client.submit(
+        args.app_name,
+        args.user_id,
+        args.session_id,
+        args.message,
+        multitask_strategy=args.strategy,
+    )
+    if not args.follow:
+        print(invocation_id)
+        return 0
+    print(f"invocation: {invocation_id}", file=sys.stderr, flush=True)
+    events = client.stream_events(invocation_id, timeout=args.timeout)
+    return _exit_status(_print_events(events, as_json=args.json, out=sys.stdout))
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    events = client.stream_events(
+        args.invocation_id, after_seq=args.after_seq, timeout=args.timeout
+    )
+    return _exit_status(_print_events(events, as_json=args.json, out=sys.stdout))
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    client.cancel(args.invocation_id)
+    print(f"cancel requested for {args.invocation_id}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = render_event_json_schema()
+    if args.path == "-":
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+# --- dev: local stack + chat -------------------------------------------------------------
+
+
+class Chat:
+    """The terminal chat of ``agent-runner dev``: every line goes through ``submit_run``."""
+
+    def __init__(
+        self,
+        *,
+        app_name: str,
+        user_id: str,
+        session_url: str,
+        timeout: float,
+        out: TextIO,
+    ) -> None:
+        self.app_name = app_name
+        self.user_id = user_id
+        self.session_url = session_url
+        self.timeout = timeout
+        self.out = out
+        self.session_id = self._new_session_id()
+
+    @staticmethod
+    def _new_session_id() -> str:
+        return f"chat-{uuid.uuid4().hex[:8]}"
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def run(self, lines: Callable[[], str | None]) -> None:
+        """Read lines until ``/exit`` or end of input (``lines`` returns None)."""
+        self.say(f"session {self.session_id} (app {self.app_name!r}, user {self.user_id!r})")
+        self.say(CHAT_HELP)
+        while True:
+            line = lines()
+            if line is None or line.strip() == "/exit":
+                return
+            text = line.strip()
+            if not text:
+                continue
+            if text == "/history":
+                self.show_history()
+            elif text == "/new":
+                self.session_id = self._new_session_id()
+                self.say(f"new session {self.session_id}")
+            elif text.startswith("/"):
+                self.say(f"unknown command {text.split()[0]!r}. {CHAT_HELP}")
+            else:
+                self.ask(text)
+
+    def ask(self, text: str) -> None:
+        try:
+            invocation_id = client.submit(self.app_name, self.user_id, self.session_id, text)
+        except AgentRunnerError as exc:
+            self.say(f"  [not sent] {exc}")
+            return
+        printer = EventPrinter(self.out)
+        last_seq: int | None = None
+        events = client.stream_events(invocation_id, timeout=self.timeout)
+        try:
+            for event in events:
+                printer(event)
+                last_seq = event.seq
+        except KeyboardInterrupt:
+            printer.note("[cancelling: Ctrl-C again to quit]")
+            client.cancel(invocation_id)
+            rest = client.stream_events(invocation_id, after_seq=last_seq, timeout=self.timeout)
+            for event in rest:
+                if event.is_runner_completion():
+                    printer(event)
+        except (TimeoutError, AgentRunnerError) as exc:
+            printer.note(f"[no answer] {exc}")
+        finally:
+            events.close()
+
+    def show_history(self) -> None:
+        session = asyncio.run(self._load_session())
+        if session is None or not session.events:
+            self.say(f"(session {self.session_id} has no messages yet)")
+            return
+        self.say(f"--- history of session {self.session_id} ({len(session.events)} events) ---")
+        printer = EventPrinter(self.out, show_user=True)
+        for event in session.events:
+            printer(event)
+        self.say("---")
+
+    async def _load_session(self) -> Any:
+        from session_backends import from_url
+
+        store = from_url(self.session_url)
+        try:
+            return await store.get_session(self.app_name, self.user_id, self.session_id)
+        finally:
+            await store.close()
+
+
+def _stdin_lines(interactive: bool, echo: TextIO) -> Callable[[], str | None]:
+    def read() -> str | None:
+        if interactive:
+            try:
+                return input("you> ")
+            except EOFError:
+                echo.write("\n")
+                return None
+        line = sys.stdin.readline()
+        if not line:
+            return None
+        echo.write(f"you> {line.rstrip()}\n")
+        return line
+
+    return read
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from .localstack import LocalStack
+
+    settings = Settings.from_env()
+    if settings.uses_openai:
+        endpoint = settings.openai_base_url or "https://api.openai.com/v1"
+        print(f"model: {settings.model} at {mask_url(endpoint)}", flush=True)
+    else:
+        print(DEMO_NOTICE, flush=True)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    print("starting the local stack (Ctrl-C or /exit stops it)...", flush=True)
+    with LocalStack(flower=args.flower, concurrency=args.concurrency) as stack:
+        # This process is the producer: point the client (and workers.app) at the stack.
+        for name in (
+            "AGENT_RUNNER_BROKER_URL",
+            "AGENT_RUNNER_REDIS_URL",
+            "AGENT_RUNNER_SESSION_URL",
+        ):
+            os.environ[name] = stack.env[name]
+        if stack.flower_url:
+            print(f"Flower: {stack.flower_url}", flush=True)
+        chat = Chat(
+            app_name=args.app,
+            user_id=args.user,
+            session_url=stack.redis_url,
+            timeout=args.timeout,
+            out=sys.stdout,
+        )
+        try:
+            chat.run(_stdin_lines(sys.stdin.isatty(), sys.stdout))
+        except KeyboardInterrupt:
+            print()
+        print("stopping the local stack...", flush=True)
+    print("bye", flush=True)
+    return 0
+
+
+# --- argument parsing --------------------------------------------------------------------
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-runner",
+        description="Run LLM agents on Celery workers and read their events from Redis.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser(
+        "dev", help="start a local stack (Redis, a run worker) and chat with an agent"
+    )
+    dev.add_argument("--flower", action="store_true", help="also start Flower")
+    dev.add_argument(
+        "--app", default="assistant", help="app name to chat with (default: assistant)"
+    )
+    dev.add_argument(
+        "--user", default=os.environ.get("USER") or "dev", help="user ID (default: $USER)"
+    )
+    dev.add_argument("--concurrency", type=int, default=8, help="worker threads (default: 8)")
+    dev.add_argument(
+        "--timeout", type=_positive, default=120.0, help="seconds to wait for each event"
+    )
+    dev.set_defaults(handler=cmd_dev)
+
+    submit = commands.add_parser("submit", help="submit a run and print its invocation ID")
+    submit.add_argument("app_name")
+    submit.add_argument("user_id")
+    submit.add_argument("session_id", help="'' starts a new session")
+    submit.add_argument("message")
+    submit.add_argument("--follow", action="store_true", help="print the run's events")
+    submit.add_argument(
+        "--strategy",
+        choices=("enqueue", "reject", "interrupt"),
+        default="enqueue",
+        help="what to do if the session is busy (default: enqueue)",
+    )
+    submit.add_argument("--json", action="store_true", help="events as JSON lines")
+    submit.add_argument("--timeout", type=_positive, default=None, help="seconds per event")
+    submit.set_defaults(handler=cmd_submit)
+
+    tail = commands.add_parser("tail", help="print a run's events until it completes")
+    tail.add_argument("invocation_id")
+    tail.add_argument("--after-seq", type=int, default=None, help="skip events up to this seq")
+    tail.add_argument("--json", action="store_true", help="events as JSON lines")
+    tail.add_argument("--timeout", type=_positive, default=None, help="seconds per event")
+    tail.set_defaults(handler=cmd_tail)
+
+    cancel = commands.add_parser("cancel", help="ask a run to stop")
+    cancel.add_argument("invocation_id")
+    cancel.set_defaults(handler=cmd_cancel)
+
+    schema = commands.add_parser("schema", help="write the JSON Schema of events")
+    schema.add_argument("path", nargs="?", default=str(DEFAULT_SCHEMA_PATH), help="'-' for stdout")
+    schema.set_defaults(handler=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agent-runner`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except (AgentRunnerError, TimeoutError) as exc:
+        print(f"agent-runner: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""The producer's side: submit runs, read their events, cancel them.
+
+Reading events: :func:`stream_events` reads the invocation's stream (``XREAD`` from the
+beginning, then ``XREAD BLOCK`` from the last entry it saw), not the pub/sub channel. Pub/sub is
+at-most-once (a subscriber that connects late, or reconnects, misses what was published
+meanwhile); the stream keeps every event until it expires, so one loop covers all cases:
+
+- subscribed before the run started: the first ``XREAD BLOCK`` waits for the first entry;
+- joined late: the entries already written are read first, then it follows live;
+- reconnecting: pass ``after_seq`` (the last ``seq`` you processed) and nothing is repeated;
+- a repeated ``seq`` (an event published twice) is dropped; a missing one raises.
+
+It stops after ``runner.completion``, which every run ends with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Generator
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+import redis.exceptions
+from kombu.exceptions import OperationalError
+
+from runner_core.errors import AgentRunnerError, InvalidRequestError
+from runner_core.events import Event
+
+from .bus import (
+    CANCEL_MESSAGE,
+    CANCEL_TTL_S,
+    EventBus,
+    EventBusError,
+    cancel_key,
+    control_channel,
+    decode_entry,
+    describe_redis,
+    stream_key,
+    unavailable,
+)
+from .settings import Settings, mask_url
+
+__all__ = [
+    "BrokerUnavailableError",
+    "EventGapError",
+    "EventStreamTimeout",
+    "acancel",
+    "astream_events",
+    "cancel",
+    "events_redis_url",
+    "stream_events",
+    "submit",
+    "validate_invocation_id",
+]
+
+SUBMIT_TASK_NAME = "agent_runner.submit_run"
+#: Longest single XREAD BLOCK; waiting longer is done in several blocks.
+_BLOCK_SLICE_S = 10.0
+#: Entries read per XREAD.
+_READ_COUNT = 500
+#: Socket timeout of the reading connection: longer than one XREAD BLOCK.
+_SOCKET_TIMEOUT_S = _BLOCK_SLICE_S + 10.0
+_INVOCATION_ID_RE = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
+
+
+class BrokerUnavailableError(AgentRunnerError, ConnectionError):
+    """The Celery broker could not be reached, so the run was not submitted."""
+
+
+class EventStreamTimeout(EventBusError, TimeoutError):
+    """No event arrived within the ``timeout`` given to :func:`stream_events`."""
+
+
+class EventGapError(EventBusError):
+    """Events are missing from the stream (trimmed by ``MAXLEN`` or expired); never skipped."""
+
+
+def events_redis_url() -> str:
+    """The Redis that carries events: ``AGENT_RUNNER_REDIS_URL``, else the broker URL.
+
+    Raises:
+        ConfigurationError: a bad setting, naming the variable.
+    """
+    return Settings.from_env().redis_url
+
+
+def _prefix(prefix: str | None) -> str:
+    return prefix or Settings.from_env().events_prefix
+
+
+def validate_invocation_id(invocation_id: object) -> str:
+    """Check an invocation ID (a Celery task ID: 1-128 letters, digits or ``._:@+=-``).
+
+    Raises:
+        InvalidRequestError: naming ``invocation_id`` and what a valid one looks like.
+    """
+    if not isinstance(invocation_id, str) or not _INVOCATION_ID_RE.match(invocation_id):
+        raise InvalidRequestError(
+            f"invocation_id {invocation_id!r} is not a valid invocation ID. Pass the ID that "
+            "submit() returned (the Celery task ID, e.g. 3f2b6c1e-...)."
+        )
+    return invocation_id
+
+
+# --- submitting ----------------------------------------------------------------------------
+
+
+def submit(app_name: str, user_id: str, session_id: str, message: Any, **options: Any) -> str:
+    """Validate a run request and send it to the run workers.
+
+    Args:
+        app_name, user_id, session_id: which agent and which conversation.
+        message: text, or an OpenAI-style message dict.
+        **options: the other fields of ``submit_run`` (``messages``, ``resume``,
+            ``tool_confirmations``, ``request_id``, ``multitask_strategy``, ``run_timeout_s``).
+
+    Returns:
+        The invocation ID (the Celery task ID); read the run with :func:`stream_events`.
+
+    Raises:
+        InvalidRequestError: the request is invalid; nothing was sent. The message names the field.
+    """
+    from .app import app
+    from .requests import RunRequest
+
+    request = RunRequest.validate_request(
+        app_name=app_name, user_id=user_id, session_id=session_id, message=message, **options
+    )
+    args, kwargs = request.task_arguments()
+    try:
+        result = app.send_task(SUBMIT_TASK_NAME, args=args, kwargs=kwargs)
+    except OperationalError as exc:
+        raise BrokerUnavailableError(
+            f"cannot send the run to the broker at {mask_url(str(app.conf.broker_url))} ({exc}). "
+            "Start Redis there, or point AGENT_RUNNER_BROKER_URL at a running Redis."
+        ) from exc
+    return str(result.id)
+
+
+# --- reading events ------------------------------------------------------------------------
+
+
+class _StreamCursor:
+    """Turns stream entries into events: each ``seq`` once, in order, up to the completion."""
+
+    def __init__(self, invocation_id: str, key: str, after_seq: int | None) -> None:
+        if after_seq is not None and (not isinstance(after_seq, int) or after_seq < 0):
+            raise InvalidRequestError(
+                f"after_seq must be the seq of the last event you processed (>= 0), "
+                f"got {after_seq!r}."
+            )
+        self.invocation_id = invocation_id
+        self.key = key
+        self.last_entry_id = "0-0"
+        self.next_seq = 0 if after_seq is None else after_seq + 1
+        self.done = False
+
+    def feed(self, response: Any) -> list[Event]:
+        events: list[Event] = []
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                self.last_entry_id = _text(entry_id)
+                if self.done:
+                    break
+                event = decode_entry(fields, where=f"{self.key} {self.last_entry_id}")
+                if event.seq < self.next_seq:
+                    continue  # already delivered (or before after_seq)
+                if event.seq > self.next_seq:
+                    raise EventGapError(
+                        f"events {self.next_seq}..{event.seq - 1} of invocation "
+                        f"{self.invocation_id} are not in {self.key} (the stream was trimmed "
+                        "or expired). Read the session from its store for the full history."
+                    )
+                events.append(event)
+                self.next_seq += 1
+                if event.is_runner_completion():
+                    self.done = True
+        return events
+
+    def timeout_error(self, timeout: float) -> EventStreamTimeout:
+        waited = "the first event" if self.next_seq == 0 else f"event seq {self.next_seq}"
+        return EventStreamTimeout(
+            f"waited {timeout:g} s for {waited} of invocation {self.invocation_id} and none "
+            "came. Check that a run worker consumes the 'runs' queue and that the invocation ID "
+            "is right, or pass a longer timeout."
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _block_ms(deadline: float | None) -> int | None:
+    """Milliseconds for the next XREAD BLOCK, or None when the deadline has passed."""
+    if deadline is None:
+        return int(_BLOCK_SLICE_S * 1000)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    return max(1, int(min(remaining, _BLOCK_SLICE_S) * 1000))
+
+
+def stream_events(
+    invocation_id: str,
+    *,
+    after_seq: int | None = None,
+    timeout: float | None = None,
+    redis_url: str | None = None,
+    prefix: str | None = None,
+) -> Generator[Event, None, None]:
+    """Yield the events of an invocation exactly once, in ``seq`` order, up to its completion.
+
+    Args:
+        invocation_id: what :func:`submit` returned.
+        after_seq: the ``seq`` of the last event already processed; later ones are yielded.
+        timeout: seconds to wait for each next event (None waits as long as it takes).
+        redis_url: the events Redis (default: :func:`events_redis_url`).
+        prefix: the channel/key prefix (default ``agent-runner``).
+
+    Raises:
+        EventStreamTimeout: (a ``TimeoutError``) no next event within ``timeout``.
+        EventGapError: events between the last yielded one and the next stored one are gone.
+        EventBusUnavailableError: Redis cannot be reached (the message names host and port).
+        InvalidRequestError: a malformed ``invocation_id`` or ``after_seq``.
+    """
+    validate_invocation_id(invocation_id)
+    cursor = _StreamCursor(invocation_id, stream_key(invocation_id, _prefix(prefix)), after_seq)
+    client = redis.Redis.from_url(
+        redis_url or events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S
+    )
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not cursor.done:
+            block = _block_ms(deadline)
+            if block is None:
+                raise cursor.timeout_error(timeout or 0)
+            try:
+                response = client.xread(
+                    {cursor.key: cursor.last_entry_id}, count=_READ_COUNT, block=block
+                )
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                raise unavailable(client, exc) from exc
+            events = cursor.feed(response)
+            if events and timeout is not None:
+                deadline = time.monotonic() + timeout
+            yield from events
+    finally:
+        client.close()
+
+
+async def astream_events(
+    invocation_id: str,
+    *,
+    after_seq: int | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 (per-event idle timeout, as in the sync twin)
+    redis_url: str | None = None,
+    prefix: str | None = None,
+) -> AsyncIterator[Event]:
+    """The async twin of :func:`stream_events`; same arguments, same guarantees."""
+    validate_invocation_id(invocation_id)
+    cursor = _StreamCursor(invocation_id, stream_key(invocation_id, _prefix(prefix)), after_seq)
+    client = aioredis.Redis.from_url(
+        redis_url or events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S
+    )
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not cursor.done:
+            block = _block_ms(deadline)
+            if block is None:
+                raise cursor.timeout_error(timeout or 0)
+            try:
+                response = await client.xread(
+                    {cursor.key: cursor.last_entry_id}, count=_READ_COUNT, block=block
+                )
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                raise unavailable(client, exc) from exc
+            events = cursor.feed(response)
+            if events and timeout is not None:
+                deadline = time.monotonic() + timeout
+            for event in events:
+                yield event
+    finally:
+        await asyncio.shield(client.aclose())
+
+
+# --- cancelling ----------------------------------------------------------------------------
+
+
+def cancel(invocation_id: str, *, redis_url: str | None = None, prefix: str | None = None) -> None:
+    """Ask a run to stop at its next await; it ends with a ``cancelled`` completion.
+
+    Works before the run starts too: the request is remembered for an hour.
+
+    Raises:
+        InvalidRequestError: a malformed ``invocation_id``.
+        EventBusUnavailableError: Redis cannot be reached.
+    """
+    validate_invocation_id(invocation_id)
+    actual_prefix = _prefix(prefix)
+    client = redis.Redis.from_url(redis_url or events_redis_url())
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.set(cancel_key(invocation_id, actual_prefix), CANCEL_MESSAGE, ex=CANCEL_TTL_S)
+            pipe.publish(control_channel(invocation_id, actual_prefix), CANCEL_MESSAGE)
+            pipe.execute()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise unavailable(client, exc) from exc
+    except redis.exceptions.RedisError as exc:
+        raise EventBusError(f"Redis at {describe_redis(client)} failed: {exc}") from exc
+    finally:
+        client.close()
+
+
+async def acancel(
+    invocation_id: str, *, redis_url: str | None = None, prefix: str | None = None
+) -> None:
+    """The async twin of :func:`cancel`."""
+    validate_invocation_id(invocation_id)
+    client = aioredis.Redis.from_url(redis_url or events_redis_url())
+    try:
+        await EventBus(client, prefix=_prefix(prefix)).request_cancel(invocation_id)
+    finally:
+        await client.aclose()

@@ -1,0 +1,381 @@
+"""One delivery of a run, on the worker's event loop: claim, run, publish, finish exactly once.
+
+What a delivery of invocation ``I`` does, in order:
+
+1. If ``I``'s ``runner.completion`` was already published (a redelivery after the run ended),
+   return it: nothing runs, nothing is published.
+2. Take the session (:mod:`workers.session_lock`). If the live lease is ``I``'s own, this is a
+   duplicate delivery of a run that is still going: wait for it to finish (or die) instead of
+   starting it twice. Another run's lease is handled by ``multitask_strategy``.
+3. Count the attempt. Past ``AGENT_RUNNER_MAX_ATTEMPTS`` (a run that keeps killing its
+   workers) the run ends ``failed`` without running again.
+4. Run the Runner with ``invocation_id=I`` and ``first_seq`` after the last published event: a
+   redelivered run continues where it was (no event appended twice, completed tools not re-run)
+   and subscribers see a gap-free ``seq``. Every event is published as it comes; a heartbeat
+   keeps the lease and the broker message alive; a cancel request stops the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+from runner_core.events import Event, EventError, EventType, RunStatus, Usage
+from runner_core.runner import Runner, RunStream
+from runner_core.session import SessionKey
+
+from .bus import EventBusError, EventBusUnavailableError
+from .requests import RunRequest
+from .runtime import WorkerRuntime
+from .session_lock import Busy, Lease
+
+__all__ = ["RunLabels", "execute_run", "publish_failure"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+AUTHOR = "agent-runner"
+_POLL_S = (0.05, 0.1, 0.2, 0.3, 0.5)
+_ATTEMPTS_TTL_S = 86400
+
+
+async def _retrying(rt: WorkerRuntime, operation: Callable[[], Awaitable[T]]) -> T:
+    """Run a bus operation, riding out a Redis outage for a bounded time."""
+    deadline = asyncio.get_running_loop().time() + max(30.0, rt.settings.recovery_timeout_s)
+    delay = 0.1
+    while True:
+        try:
+            return await operation()
+        except EventBusUnavailableError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            logger.warning("Redis unavailable for events; retrying in %.1f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _redis_retrying(rt: WorkerRuntime, operation: Callable[[], Awaitable[T]]) -> T:
+    async def call() -> T:
+        try:
+            return await operation()
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            raise EventBusUnavailableError(str(exc)) from exc
+        except Exception as exc:
+            import redis.exceptions
+
+            if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+                raise EventBusUnavailableError(str(exc)) from exc
+            raise
+
+    return await _retrying(rt, call)
+
+
+@dataclass(frozen=True, slots=True)
+class RunLabels:
+    """What every event of a run carries about where it belongs."""
+
+    app_name: str
+    user_id: str
+    session_id: str
+    request_id: str | None = None
+
+
+async def publish_failure(
+    rt: WorkerRuntime,
+    invocation_id: str,
+    labels: RunLabels,
+    error: EventError,
+    *,
+    status: RunStatus = "failed",
+) -> Event:
+    """Publish an ``error`` event and a ``failed`` completion (only the completion for
+    ``cancelled``) for a run that could not run, continuing the invocation's ``seq``.
+
+    Returns the completion. Nothing is appended to the session: the run never had it.
+    """
+    last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
+    seq = 0 if last is None else last + 1
+    events: list[Event] = []
+    kinds: list[tuple[EventType, RunStatus | None]] = [("runner.completion", status)]
+    if status != "cancelled":
+        kinds.insert(0, ("error", None))
+    for kind, run_status in kinds:
+        events.append(
+            Event(
+                id=f"{invocation_id}:{seq}",
+                invocation_id=invocation_id,
+                seq=seq,
+                type=kind,
+                author=AUTHOR,
+                app_name=labels.app_name,
+                user_id=labels.user_id,
+                session_id=labels.session_id,
+                request_id=labels.request_id,
+                error=error,
+                status=run_status,
+                usage=Usage() if run_status else None,
+            )
+        )
+        seq += 1
+    for event in events:
+        await _retrying(rt, partial(rt.bus.publish, event))
+    return events[-1]
+
+
+def _labels(request: RunRequest, session_id: str) -> RunLabels:
+    return RunLabels(request.app_name, request.user_id, session_id, request.request_id)
+
+
+async def execute_run(
+    rt: WorkerRuntime, request: RunRequest, invocation_id: str, *, delivery_tag: str | None
+) -> Event:
+    """Carry out one delivery of a run; return its ``runner.completion`` (see module doc)."""
+    visibility = asyncio.create_task(rt.keep_visible(delivery_tag))
+    try:
+        return await _execute(rt, request, invocation_id)
+    finally:
+        visibility.cancel()
+
+
+async def _execute(rt: WorkerRuntime, request: RunRequest, invocation_id: str) -> Event:
+    done = await _retrying(rt, lambda: rt.bus.completion(invocation_id))
+    if done is not None:
+        logger.info(
+            "run %s already completed (%s); not running it again", invocation_id, done.status
+        )
+        return done
+    session_id = request.session_id or invocation_id
+    key = SessionKey(request.app_name, request.user_id, session_id)
+    claimed = await _take_session(rt, request, key, invocation_id)
+    if isinstance(claimed, Event):
+        return claimed
+    lease = claimed
+    finished = False
+    try:
+        completion = await _run_with_lease(rt, request, key, invocation_id, lease)
+        finished = completion is not None
+        if completion is None:
+            # Our lease went to another delivery of this invocation: it finishes the run.
+            return await _wait_for_other_delivery(rt, request, key, invocation_id)
+        return completion
+    except Exception as exc:
+        # Not a crash (those never get here) and not a shutdown (BaseException): the run cannot
+        # go on. Tell subscribers, so nobody waits for a completion that will never come.
+        logger.exception("run %s failed in the worker", invocation_id)
+        finished = True
+        return await publish_failure(
+            rt,
+            invocation_id,
+            _labels(request, session_id),
+            EventError(type="worker_error", message=f"{type(exc).__name__}: {exc}"),
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(rt.locks.release(lease, finished=finished))
+
+
+async def _run_with_lease(
+    rt: WorkerRuntime, request: RunRequest, key: SessionKey, invocation_id: str, lease: Lease
+) -> Event | None:
+    settings = rt.settings
+    attempts_key = f"{settings.events_prefix}:attempts:{invocation_id}"
+
+    async def count_attempt() -> int:
+        async with rt.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(attempts_key)
+            pipe.expire(attempts_key, _ATTEMPTS_TTL_S)
+            attempt, _ = await pipe.execute()
+        return int(attempt)
+
+    attempt = await _redis_retrying(rt, count_attempt)
+    # A previous attempt may have published its completion just before it died.
+    done = await _retrying(rt, lambda: rt.bus.completion(invocation_id))
+    if done is not None:
+        return done
+    if attempt > settings.max_attempts:
+        logger.error(
+            "run %s: attempt %s > %s; failing it", invocation_id, attempt, settings.max_attempts
+        )
+        return await publish_failure(
+            rt,
+            invocation_id,
+            _labels(request, key.session_id),
+            EventError(
+                type="too_many_attempts",
+                message=(
+                    f"the run was started {settings.max_attempts} times and its worker died each "
+                    "time (killed, out of memory, or crashed); it will not be retried. Check the "
+                    "worker logs for what the run was doing, then submit it again."
+                ),
+            ),
+        )
+    if attempt > 1:
+        logger.warning("run %s: recovering (attempt %s)", invocation_id, attempt)
+    last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
+    runner = Runner(request.app_name, rt.agents.get(request.app_name), session_service=rt.sessions)
+    stream = runner.run(
+        request.user_id,
+        key.session_id,
+        request.message,
+        messages=request.messages,
+        resume=request.resume,
+        tool_confirmations=request.tool_confirmations,
+        request_id=request.request_id,
+        invocation_id=invocation_id,
+        first_seq=0 if last is None else last + 1,
+        timeout_s=request.run_timeout_s or settings.run_timeout_s,
+    )
+    return await _pump(rt, stream, lease, invocation_id)
+
+
+async def _pump(
+    rt: WorkerRuntime, stream: RunStream, lease: Lease, invocation_id: str
+) -> Event | None:
+    """Publish the run's events until its completion; None if the lease was lost."""
+    lost = asyncio.Event()
+    helpers = [
+        asyncio.create_task(_watch_cancel(rt, stream, invocation_id)),
+        asyncio.create_task(_heartbeat(rt, stream, lease, lost)),
+    ]
+    try:
+        async for event in stream:
+            if lost.is_set():
+                continue  # another delivery owns the run now: publish nothing more
+            await _retrying(rt, partial(rt.bus.publish, event))
+            if event.is_runner_completion():
+                return event
+        return None
+    finally:
+        for helper in helpers:
+            helper.cancel()
+        await stream.aclose()
+
+
+async def _watch_cancel(rt: WorkerRuntime, stream: RunStream, invocation_id: str) -> None:
+    while True:
+        try:
+            await rt.bus.wait_cancel(invocation_id)
+        except EventBusError as exc:
+            logger.warning("cannot watch for cancel requests of %s: %s", invocation_id, exc)
+            await asyncio.sleep(1)
+            continue
+        logger.info("run %s: cancel requested", invocation_id)
+        stream.cancel()
+        return
+
+
+async def _heartbeat(
+    rt: WorkerRuntime, stream: RunStream, lease: Lease, lost: asyncio.Event
+) -> None:
+    while True:
+        await asyncio.sleep(rt.settings.heartbeat_s)
+        try:
+            held = await rt.locks.heartbeat(lease)
+        except Exception as exc:
+            logger.warning("session lease heartbeat failed (%s); retrying", exc)
+            continue
+        if not held:
+            logger.error(
+                "run %s lost its session lease (token %s) to another worker; stopping it",
+                lease.invocation_id,
+                lease.token,
+            )
+            lost.set()
+            stream.cancel()
+            return
+
+
+async def _take_session(
+    rt: WorkerRuntime, request: RunRequest, key: SessionKey, invocation_id: str
+) -> Lease | Event:
+    """The session lease, or the completion to return instead (see module doc, step 2)."""
+    strategy = request.multitask_strategy
+    interrupted: set[str] = set()
+    polls = 0
+    while True:
+        claimed = await _redis_retrying(
+            rt, lambda: rt.locks.acquire(key, invocation_id, wait=strategy != "reject")
+        )
+        if isinstance(claimed, Lease):
+            return claimed
+        outcome = await _while_busy(rt, request, key, invocation_id, claimed, interrupted)
+        if outcome is not None:
+            with contextlib.suppress(Exception):
+                await rt.locks.leave(key, invocation_id)
+            return outcome
+        await asyncio.sleep(_POLL_S[min(polls, len(_POLL_S) - 1)])
+        polls += 1
+
+
+async def _while_busy(
+    rt: WorkerRuntime,
+    request: RunRequest,
+    key: SessionKey,
+    invocation_id: str,
+    busy: Busy,
+    interrupted: set[str],
+) -> Event | None:
+    """What to do this time round while the session is not ours; None means keep waiting."""
+    done = await _retrying(rt, lambda: rt.bus.completion(invocation_id))
+    if done is not None:
+        return done
+    labels = _labels(request, key.session_id)
+    if busy.holder == invocation_id:
+        return None  # a duplicate delivery of our own live run: wait for it
+    if await _retrying(rt, lambda: rt.bus.cancel_requested(invocation_id)):
+        return await publish_failure(
+            rt,
+            invocation_id,
+            labels,
+            EventError(type="cancelled", message="cancelled before the run started."),
+            status="cancelled",
+        )
+    if request.multitask_strategy == "reject":
+        return await publish_failure(
+            rt,
+            invocation_id,
+            labels,
+            EventError(
+                type="session_busy",
+                code="session_busy",
+                message=(
+                    f"session {key.session_id!r} is busy with run {busy.holder} and this run "
+                    "used multitask_strategy='reject'. Wait for that run's completion and "
+                    "submit again, or use 'enqueue' (wait your turn) or 'interrupt' (cancel it)."
+                ),
+            ),
+        )
+    if (
+        request.multitask_strategy == "interrupt"
+        and busy.reason != "queued"
+        and busy.holder not in interrupted
+    ):
+        logger.info("run %s interrupts run %s on its session", invocation_id, busy.holder)
+        await _retrying(rt, lambda: rt.bus.request_cancel(busy.holder))
+        interrupted.add(busy.holder)
+    return None
+
+
+async def _wait_for_other_delivery(
+    rt: WorkerRuntime, request: RunRequest, key: SessionKey, invocation_id: str
+) -> Event:
+    """Our lease was taken by another delivery of the same run: return its completion."""
+    taken = await _take_session(rt, request, key, invocation_id)
+    if isinstance(taken, Event):
+        return taken
+    # The other delivery died too and the session is ours again: go on from where it was.
+    finished = False
+    try:
+        completion = await _run_with_lease(rt, request, key, invocation_id, taken)
+        finished = completion is not None
+        if completion is None:
+            return await _wait_for_other_delivery(rt, request, key, invocation_id)
+        return completion
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(rt.locks.release(taken, finished=finished))

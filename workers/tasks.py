@@ -1,0 +1,114 @@
+"""The Celery task: ``agent_runner.submit_run``.
+
+Producers call ``submit_run.delay(app_name, user_id, session_id, message, *, messages=None,
+resume=False, tool_confirmations=None, request_id=None, multitask_strategy="enqueue",
+run_timeout_s=None)`` (or ``send_task("agent_runner.submit_run", ...)`` from any Celery client).
+The returned ``AsyncResult.id`` is the invocation ID; the events are on
+``agent-runner:stream:{invocation_id}`` (see docs/events.md).
+
+The task returns the ``runner.completion`` event as a JSON dict (``.get()`` works when a result
+backend is configured). An invalid request, or an app name no agent is configured for, still
+publishes an ``error`` event and a ``failed`` completion, then fails the task with
+:class:`~runner_core.errors.InvalidRequestError` at once, without retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from celery import Task
+
+from runner_core.errors import InvalidRequestError
+from runner_core.events import Event, EventError
+from runner_core.session import MAX_ID_LENGTH
+
+from .app import app
+from .execution import RunLabels, execute_run, publish_failure
+from .requests import POSITIONAL_FIELDS, RunRequest
+from .runtime import WorkerRuntime, get_runtime
+from .summaries import maybe_enqueue_after_run
+
+__all__ = ["SUBMIT_RUN", "submit_run"]
+
+logger = logging.getLogger(__name__)
+
+SUBMIT_RUN = "agent_runner.submit_run"
+
+
+def _label(value: Any) -> str:
+    """A field of an invalid request as an event can carry it."""
+    return value[:MAX_ID_LENGTH] if isinstance(value, str) else ""
+
+
+async def _reject_invalid(
+    rt: WorkerRuntime,
+    invocation_id: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    error: InvalidRequestError,
+) -> Event:
+    done = await rt.bus.completion(invocation_id)
+    if done is not None:
+        return done
+    fields = dict(zip(POSITIONAL_FIELDS, args, strict=False)) | dict(kwargs)
+    request_id = fields.get("request_id")
+    labels = RunLabels(
+        app_name=_label(fields.get("app_name")),
+        user_id=_label(fields.get("user_id")),
+        session_id=_label(fields.get("session_id")),
+        request_id=request_id[:MAX_ID_LENGTH] if isinstance(request_id, str) else None,
+    )
+    error_event = EventError(type="invalid_request", message=str(error))
+    return await publish_failure(rt, invocation_id, labels, error_event)
+
+
+def _validate(rt: WorkerRuntime, args: Sequence[Any], kwargs: Mapping[str, Any]) -> RunRequest:
+    request = RunRequest.from_task_arguments(args, kwargs)
+    if request.app_name not in rt.agents.app_names:
+        raise InvalidRequestError(
+            f"unknown app_name {request.app_name!r}; the workers serve "
+            f"{', '.join(rt.agents.app_names)}. Add {request.app_name}=module:function to "
+            "AGENT_RUNNER_AGENTS on the workers."
+        )
+    return request
+
+
+def _submit_run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run an agent on a session; return the ``runner.completion`` event as a dict.
+
+    Arguments (positional or keyword): ``app_name``, ``user_id``, ``session_id`` (``""``: a
+    new session named after the invocation ID), ``message`` (text or an OpenAI-style user
+    message dict; None only with ``resume``/``tool_confirmations``). Keyword only:
+    ``messages``, ``resume``, ``tool_confirmations``, ``request_id``, ``multitask_strategy``
+    (``enqueue`` | ``reject`` | ``interrupt``), ``run_timeout_s``.
+
+    Raises:
+        InvalidRequestError: the request is invalid or names an unknown app (after publishing
+            an ``error`` event and a ``failed`` completion). Never retried.
+    """
+    rt = get_runtime()
+    invocation_id = str(self.request.id)
+    try:
+        request = _validate(rt, args, kwargs)
+    except InvalidRequestError as exc:
+        logger.warning("run %s rejected: %s", invocation_id, exc)
+        rt.run(_reject_invalid(rt, invocation_id, args, kwargs, exc))
+        raise
+    properties = getattr(self.request, "properties", None) or {}
+    delivery_tag = properties.get("delivery_tag")
+    completion = rt.run(execute_run(rt, request, invocation_id, delivery_tag=delivery_tag))
+    maybe_enqueue_after_run(rt, completion)  # a summary job when the app's checks pass
+    result: dict[str, Any] = json.loads(completion.to_json())
+    return result
+
+
+submit_run: Task = app.task(
+    name=SUBMIT_RUN,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    throws=(InvalidRequestError,),
+)(_submit_run)
