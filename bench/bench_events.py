@@ -7,7 +7,7 @@ events at a steady rate (like a model streaming tokens), stamping each with
 
 - **client**: ``EventBus.publish`` (one Lua call: XADD + EXPIRE + PUBLISH) -> the subscriber's
   ``workers.client.stream_events`` (XREAD BLOCK, decode, dedupe by seq) -> the ``Event``.
-- **raw**: redis-py ``PUBLISH`` of the same event JSON -> a redis-py ``SUBSCRIBE`` -> ``json.loads``.
+- **raw**: redis-py ``PUBLISH`` of the same event JSON -> redis-py ``SUBSCRIBE`` -> ``json.loads``.
 
 Both build the event and encode it inside the timed span, so the difference is what the bus
 and the client add. Rounds alternate raw, client, raw, client; the figures pool the rounds.
@@ -22,7 +22,9 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -105,7 +107,7 @@ def subscribe_client(url: str, invocation_id: str, ready: Connection, out: Conne
 
 def subscribe_raw(url: str, invocation_id: str, ready: Connection, out: Connection) -> None:
     connection = redis.Redis.from_url(url)
-    pubsub = connection.pubsub(ignore_subscribe_messages=True)
+    pubsub = connection.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(events_channel(invocation_id))
     while pubsub.get_message(timeout=1) is None and not pubsub.subscribed:
         pass
@@ -174,27 +176,37 @@ def run_round(url: str, mode: str, count: int, rate: float) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=3000, help="events per round")
+    parser.add_argument("--events", type=int, default=1500, help="events per round")
     parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per mode")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per mode")
     parser.add_argument("--quick", action="store_true", help="a short run (no doc update)")
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.rounds = 500, 1
 
     samples: dict[str, list[float]] = {"raw": [], "client": []}
+    round_ratios: list[float] = []  # client p99 / raw p99 of back-to-back rounds
+    load_before = os.getloadavg()[0]
     with redis_server() as (url, redis_version):
         for _ in range(args.rounds):
+            pair = {}
             for mode in ("raw", "client"):
-                samples[mode].extend(run_round(url, mode, args.events, args.rate))
+                latencies = run_round(url, mode, args.events, args.rate)
+                samples[mode].extend(latencies)
+                pair[mode] = summarize(latencies)["p99"]
+            round_ratios.append(pair["client"] / pair["raw"])
 
     raw, bus = summarize(samples["raw"]), summarize(samples["client"])
-    ratio = bus["p99"] / raw["p99"]
+    pooled_ratio = bus["p99"] / raw["p99"]
+    # The headline: the median over rounds of the paired p99 ratio. Each pair runs back to back,
+    # so load from other processes on this shared machine hits both sides of a ratio alike.
+    ratio = statistics.median(round_ratios)
     info = machine()
     data = {
         "benchmark": NAME,
         "machine": info,
         "redis_version": redis_version,
+        "load_average_1m_before": load_before,
         "events_per_round": args.events,
         "warmup_per_round": WARMUP,
         "rate_per_s": args.rate,
@@ -202,11 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         "unit": "microseconds",
         "raw_pubsub": raw,
         "client_stream": bus,
+        "p99_ratio_per_round": round_ratios,
         "p99_ratio": ratio,
+        "p99_ratio_pooled": pooled_ratio,
         "target": "client p99 within 2x of raw pub/sub p99",
         "target_met": ratio <= 2.0,
     }
-    print(json.dumps({k: data[k] for k in ("raw_pubsub", "client_stream", "p99_ratio")}, indent=2))
+    shown = ("raw_pubsub", "client_stream", "p99_ratio_per_round", "p99_ratio", "p99_ratio_pooled")
+    print(json.dumps({k: data[k] for k in shown}, indent=2))
     if args.quick:
         return 0
 
@@ -221,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 From a published chunk to the subscriber having it, in microseconds: {args.rounds} rounds x
 {args.events} `message.delta` events at {args.rate:g}/s per mode (first {WARMUP} of each round
 dropped), publisher and subscriber in separate processes, redis-server {redis_version} on
-127.0.0.1. **client** = `EventBus.publish` (one Lua call: XADD + EXPIRE + PUBLISH) read with
+127.0.0.1; 1-minute load average {load_before:.2f} before the run (the machine is shared).
+**client** = `EventBus.publish` (one Lua call: XADD + EXPIRE + PUBLISH) read with
 `workers.client.stream_events` (XREAD BLOCK, decode to `Event`, dedupe by seq); **raw** = redis-py
 `PUBLISH` of the same JSON read with `SUBSCRIBE` and `json.loads`.
 
@@ -230,7 +246,12 @@ dropped), publisher and subscriber in separate processes, redis-server {redis_ve
 {row("raw pub/sub", raw)}
 {row("client (stream)", bus)}
 
-p99 ratio client/raw: **{ratio:.2f}x** (target: within 2x; {"met" if ratio <= 2 else "NOT met"}).
+p99 ratio client/raw, median of the {args.rounds} back-to-back round pairs: **{ratio:.2f}x**
+(target: within 2x; {"met" if ratio <= 2 else "NOT met"}). Per round:
+{", ".join(f"{r:.2f}x" for r in round_ratios)}; pooled over all rounds: {pooled_ratio:.2f}x.
+The p50 gap is the design's cost: the client asks for each batch (`XREAD BLOCK`) where pub/sub
+pushes, and the worker's write is a script (XADD + EXPIRE + PUBLISH) instead of one PUBLISH. The
+tails are dominated by scheduling on this shared {info["cores"]}-core machine; rerun on a quiet one.
 
 {machine_line(info)}
 """

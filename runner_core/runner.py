@@ -34,7 +34,29 @@ from .session import Session, SessionService, validate_identifier
 
 __all__ = ["RunStream", "Runner"]
 
-Emit = Callable[[Event], None]
+
+
+class _Handoff:
+    """Hands events from the run's task to the reader, one at a time.
+
+    The run waits for the reader to ask for the next event (:meth:`turn`) before it stores and
+    hands over the next one, so a run never gets ahead of what its reader has handled. A
+    worker that publishes each event before asking for the next therefore never has a stored
+    event that was not published except the one in hand, which keeps redelivery gap-free.
+    """
+
+    __slots__ = ("queue", "wanted")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.wanted = asyncio.Event()
+
+    async def turn(self) -> None:
+        await self.wanted.wait()
+
+    def put(self, event: Event) -> None:
+        self.wanted.clear()
+        self.queue.put_nowait(event)
 
 
 class RunStream:
@@ -45,18 +67,18 @@ class RunStream:
     """
 
     def __init__(
-        self, body: Callable[[Emit], Coroutine[Any, Any, None]], invocation_id: str
+        self, body: Callable[[_Handoff], Coroutine[Any, Any, None]], invocation_id: str
     ) -> None:
         self.invocation_id = invocation_id
         self._body = body
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._handoff = _Handoff()
         self._task: asyncio.Task[None] | None = None
         self._cancel_requested = False
         self._completion: Event | None = None
 
     def _start(self) -> asyncio.Task[None]:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._body(self._queue.put_nowait))
+            self._task = asyncio.get_running_loop().create_task(self._body(self._handoff))
             if self._cancel_requested:
                 self._task.cancel()
         return self._task
@@ -69,7 +91,8 @@ class RunStream:
             raise StopAsyncIteration
         self._start()
         try:
-            event = await self._queue.get()
+            self._handoff.wanted.set()
+            event = await self._handoff.queue.get()
         except asyncio.CancelledError:
             self.cancel()
             raise
@@ -326,12 +349,12 @@ class _RunPlan:
         self.timeout_s = timeout_s
         self.usage = Usage()
         self.ctx: InvocationContext | None = None
-        self.emit: Emit = lambda event: None
+        self.handoff = _Handoff()
 
     # --- the task body -------------------------------------------------------------------
 
-    async def execute(self, emit: Emit) -> None:
-        self.emit = emit
+    async def execute(self, handoff: _Handoff) -> None:
+        self.handoff = handoff
         outcome: RunOutcome
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -402,13 +425,14 @@ class _RunPlan:
 
     async def _continue(self, ctx: InvocationContext, prior: list[Event]) -> RunOutcome:
         """A redelivered invocation: hand out what subscribers may have missed, then go on."""
-        self.next_seq = max(self.next_seq, max(e.seq for e in prior) + 1)
         first_unseen = self.next_seq
+        self.next_seq = max(self.next_seq, max(e.seq for e in prior) + 1)
         for event in prior:
             if event.usage is not None:
                 self.usage = self.usage + event.usage
             if event.seq >= first_unseen:
-                self.emit(event)
+                await self.handoff.turn()
+                self.handoff.put(event)
         last = prior[-1]
         if last.is_final_response() and last.type == "message" and last.message is not None:
             return RunOutcome(status="completed", final_text=last.message.content or "")
@@ -474,11 +498,13 @@ class _RunPlan:
         return event
 
     def _stamp_and_emit(self, event: Event) -> None:
-        self.emit(self._stamp(event))
+        """Hand out an event that is not stored, without waiting for the reader."""
+        self.handoff.put(self._stamp(event))
 
     async def _record(self, event: Event) -> None:
         """Number the event, store it if it is complete, then hand it out."""
         assert self.ctx is not None
+        await self.handoff.turn()
         self._stamp(event)
         if not event.partial:
             try:
@@ -490,7 +516,7 @@ class _RunPlan:
                 self.ctx.note_temp_state(event.state_delta)
             if event.usage is not None:
                 self.usage = self.usage + event.usage
-        self.emit(event)
+        self.handoff.put(event)
 
     def _error_event(self, error: EventError) -> Event:
         return Event(
@@ -513,7 +539,7 @@ class _RunPlan:
         try:
             await self._record(event)
         except (AgentRunnerError, asyncio.CancelledError):
-            self.emit(event)
+            self._stamp_and_emit(event)  # not stored, still handed out (with a fresh seq)
 
     def _session_id_for_events(self) -> str:
         if self.ctx is not None:

@@ -7,8 +7,10 @@ holds the plumbing around them so the backends do not repeat it.
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +39,7 @@ __all__ = [
     "check_num_events",
     "check_ttl",
     "decode_event",
+    "decode_events",
     "decode_json_object",
     "decode_json_value",
     "decode_summary",
@@ -180,6 +183,23 @@ def decode_event(raw: str | bytes, where: str) -> Event:
         return Event.from_json(raw)
     except (ValidationError, ValueError, UnicodeDecodeError) as exc:
         raise _corrupt(where, exc) from exc
+
+
+def decode_events(raws: Iterable[tuple[object, str | bytes]], where: str) -> list[Event]:
+    """Decode stored events (``(position, raw)`` pairs) in one batch.
+
+    The cyclic garbage collector is paused for the batch: a long history allocates tens of
+    thousands of objects that all stay alive, and the collections they trigger cost more than
+    the decoding itself (a 1000-event read: p90 50 ms with them, 8 ms without).
+    """
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return [decode_event(raw, f"{where} (position {position})") for position, raw in raws]
+    finally:
+        if paused:
+            gc.enable()
 
 
 def decode_summary(raw: str | bytes, where: str) -> Summary:

@@ -42,6 +42,7 @@ from ._common import (
     check_event_limit,
     check_num_events,
     check_ttl,
+    decode_events,
     encode_json,
     route_initial_state,
     session_key,
@@ -267,7 +268,7 @@ class InMemorySessionService:
                 updated_at=stored.updated_at,
                 event_count=stored.event_count,
             )
-        session.events = [Event.from_json(raw) for raw in event_json]
+        session.events = decode_events(enumerate(event_json), "memory")
         return session
 
     async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:

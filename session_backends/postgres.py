@@ -43,6 +43,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from runner_core.errors import (
     ConfigurationError,
+    CorruptSessionDataError,
     InvalidRequestError,
     SessionBackendError,
     SessionNotFoundError,
@@ -67,9 +68,10 @@ from ._common import (
     check_event_limit,
     check_num_events,
     check_ttl,
-    decode_event,
+    decode_events,
     decode_json_object,
     decode_summary,
+    decode_time,
     encode_json,
     route_initial_state,
     session_key,
@@ -122,7 +124,11 @@ class _Statements:
         t = {"ss": ss, "se": se, "su": su, "aps": aps, "uss": uss}
         self.lock_key = zlib.crc32(f"agent-runner-sessions:{schema}.{prefix}".encode())
 
+        #: Every table and index, schema-qualified: all present means nothing to create.
+        self.objects: list[sql.Identifier] = [ss, se, su, aps, uss]
+
         def ix(name: str) -> sql.Identifier:
+            self.objects.append(table(name))
             return sql.Identifier(f"{prefix}{name}")
 
         stamps = (
@@ -271,31 +277,35 @@ class _Statements:
 
         def user_agg(app: str, user: str) -> str:
             return (
-                "(SELECT jsonb_object_agg(u.key, u.value)::text FROM {uss} AS u "
+                "(SELECT jsonb_object_agg(u.key, u.value) FROM {uss} AS u "
                 f"WHERE u.app_name = {app} AND u.user_id = {user} AND {_live('u')})"
             )
 
         def app_agg(app: str) -> str:
             return (
-                "(SELECT jsonb_object_agg(a.key, a.value)::text FROM {aps} AS a "
+                "(SELECT jsonb_object_agg(a.key, a.value) FROM {aps} AS a "
                 f"WHERE a.app_name = {app} AND {_live('a')})"
             )
 
-        self.scopes = q(f"SELECT {user_agg('%s', '%s')}, {app_agg('%s')}", **t)
+        self.scopes = q(f"SELECT {user_agg('%s', '%s')}::text, {app_agg('%s')}::text", **t)
         s_live = _live("s")
+        # One statement (one snapshot, one round trip): the session row as a JSON document
+        # at position -1, then the events in append order. Rows beat one big array here:
+        # array literals escape every quote of the event JSON.
         self.get_session = q(
-            "SELECT s.state::text, s.created_at, s.updated_at, s.event_count, "
-            + user_agg("s.app_name", "s.user_id")
-            + ", "
-            + app_agg("s.app_name")
-            + ", (SELECT jsonb_object_agg(m.filter_key, m.summary::text)::text FROM {su} AS m "
+            "SELECT -1 AS position, json_build_object("
+            "'state', s.state, 'created_at', s.created_at, 'updated_at', s.updated_at, "
+            "'event_count', s.event_count, "
+            f"'user_state', {user_agg('s.app_name', 's.user_id')}, "
+            f"'app_state', {app_agg('s.app_name')}, "
+            "'summaries', (SELECT jsonb_object_agg(m.filter_key, m.summary::text) FROM {su} AS m "
             "WHERE m.app_name = s.app_name AND m.user_id = s.user_id "
-            "AND m.session_id = s.session_id AND m.deleted_at IS NULL), "
-            "ARRAY(SELECT e.event::text FROM {se} AS e WHERE e.app_name = s.app_name "
-            "AND e.user_id = s.user_id AND e.session_id = s.session_id "
-            "AND e.deleted_at IS NULL ORDER BY e.position) "
+            "AND m.session_id = s.session_id AND m.deleted_at IS NULL))::text "
             f"FROM {{ss}} AS s WHERE s.app_name = %s AND s.user_id = %s AND s.session_id = %s "
-            f"AND {s_live}",
+            f"AND {s_live} "
+            "UNION ALL SELECT e.position, e.event::text FROM {se} AS e "
+            "WHERE e.app_name = %s AND e.user_id = %s AND e.session_id = %s "
+            "AND e.deleted_at IS NULL ORDER BY 1",
             **t,
         )
         self.list_sessions = q(
@@ -313,7 +323,7 @@ class _Statements:
             "INSERT INTO {se} (app_name, user_id, session_id, event_id, position, event, "
             f"created_at, updated_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, "
             f"{_EXPIRES}) ON CONFLICT (app_name, user_id, session_id, event_id) "
-            "WHERE deleted_at IS NULL DO NOTHING",
+            "WHERE deleted_at IS NULL DO NOTHING RETURNING 1",
             **t,
         )
         self.update_session = q(
@@ -499,8 +509,27 @@ class PostgresSessionService:
         return self._pool
 
     async def _create_schema(self, conn: Conn) -> None:
+        """Create what is missing, once, however many workers start together.
+
+        ``CREATE ... IF NOT EXISTS`` still takes table locks that would queue behind (and can
+        deadlock with) running appends, so it runs only when an object is missing, checked
+        before and again under the advisory lock.
+        """
+        names = [obj.as_string(conn) for obj in self._sql.objects]
+
+        async def complete() -> bool:
+            cur = await conn.execute(
+                "SELECT count(to_regclass(n)) FROM unnest(%s::text[]) AS n", (names,)
+            )
+            row = await cur.fetchone()
+            return row is not None and row[0] == len(names)
+
+        if await complete():
+            return
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._sql.lock_key,))
+            if await complete():
+                return
             for statement in self._sql.ddl:
                 await conn.execute(statement)
 
@@ -653,33 +682,32 @@ class PostgresSessionService:
         key = SessionKey(app_name, user_id, session_id)
         check_num_events(num_events)
 
-        async def work(conn: Conn) -> tuple[Any, ...] | None:
-            cur = await conn.execute(
-                self._sql.get_session, (key.app_name, key.user_id, key.session_id)
-            )
-            return await cur.fetchone()
+        async def work(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(self._sql.get_session, ids * 2)
+            return await cur.fetchall()
 
-        row = await self._run("reading a session", work)
-        if row is None:
+        ids = (key.app_name, key.user_id, key.session_id)
+        rows = await self._run("reading a session", work)
+        if not rows or rows[0][0] != -1:
             return None
-        state_raw, created_at, updated_at, event_count, user_raw, app_raw, sums_raw, raw_events = (
-            row
-        )
         where = f"session {key.app_name!r}/{key.user_id!r}/{key.session_id!r}"
-        events = [
-            decode_event(raw, f"session_events of {where} (row {n})")
-            for n, raw in enumerate(raw_events)
-        ]
-        summaries = decode_json_object(sums_raw, f"session_summaries of {where}")
+        record = decode_json_object(rows[0][1], f"session_states of {where}")
+        try:
+            state = record["state"] or {}
+            created_at = decode_time(record["created_at"], f"session_states of {where}")
+            updated_at = decode_time(record["updated_at"], f"session_states of {where}")
+            event_count = int(record["event_count"])
+            summaries: dict[str, str] = record["summaries"] or {}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptSessionDataError(
+                f"stored session row of {where} is incomplete ({exc!r}); repair or delete it."
+            ) from exc
+        events = decode_events(rows[1:], f"session_events of {where}")
         return Session(
             id=key.session_id,
             app_name=key.app_name,
             user_id=key.user_id,
-            state=merge_state(
-                decode_json_object(state_raw, f"session_states of {where}"),
-                decode_json_object(app_raw, f"app_states of {key.app_name!r}"),
-                decode_json_object(user_raw, f"user_states of {key.app_name!r}/{key.user_id!r}"),
-            ),
+            state=merge_state(state, record["app_state"] or {}, record["user_state"] or {}),
             events=window_events(events, num_events=num_events, since=since),
             summaries={
                 fk: decode_summary(raw, f"session_summaries of {where}, filter_key {fk!r}")
@@ -687,7 +715,7 @@ class PostgresSessionService:
             },
             created_at=created_at,
             updated_at=updated_at,
-            event_count=int(event_count),
+            event_count=event_count,
         )
 
     async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:
@@ -741,7 +769,10 @@ class PostgresSessionService:
         ttl = self.session_ttl
 
         async def work(conn: Conn) -> int | None:
-            async with conn.transaction():
+            # Pipeline mode batches the statements: three round trips in all (lock the row;
+            # insert the event; the rest with COMMIT), which keeps the row lock short when
+            # many writers queue on one session.
+            async with conn.pipeline(), conn.transaction():
                 cur = await conn.execute(self._sql.lock_session, ids)
                 row = await cur.fetchone()
                 if row is None:
@@ -754,7 +785,7 @@ class PostgresSessionService:
                 cur = await conn.execute(
                     self._sql.insert_event, (*ids, event.id, position, event_json, now, now, ttl)
                 )
-                if cur.rowcount == 0:
+                if await cur.fetchone() is None:  # the event ID is there already
                     return None
                 count = position + 1
                 if is_user:

@@ -65,7 +65,7 @@ from ._common import (
     check_event_limit,
     check_num_events,
     check_ttl,
-    decode_event,
+    decode_events,
     decode_json_value,
     decode_summary,
     decode_time,
@@ -413,7 +413,7 @@ class RedisSessionService:
         if not meta:
             return None
         created_at, updated_at, event_count = self._meta(meta, keys[0])
-        events = [decode_event(raw, f"{keys[2]}[{i}]") for i, raw in enumerate(raw_events)]
+        events = decode_events(enumerate(raw_events), keys[2])
         return Session(
             id=key.session_id,
             app_name=key.app_name,

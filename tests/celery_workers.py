@@ -53,7 +53,7 @@ class CeleryWorker:
         self.concurrency = concurrency
         self.queues = queues
         self.hostname = f"test-{uuid.uuid4().hex[:8]}@127.0.0.1"
-        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the worker
+        self._log = tempfile.NamedTemporaryFile(
             prefix="celery-worker-", suffix=".log", delete=False
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -186,7 +186,11 @@ def celery_worker(start_worker: StartWorker) -> CeleryWorker:
 @pytest.fixture
 def producer(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The project's Celery app in the test process, pointed at the test Redis."""
-    for name in ("AGENT_RUNNER_BROKER_URL", "AGENT_RUNNER_RESULT_BACKEND", "AGENT_RUNNER_REDIS_URL"):
+    for name in (
+        "AGENT_RUNNER_BROKER_URL",
+        "AGENT_RUNNER_RESULT_BACKEND",
+        "AGENT_RUNNER_REDIS_URL",
+    ):
         monkeypatch.setenv(name, worker_env[name])
     from workers.app import app
 

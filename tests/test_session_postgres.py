@@ -27,7 +27,7 @@ USER = "alice"
 
 async def rows(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(query, params)  # type: ignore[arg-type]
+        cur = await conn.execute(query, params)
         return await cur.fetchall()
 
 
@@ -56,7 +56,9 @@ async def live_and_deleted(dsn: str, table: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-async def test_delete_is_soft_by_default(service: PostgresSessionService, postgres_dsn: str) -> None:
+async def test_delete_is_soft_by_default(
+    service: PostgresSessionService, postgres_dsn: str
+) -> None:
     await populate(service)
     await service.delete_session(APP, USER, "s1")
     assert await service.get_session(APP, USER, "s1") is None
@@ -164,7 +166,9 @@ async def test_sql_in_values_is_stored_as_data(
 ) -> None:
     nasty = "'); DROP TABLE session_states; --"
     session = await service.create_session(APP, USER, "s1", state={nasty: nasty})
-    await service.append_event(session, user_event(session, nasty, state_delta={"user:" + nasty: 1}))
+    await service.append_event(
+        session, user_event(session, nasty, state_delta={"user:" + nasty: 1})
+    )
     await service.update_app_state(APP, {nasty: nasty})
     loaded = await service.get_session(APP, USER, "s1")
     assert loaded is not None

@@ -23,6 +23,10 @@ APP = "support-bot"
 USER = "alice"
 
 
+def text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
+
+
 @pytest.fixture
 async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """A plain client on the same DB, to look behind the service's back."""
@@ -51,7 +55,7 @@ async def test_documented_key_layout_with_one_slot_per_user(
     service: RedisSessionService, raw: aioredis.Redis
 ) -> None:
     await populate(service)
-    keys = sorted(k.decode() for k in await raw.keys("*"))
+    keys = sorted(text(k) for k in await raw.keys("*"))
     tag = "{support-bot/alice}"
     session_keys = [
         f"agent-runner:{kind}:{tag}/s1"
@@ -70,7 +74,7 @@ async def test_key_prefix_option(redis_url: str, raw: aioredis.Redis) -> None:
         await svc.create_session(APP, USER, "s1")
     finally:
         await svc.close()
-    assert all(k.startswith(b"tenant-a:sessions:") for k in await raw.keys("*"))
+    assert all(text(k).startswith("tenant-a:sessions:") for k in await raw.keys("*"))
     for bad in ["", "has space", "a{b}", "x" * 65]:
         with pytest.raises(ConfigurationError, match="key_prefix"):
             RedisSessionService(redis_url, key_prefix=bad)

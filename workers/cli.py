@@ -327,8 +327,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
             "AGENT_RUNNER_SESSION_URL",
         ):
             os.environ[name] = stack.env[name]
-        if stack.flower_url:
-            print(f"Flower: {stack.flower_url}", flush=True)
         chat = Chat(
             app_name=args.app,
             user_id=args.user,

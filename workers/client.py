@@ -28,6 +28,7 @@ from kombu.exceptions import OperationalError
 
 from runner_core.errors import AgentRunnerError, InvalidRequestError
 from runner_core.events import Event
+from runner_core.messages import Message
 
 from .bus import (
     CANCEL_MESSAGE,
@@ -113,7 +114,7 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
 
     Args:
         app_name, user_id, session_id: which agent and which conversation.
-        message: text, or an OpenAI-style message dict.
+        message: text, an OpenAI-style message dict, or a :class:`~runner_core.messages.Message`.
         **options: the other fields of ``submit_run`` (``messages``, ``resume``,
             ``tool_confirmations``, ``request_id``, ``multitask_strategy``, ``run_timeout_s``).
 
@@ -126,6 +127,8 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
     from .app import app
     from .requests import RunRequest
 
+    if isinstance(message, Message):
+        message = message.to_openai()
     request = RunRequest.validate_request(
         app_name=app_name, user_id=user_id, session_id=session_id, message=message, **options
     )
@@ -228,9 +231,7 @@ def stream_events(
     """
     validate_invocation_id(invocation_id)
     cursor = _StreamCursor(invocation_id, stream_key(invocation_id, _prefix(prefix)), after_seq)
-    client = redis.Redis.from_url(
-        redis_url or events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S
-    )
+    client = redis.Redis.from_url(redis_url or events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not cursor.done:

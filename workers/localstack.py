@@ -11,6 +11,7 @@ session store are that Redis, so a chat through this stack takes the whole distr
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -76,11 +77,21 @@ def _log_tail(path: Path, chars: int = 3000) -> str:
         return "(no log)"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class _Process:
     """A subprocess in its own process group, logging to a file."""
 
-    def __init__(self, name: str, args: list[str], log: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, name: str, args: list[str], log: Path, env: Mapping[str, str], *, label: str
+    ) -> None:
         self.name = name
+        self.label = label
         self.log = log
         with open(log, "ab") as log_file:
             self.popen = subprocess.Popen(
@@ -90,6 +101,8 @@ class _Process:
                 stderr=subprocess.STDOUT,
                 env=dict(env),
                 start_new_session=True,
+                # stops the process if the CLI is killed outright (no chance to clean up)
+                preexec_fn=_die_with_parent,
             )
 
     @property
@@ -100,7 +113,7 @@ class _Process:
         code = self.popen.poll()
         if code is not None:
             raise LocalStackError(
-                f"{self.name} exited with status {code} while starting. Its log ({self.log}):\n"
+                f"{self.label} exited with status {code} while starting. Its log ({self.log}):\n"
                 f"{_log_tail(self.log)}"
             )
 
@@ -221,13 +234,13 @@ class LocalStack:
 
     # --- parts -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> _Process:
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str], label: str) -> _Process:
         assert self.directory is not None
-        process = _Process(name, args, self.directory / f"{name}.log", env)
+        process = _Process(name, args, self.directory / f"{name}.log", env, label=label)
         self.processes.append(process)
         return process
 
-    def _wait(self, process: _Process, ready: Callable[[], bool], what: str) -> None:
+    def _wait(self, process: _Process, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             process.check_alive()
@@ -235,8 +248,8 @@ class LocalStack:
                 return
             time.sleep(0.1)
         raise LocalStackError(
-            f"{what} did not become ready in {START_TIMEOUT_S:g} s. Its log ({process.log}):\n"
-            f"{_log_tail(process.log)}"
+            f"{process.label} did not become ready in {START_TIMEOUT_S:g} s. "
+            f"Its log ({process.log}):\n{_log_tail(process.log)}"
         )
 
     def _start_redis(self) -> None:
@@ -255,7 +268,7 @@ class LocalStack:
             "--maxmemory-policy", "noeviction",
             "--loglevel", "warning",
         ]  # fmt: skip
-        process = self._spawn("redis", args, self.base_env)
+        process = self._spawn("redis", args, self.base_env, f"redis-server ({executable})")
 
         def answers() -> bool:
             client = redis.Redis(host=LOOPBACK, port=self.redis_port or 0, socket_timeout=1)
@@ -266,14 +279,15 @@ class LocalStack:
             finally:
                 client.close()
 
-        self._wait(process, answers, f"redis-server ({executable})")
+        self._wait(process, answers)
         self.say(f"redis:  {self.redis_url} ({executable}, pid {process.pid})")
 
     def _worker_name(self) -> str:
         return f"dev-{self.redis_port}@{LOOPBACK}"
 
-    def _start_worker(self) -> None:
-        args = [
+    def worker_command(self) -> list[str]:
+        """The run worker's command line."""
+        return [
             sys.executable, "-m", "celery", "-A", "workers.app", "worker",
             "-Q", self.queue,
             "-P", "threads",
@@ -282,8 +296,10 @@ class LocalStack:
             "--loglevel", "INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
-        process = self._spawn("worker", args, self.env)
-        self._wait(process, self._worker_answers, "the run worker")
+
+    def _start_worker(self) -> None:
+        process = self._spawn("worker", self.worker_command(), self.env, "the run worker")
+        self._wait(process, self._worker_answers)
         self.say(
             f"worker: {self._worker_name()} on queue {self.queue!r} (threads x "
             f"{self.concurrency}, pid {process.pid}, log {process.log})"
@@ -312,12 +328,12 @@ class LocalStack:
             sys.executable, "-m", "celery", "-A", "workers.app", "flower",
             f"--address={LOOPBACK}", f"--port={self.flower_port}",
         ]  # fmt: skip
-        process = self._spawn("flower", args, self.env)
+        process = self._spawn("flower", args, self.env, "Flower")
 
         def listening() -> bool:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.settimeout(0.2)
                 return sock.connect_ex((LOOPBACK, self.flower_port or 0)) == 0
 
-        self._wait(process, listening, "Flower")
+        self._wait(process, listening)
         self.say(f"flower: {self.flower_url} (pid {process.pid})")

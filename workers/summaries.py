@@ -169,6 +169,7 @@ class _Trace:
         self.base = {
             "session": f"{session.app_name}/{session.user_id}/{session.session_id}",
             "job": job_id,
+            "attempt": secrets.token_hex(8),  # one lease holding (a job may run twice)
             "pid": os.getpid(),
         }
 
@@ -253,10 +254,11 @@ async def run_summary_job(
     if summarizer is None:
         return SummaryJobOutcome("no_summarizer")
     leases = SummaryLeases(rt.redis, prefix=rt.settings.events_prefix, lease_s=settings.lease_s)
+    trace = _Trace(rt, settings.trace_key, session_key, job_id)
     token = await leases.acquire(session_key)
     if token is None:
+        await trace.record("busy")
         return SummaryJobOutcome("busy")
-    trace = _Trace(rt, settings.trace_key, session_key, job_id or token)
     visible = asyncio.create_task(rt.keep_visible(delivery_tag))
     outcome = SummaryJobOutcome("error")
     try:

@@ -85,7 +85,9 @@ class SummarySettings:
             ConfigurationError: a bad value, naming the variable.
         """
         env = os.environ if environ is None else environ
-        shards = _env_number(env, "AGENT_RUNNER_SUMMARY_SHARDS", 8.0, minimum=1, maximum=_MAX_SHARDS)
+        shards = _env_number(
+            env, "AGENT_RUNNER_SUMMARY_SHARDS", 8.0, minimum=1, maximum=_MAX_SHARDS
+        )
         if not shards.is_integer():
             raise ConfigurationError(
                 f"AGENT_RUNNER_SUMMARY_SHARDS={shards:g} is not a whole number of queues."

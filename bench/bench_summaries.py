@@ -1,0 +1,247 @@
+"""Summary throughput through the summary queue, with order violations counted.
+
+100 sessions (Redis store) get two rounds of conversation; after each round every session gets
+a summary job plus a duplicate, through 8 shard queues consumed by 2 summary worker processes
+(``-P threads -c 1``, 4 shards each: the normal one-consumer-per-shard deployment). The model is
+a scripted server answering after a fixed latency, standing in for an LLM. The baseline makes
+the same summaries inline in one process, one after another, with ``create_session_summary``.
+
+Order violations, from the jobs' own records (``AGENT_RUNNER_SUMMARY_TRACE_KEY``): two jobs of
+one session holding it at the same time, or a stored boundary not above the previous one.
+
+    python -m bench.bench_summaries [--sessions N] [--latency S] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.report import machine, machine_line, write_results
+from runner_core import Summarizer, create_session_summary
+from runner_core.events import Event
+from runner_core.messages import Message
+from runner_core.testing import ScriptedModelServer, scripted_model
+from session_backends import RedisSessionService
+from tests.celery_workers import CeleryWorker
+from tests.services import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+APP, USER = "summarized", "bench"
+TRACE_KEY = "bench:summary-trace"
+SHARDS = 8
+ROUNDS = 2
+
+
+async def add_turn(service: RedisSessionService, session_id: str, turn: int) -> int:
+    session = await service.get_session(APP, USER, session_id)
+    if session is None:
+        session = await service.create_session(APP, USER, session_id)
+    for role, text in (("user", f"Question {turn}: what about item {turn}?"),
+                       ("assistant", f"Answer {turn}: item {turn} is fine.")):  # fmt: skip
+        message = Message.user(text) if role == "user" else Message.assistant(text)
+        await service.append_event(
+            session,
+            Event(
+                invocation_id=f"{session_id}-{turn}",
+                type="message",
+                author="user" if role == "user" else APP,
+                app_name=APP,
+                user_id=USER,
+                session_id=session_id,
+                message=message,
+            ),
+        )
+    return session.event_count
+
+
+async def covered(service: RedisSessionService, totals: dict[str, int]) -> bool:
+    for session_id, total in totals.items():
+        summary = await service.get_summary(APP, USER, session_id)
+        if summary is None or summary.event_count < total:
+            return False
+    return True
+
+
+def violations(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Overlapping holdings of one session, and stored boundaries that did not move forward."""
+    ends = {r["attempt"]: r["t"] for r in records if r["phase"] == "end"}
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    stored: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        if r["phase"] == "start":
+            spans[r["session"]].append((r["t"], ends.get(r["attempt"], float("inf"))))
+        elif r["phase"] == "stored":
+            stored[r["session"]].append(r["event_count"])
+    overlaps = 0
+    for items in spans.values():
+        items.sort()
+        overlaps += sum(1 for a, b in itertools.pairwise(items) if b[0] < a[1])
+    backwards = sum(
+        1 for counts in stored.values() for a, b in itertools.pairwise(counts) if b <= a
+    )
+    return {"overlapping_jobs": overlaps, "boundary_not_forward": backwards}
+
+
+def run_distributed(
+    redis_url: str, server: ScriptedModelServer, sessions: list[str]
+) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "AGENT_RUNNER_BROKER_URL": redis_url,
+        "AGENT_RUNNER_REDIS_URL": redis_url,
+        "AGENT_RUNNER_SESSION_URL": redis_url,
+        "AGENT_RUNNER_AGENTS": "summarized=tests.summary_agents:build_summarized",
+        "AGENT_RUNNER_SUMMARY_SHARDS": str(SHARDS),
+        "AGENT_RUNNER_SUMMARY_TRACE_KEY": TRACE_KEY,
+        "OPENAI_BASE_URL": server.url,
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ["AGENT_RUNNER_BROKER_URL"] = redis_url
+    from workers.app import app
+    from workers.summaries import enqueue_summary
+
+    app.conf.broker_url = redis_url
+    half = SHARDS // 2
+    groups = [range(0, half), range(half, SHARDS)]
+    workers = [
+        CeleryWorker(env, concurrency=1, queues=",".join(f"summary.{i}" for i in group))
+        for group in groups
+    ]
+    service = RedisSessionService(redis_url)
+    loop = asyncio.new_event_loop()
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.wait_ready()
+        calls_before = len(server.requests)
+        totals: dict[str, int] = {}
+        elapsed = 0.0
+        for turn in range(ROUNDS):
+            for session_id in sessions:
+                totals[session_id] = loop.run_until_complete(add_turn(service, session_id, turn))
+            started = time.perf_counter()
+            for session_id in sessions:
+                enqueue_summary(APP, USER, session_id)
+                enqueue_summary(APP, USER, session_id)  # a duplicate: must be a no-op
+            while not loop.run_until_complete(covered(service, totals)):
+                time.sleep(0.02)
+            elapsed += time.perf_counter() - started
+        time.sleep(1.0)  # let the duplicates finish before reading the records
+        client = redis.Redis.from_url(redis_url)
+        records = [json.loads(item) for item in client.lrange(TRACE_KEY, 0, -1)]
+        client.close()
+    finally:
+        for worker in workers:
+            worker.close()
+        loop.run_until_complete(service.close())
+        loop.close()
+        app.close()
+    summaries = sum(1 for r in records if r["phase"] == "stored")
+    return {
+        "summaries": summaries,
+        "model_calls": len(server.requests) - calls_before,
+        "jobs": len(sessions) * ROUNDS * 2,
+        "noop_jobs": sum(1 for r in records if r["phase"] == "end" and r["status"] == "not_due"),
+        "busy_retries": sum(1 for r in records if r["phase"] == "busy"),
+        "seconds": elapsed,
+        "per_second": summaries / elapsed,
+        "violations": violations(records),
+    }
+
+
+async def run_inline(
+    redis_url: str, server: ScriptedModelServer, sessions: list[str]
+) -> dict[str, Any]:
+    service = RedisSessionService(redis_url)
+    summarizer = Summarizer(scripted_model(server))
+    summaries = 0
+    elapsed = 0.0
+    try:
+        for turn in range(ROUNDS):
+            for session_id in sessions:
+                await add_turn(service, session_id, turn)
+            started = time.perf_counter()
+            for session_id in sessions:
+                if await create_session_summary(service, summarizer, APP, USER, session_id):
+                    summaries += 1
+            elapsed += time.perf_counter() - started
+    finally:
+        await service.close()
+        await summarizer.model.close()
+    return {"summaries": summaries, "seconds": elapsed, "per_second": summaries / elapsed}
+
+
+def render(result: dict[str, Any], info: dict[str, Any]) -> str:
+    dist, base = result["distributed"], result["inline"]
+    v = dist["violations"]
+    rows = [
+        ("inline, one process (baseline)", base),
+        (f"queue, {SHARDS} shards, 2 workers", dist),
+    ]
+    table = "\n".join(
+        f"| {name} | {r['summaries']} | {r['seconds']:.2f} | {r['per_second']:.1f} |"
+        for name, r in rows
+    )
+    return f"""## Summary queue (`python -m bench.bench_summaries`)
+
+{result["sessions"]} sessions in Redis, {ROUNDS} rounds; after each round every session gets a
+summary job and a duplicate, through {SHARDS} shard queues consumed by 2 summary workers
+(`-P threads -c 1`, 4 shards each). The scripted model answers after {result["latency_s"]} s.
+The baseline makes the same summaries inline in one process, one after another.
+
+| path | summaries | seconds | summaries/s |
+|---|---:|---:|---:|
+{table}
+
+Speed-up over the baseline: **{dist["per_second"] / base["per_second"]:.2f}x**.
+Jobs: {dist["jobs"]} ({dist["noop_jobs"]} found the work done, {dist["busy_retries"]} found the
+session busy and went back to the queue). Model calls: {dist["model_calls"]}.
+
+Order violations: **{v["overlapping_jobs"] + v["boundary_not_forward"]}** (target 0):
+{v["overlapping_jobs"]} overlapping jobs of one session, {v["boundary_not_forward"]} stored
+boundaries that did not move forward.
+
+{machine_line(info)}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--latency", type=float, default=0.2, help="model latency, seconds")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    sessions = [f"s{i:03d}" for i in range(args.sessions)]
+    with RedisServer() as redis_server, ScriptedModelServer(latency=args.latency) as server:
+        server.set_default("A short summary of the conversation so far.")
+        inline = asyncio.run(run_inline(redis_server.url_for_db(2), server, sessions))
+        distributed = run_distributed(redis_server.url_for_db(3), server, sessions)
+    result = {
+        "sessions": args.sessions,
+        "rounds": ROUNDS,
+        "shards": SHARDS,
+        "workers": 2,
+        "latency_s": args.latency,
+        "inline": inline,
+        "distributed": distributed,
+    }
+    info = machine()
+    markdown = render(result, info)
+    print(markdown)
+    if not args.no_write:
+        write_results("summaries", {"machine": info, **result}, markdown)
+
+
+if __name__ == "__main__":
+    main()

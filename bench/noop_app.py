@@ -1,0 +1,14 @@
+"""The baseline for bench_distributed: a bare Celery no-op task on the same settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery("bench_noop")
+app.config_from_object("celeryconfig")
+app.conf.task_routes = {"bench.noop": {"queue": "bench-noop"}}
+
+
+@app.task(name="bench.noop")  # type: ignore[untyped-decorator]
+def noop() -> None:
+    return None
