@@ -93,7 +93,12 @@ class CeleryWorker:
             while time.monotonic() < deadline:
                 if not self.is_alive():
                     raise RuntimeError(f"celery worker exited at start:\n{self.log_tail()}")
-                replies = pinger.control.ping(destination=[self.hostname], timeout=0.5)
+                try:
+                    replies = pinger.control.ping(destination=[self.hostname], timeout=0.5)
+                except (OSError, redis.exceptions.ConnectionError):
+                    # A pooled connection to a server that restarted (fault tests): the
+                    # failed attempt drops it; try again.
+                    continue
                 if replies:
                     return self
         finally:

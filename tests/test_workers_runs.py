@@ -293,3 +293,16 @@ def test_parse_agents() -> None:
         "support": "myapp.agents:build",
         "triage": "pkg.mod:make",
     }
+
+
+def test_a_worker_with_a_bad_agent_factory_exits_with_the_reason(
+    start_worker: StartWorker,
+) -> None:
+    # Given AGENT_RUNNER_AGENTS naming a module that does not exist
+    worker = start_worker(wait=False, AGENT_RUNNER_AGENTS="broken=no_such_module:build")
+    # Then the worker stops at start (instead of taking runs it can never finish)
+    assert worker.process is not None
+    assert worker.process.wait(timeout=60) == 78
+    log = worker.log_tail()
+    assert "agent-runner worker cannot start" in log
+    assert "AGENT_RUNNER_AGENTS entry broken=no_such_module:build" in log

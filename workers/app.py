@@ -12,6 +12,8 @@ Recommended run worker (one process, many runs waiting on the model)::
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 from celery import Celery
@@ -30,6 +32,9 @@ __all__ = ["app"]
 
 logger = logging.getLogger(__name__)
 
+#: Exit status of a worker whose configuration keeps it from running anything (EX_CONFIG).
+EXIT_CONFIG = 78
+
 app = Celery("agent_runner", include=["workers.tasks", "workers.summaries"])
 app.config_from_object("celeryconfig")
 # The summary shard queues and their router (docs/summaries.md). This loads the configuration
@@ -46,15 +51,29 @@ def _start_in_main_process(sender: Any = None, **_: Any) -> None:
     pool_cls = get_implementation(getattr(sender, "pool_cls", None) or "prefork")
     if isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool):
         return
-    from .runtime import start_runtime
-
-    start_runtime()
+    _start_or_exit()
 
 
 def _start_in_child(**_: Any) -> None:
+    _start_or_exit()
+
+
+def _start_or_exit() -> None:
+    """Start the runtime, or stop the worker with the reason.
+
+    Celery logs and swallows exceptions raised in signal handlers, which would leave a worker
+    taking runs it can never execute (a bad AGENT_RUNNER_AGENTS entry, say) and subscribers
+    waiting for completions that never come. A worker that cannot run anything exits instead.
+    """
     from .runtime import start_runtime
 
-    start_runtime()
+    try:
+        start_runtime()
+    except Exception as exc:
+        logger.critical("agent-runner worker cannot start: %s", exc)
+        sys.stderr.write(f"agent-runner worker cannot start: {exc}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_CONFIG)
 
 
 def _stop(**_: Any) -> None:
