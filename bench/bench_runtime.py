@@ -20,7 +20,7 @@ from openai import AsyncOpenAI
 from bench.report import machine, machine_line, summarize, write_results
 from runner_core import LLMAgent, Runner, tool
 from runner_core.testing import ScriptedModelServer, scripted_model
-from session_backends.memory import InMemorySessionService
+from session_backends import InMemorySessionService
 
 TOOL_ARGS = {"a": 2, "b": 3}
 

@@ -65,7 +65,7 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     ordered = sorted(samples)
 
     def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
     return {
         "n": float(len(ordered)),

@@ -1,3 +1,421 @@
-from session_backends.memory import InMemorySessionService  # TEMP shim
+"""``InMemorySessionService``: sessions in this process's memory.
+
+Real shipped code, held to the same conformance suite as Redis and PostgreSQL: for development,
+tests and single-process deployments. Nothing survives the process, and two worker processes
+do not share sessions; use Redis or PostgreSQL for that.
+
+Events and state are kept JSON-encoded, as the other stores keep them, so what a caller gets
+back never aliases what is stored and a value that Redis or PostgreSQL would refuse is refused
+here too. TTLs are refreshed on writes, not reads; expired data is hidden at once and swept by a
+background task (started on first use when a TTL is set, stopped by :meth:`close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from .errors import InvalidRequestError, SessionNotFoundError
+from .events import Event
+from .session import (
+    DEFAULT_EVENT_LIMIT,
+    Session,
+    SessionKey,
+    Summary,
+    merge_state,
+    split_state_delta,
+    validate_identifier,
+    window_events,
+)
+from .store_support import (
+    DEFAULT_CLEANUP_INTERVAL,
+    apply_append,
+    check_appendable,
+    check_delta,
+    check_event_limit,
+    check_num_events,
+    check_ttl,
+    decode_events,
+    encode_json,
+    route_initial_state,
+    session_key,
+    utcnow,
+)
 
 __all__ = ["InMemorySessionService"]
+
+
+def _copy(value: dict[str, Any]) -> dict[str, Any]:
+    copied: dict[str, Any] = json.loads(encode_json(value, "state"))
+    return copied
+
+
+@dataclass
+class _Scope:
+    """App or user state, with its own expiry."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    expires_at: float | None = None
+
+
+@dataclass
+class _StoredSession:
+    created_at: datetime
+    updated_at: datetime
+    state: dict[str, Any]
+    expires_at: float | None
+    events: list[Event] = field(default_factory=list)
+    event_json: dict[str, str] = field(default_factory=dict)
+    event_count: int = 0
+    summaries: dict[str, Summary] = field(default_factory=dict)
+
+
+def _live(expires_at: float | None, now: float) -> bool:
+    return expires_at is None or expires_at > now
+
+
+class InMemorySessionService:
+    """Sessions in process memory. See the module docstring.
+
+    Args:
+        event_limit: events kept per session (oldest evicted first, never the latest user
+            message); None or 0 keeps all. Default 1000.
+        session_ttl: seconds (or a timedelta) a session lives after its last write; None or 0
+            never expires. The same for ``app_state_ttl`` and ``user_state_ttl``.
+        cleanup_interval: seconds between sweeps of expired data (default 300 when a TTL is set).
+    """
+
+    def __init__(
+        self,
+        *,
+        event_limit: int | None = DEFAULT_EVENT_LIMIT,
+        session_ttl: float | timedelta | None = None,
+        app_state_ttl: float | timedelta | None = None,
+        user_state_ttl: float | timedelta | None = None,
+        cleanup_interval: float | timedelta | None = None,
+    ) -> None:
+        self.event_limit = check_event_limit(event_limit)
+        self.session_ttl = check_ttl(session_ttl, "session_ttl")
+        self.app_state_ttl = check_ttl(app_state_ttl, "app_state_ttl")
+        self.user_state_ttl = check_ttl(user_state_ttl, "user_state_ttl")
+        self.cleanup_interval = (
+            check_ttl(cleanup_interval, "cleanup_interval") or DEFAULT_CLEANUP_INTERVAL
+        )
+        self._sessions: dict[SessionKey, _StoredSession] = {}
+        self._app_state: dict[str, _Scope] = {}
+        self._user_state: dict[tuple[str, str], _Scope] = {}
+        # Workers may share one service between threads; every method holds the lock while it
+        # touches the dicts and never awaits while holding it.
+        self._lock = threading.Lock()
+        self._cleanup_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"InMemorySessionService(event_limit={self.event_limit})"
+
+    # --- expiry ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _deadline(ttl: float | None) -> float | None:
+        return None if ttl is None else time.monotonic() + ttl
+
+    def _start_cleanup(self) -> None:
+        if self._closed or not (self.session_ttl or self.app_state_ttl or self.user_state_ttl):
+            return
+        task = self._cleanup_task
+        if task is not None and not task.done():
+            return
+        self._cleanup_task = asyncio.get_running_loop().create_task(
+            self._cleanup_loop(), name="agent-runner-memory-session-cleanup"
+        )
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cleanup_interval)
+            self.remove_expired()
+
+    def remove_expired(self) -> int:
+        """Drop expired sessions and scopes now; returns how many were dropped."""
+        now = time.monotonic()
+        with self._lock:
+            dead_sessions = [k for k, s in self._sessions.items() if not _live(s.expires_at, now)]
+            for session_key_ in dead_sessions:
+                del self._sessions[session_key_]
+            dead_apps = [k for k, s in self._app_state.items() if not _live(s.expires_at, now)]
+            for app in dead_apps:
+                del self._app_state[app]
+            dead_users = [k for k, s in self._user_state.items() if not _live(s.expires_at, now)]
+            for user in dead_users:
+                del self._user_state[user]
+        return len(dead_sessions) + len(dead_apps) + len(dead_users)
+
+    def _scope_values(self, scope: _Scope | None, now: float) -> dict[str, Any]:
+        if scope is None or not _live(scope.expires_at, now):
+            return {}
+        return scope.values
+
+    def _write_scope(
+        self,
+        scopes: dict[Any, _Scope],
+        key: Any,
+        delta: dict[str, Any],
+        ttl: float | None,
+        now: float,
+    ) -> None:
+        if not delta:
+            return
+        scope = scopes.get(key)
+        if scope is None or not _live(scope.expires_at, now):
+            scope = scopes[key] = _Scope()
+        scope.values.update(_copy(delta))
+        scope.expires_at = self._deadline(ttl)
+
+    def _live_session(self, key: SessionKey, now: float) -> _StoredSession | None:
+        stored = self._sessions.get(key)
+        if stored is None or not _live(stored.expires_at, now):
+            return None
+        return stored
+
+    def _merged_state(self, key: SessionKey, stored: _StoredSession, now: float) -> dict[str, Any]:
+        return _copy(
+            merge_state(
+                stored.state,
+                self._scope_values(self._app_state.get(key.app_name), now),
+                self._scope_values(self._user_state.get((key.app_name, key.user_id)), now),
+            )
+        )
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        app_name: str,
+        user_id: str,
+        session_id: str | None = None,
+        *,
+        state: dict[str, Any] | None = None,
+    ) -> Session:
+        key = session_key(app_name, user_id, session_id)
+        parts = route_initial_state(state)
+        self._start_cleanup()
+        now_at = utcnow()
+        with self._lock:
+            now = time.monotonic()
+            if self._live_session(key, now) is not None:
+                raise InvalidRequestError(
+                    f"session {key.session_id!r} of user {key.user_id!r} in app "
+                    f"{key.app_name!r} already exists. Get it with get_session, or pass "
+                    "another session_id (or none for a generated one)."
+                )
+            stored = _StoredSession(
+                created_at=now_at,
+                updated_at=now_at,
+                state=_copy(parts.session),
+                expires_at=self._deadline(self.session_ttl),
+            )
+            self._sessions[key] = stored
+            self._write_scope(self._app_state, key.app_name, parts.app, self.app_state_ttl, now)
+            self._write_scope(
+                self._user_state,
+                (key.app_name, key.user_id),
+                parts.user,
+                self.user_state_ttl,
+                now,
+            )
+            merged = self._merged_state(key, stored, now)
+        return Session(
+            id=key.session_id,
+            app_name=key.app_name,
+            user_id=key.user_id,
+            state=merged,
+            created_at=now_at,
+            updated_at=now_at,
+        )
+
+    async def get_session(
+        self,
+        app_name: str,
+        user_id: str,
+        session_id: str,
+        *,
+        num_events: int | None = None,
+        since: datetime | None = None,
+    ) -> Session | None:
+        key = SessionKey(app_name, user_id, session_id)
+        check_num_events(num_events)
+        self._start_cleanup()
+        with self._lock:
+            now = time.monotonic()
+            stored = self._live_session(key, now)
+            if stored is None:
+                return None
+            events = window_events(stored.events, num_events=num_events, since=since)
+            event_json = [stored.event_json[e.id] for e in events]
+            session = Session(
+                id=key.session_id,
+                app_name=key.app_name,
+                user_id=key.user_id,
+                state=self._merged_state(key, stored, now),
+                summaries={k: s.model_copy() for k, s in stored.summaries.items()},
+                created_at=stored.created_at,
+                updated_at=stored.updated_at,
+                event_count=stored.event_count,
+            )
+        session.events = decode_events(enumerate(event_json), "memory")
+        return session
+
+    async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:
+        validate_identifier(app_name, "app_name")
+        validate_identifier(user_id, "user_id")
+        self._start_cleanup()
+        with self._lock:
+            now = time.monotonic()
+            sessions = [
+                Session(
+                    id=key.session_id,
+                    app_name=key.app_name,
+                    user_id=key.user_id,
+                    state=self._merged_state(key, stored, now),
+                    created_at=stored.created_at,
+                    updated_at=stored.updated_at,
+                    event_count=stored.event_count,
+                )
+                for key, stored in self._sessions.items()
+                if key.app_name == app_name
+                and key.user_id == user_id
+                and _live(stored.expires_at, now)
+            ]
+        sessions.sort(key=lambda s: (s.created_at, s.id))
+        return sessions
+
+    async def delete_session(self, app_name: str, user_id: str, session_id: str) -> None:
+        key = SessionKey(app_name, user_id, session_id)
+        with self._lock:
+            self._sessions.pop(key, None)
+
+    async def append_event(self, session: Session, event: Event) -> bool:
+        key = check_appendable(session, event)
+        parts = split_state_delta(event.state_delta)
+        raw = event.to_json()
+        stored_event = Event.from_json(raw)
+        self._start_cleanup()
+        now_at = utcnow()
+        with self._lock:
+            now = time.monotonic()
+            stored = self._live_session(key, now)
+            if stored is None:
+                raise SessionNotFoundError(
+                    f"session {key.session_id!r} of user {key.user_id!r} in app "
+                    f"{key.app_name!r} does not exist (deleted or expired). "
+                    "Create it with create_session first."
+                )
+            if event.id in stored.event_json:
+                return False
+            stored.events.append(stored_event)
+            stored.event_json[event.id] = raw
+            if self.event_limit is not None and len(stored.events) > self.event_limit:
+                kept = window_events(stored.events, num_events=self.event_limit)
+                for evicted in stored.events[: len(stored.events) - len(kept)]:
+                    del stored.event_json[evicted.id]
+                stored.events = kept
+            stored.event_count += 1
+            stored.state.update(_copy(parts.session))
+            stored.updated_at = now_at
+            stored.expires_at = self._deadline(self.session_ttl)
+            self._write_scope(self._app_state, key.app_name, parts.app, self.app_state_ttl, now)
+            self._write_scope(
+                self._user_state, (key.app_name, key.user_id), parts.user, self.user_state_ttl, now
+            )
+            event_count = stored.event_count
+        apply_append(
+            session,
+            event,
+            parts,
+            event_count=event_count,
+            updated_at=now_at,
+            event_limit=self.event_limit,
+        )
+        return True
+
+    # --- app and user state ------------------------------------------------------------------
+
+    async def get_app_state(self, app_name: str) -> dict[str, Any]:
+        validate_identifier(app_name, "app_name")
+        with self._lock:
+            return _copy(self._scope_values(self._app_state.get(app_name), time.monotonic()))
+
+    async def update_app_state(self, app_name: str, delta: dict[str, Any]) -> None:
+        validate_identifier(app_name, "app_name")
+        check_delta(delta, "delta")
+        self._start_cleanup()
+        with self._lock:
+            self._write_scope(
+                self._app_state, app_name, delta, self.app_state_ttl, time.monotonic()
+            )
+
+    async def get_user_state(self, app_name: str, user_id: str) -> dict[str, Any]:
+        validate_identifier(app_name, "app_name")
+        validate_identifier(user_id, "user_id")
+        with self._lock:
+            scope = self._user_state.get((app_name, user_id))
+            return _copy(self._scope_values(scope, time.monotonic()))
+
+    async def update_user_state(self, app_name: str, user_id: str, delta: dict[str, Any]) -> None:
+        validate_identifier(app_name, "app_name")
+        validate_identifier(user_id, "user_id")
+        check_delta(delta, "delta")
+        self._start_cleanup()
+        with self._lock:
+            self._write_scope(
+                self._user_state,
+                (app_name, user_id),
+                delta,
+                self.user_state_ttl,
+                time.monotonic(),
+            )
+
+    # --- summaries ---------------------------------------------------------------------------
+
+    async def get_summary(
+        self, app_name: str, user_id: str, session_id: str, *, filter_key: str = ""
+    ) -> Summary | None:
+        key = SessionKey(app_name, user_id, session_id)
+        with self._lock:
+            stored = self._live_session(key, time.monotonic())
+            if stored is None:
+                return None
+            summary = stored.summaries.get(filter_key)
+            return None if summary is None else summary.model_copy()
+
+    async def put_summary(
+        self, app_name: str, user_id: str, session_id: str, summary: Summary
+    ) -> bool:
+        key = SessionKey(app_name, user_id, session_id)
+        with self._lock:
+            stored = self._live_session(key, time.monotonic())
+            if stored is None:
+                raise SessionNotFoundError(
+                    f"cannot store a summary: session {key.session_id!r} of user "
+                    f"{key.user_id!r} in app {key.app_name!r} does not exist."
+                )
+            current = stored.summaries.get(summary.filter_key)
+            if current is not None and current.event_count >= summary.event_count:
+                return False
+            stored.summaries[summary.filter_key] = summary.model_copy()
+            return True
+
+    async def close(self) -> None:
+        self._closed = True
+        task, self._cleanup_task = self._cleanup_task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        if task.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -59,8 +59,7 @@ from runner_core.session import (
     validate_identifier,
     window_events,
 )
-
-from ._common import (
+from runner_core.store_support import (
     DEFAULT_CLEANUP_INTERVAL,
     apply_append,
     check_appendable,

@@ -57,8 +57,7 @@ from runner_core.session import (
     validate_identifier,
     window_events,
 )
-
-from ._common import (
+from runner_core.store_support import (
     apply_append,
     check_appendable,
     check_delta,

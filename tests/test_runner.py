@@ -21,7 +21,7 @@ from runner_core import (
 )
 from runner_core.context import NOT_EXECUTED
 from runner_core.testing import ScriptedModelServer, scripted_model
-from session_backends.memory import InMemorySessionService
+from session_backends import InMemorySessionService
 
 
 @pytest.fixture(scope="module")

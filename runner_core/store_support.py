@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from runner_core.errors import ConfigurationError, CorruptSessionDataError, InvalidRequestError
-from runner_core.events import Event
-from runner_core.session import (
+from .errors import ConfigurationError, CorruptSessionDataError, InvalidRequestError
+from .events import Event
+from .session import (
     APP_PREFIX,
     DEFAULT_EVENT_LIMIT,
     USER_PREFIX,
