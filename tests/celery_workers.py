@@ -203,6 +203,9 @@ def producer(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Ite
     app.conf.update(
         broker_url=worker_env["AGENT_RUNNER_BROKER_URL"],
         result_backend=worker_env["AGENT_RUNNER_RESULT_BACKEND"],
+        # celeryconfig derives this from the environment of the first import of workers.app,
+        # which may have been a test without a result backend.
+        task_ignore_result=False,
     )
     app._local.__dict__.pop("backend", None)
     try:
