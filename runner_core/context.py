@@ -34,12 +34,8 @@ def _events_after_summary(events: Sequence[Event], summary: Summary) -> Sequence
 
 
 def _last_runs(events: Sequence[Event], runs: int) -> Sequence[Event]:
-    seen: list[str] = []
-    for event in events:
-        if not seen or seen[-1] != event.invocation_id:
-            if event.invocation_id not in seen:
-                seen.append(event.invocation_id)
-    keep = set(seen[-runs:])
+    invocations = list(dict.fromkeys(e.invocation_id for e in events))  # in order of appearance
+    keep = set(invocations[-runs:])
     return [e for e in events if e.invocation_id in keep]
 
 

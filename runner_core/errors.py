@@ -15,15 +15,16 @@
     │   ├── ToolNotFoundError
     │   ├── ToolArgumentsError
     │   └── ToolExecutionError
-    ├── SessionBackendError          the session store failed (server down, timeout, ...)
-    │   └── CorruptSessionDataError  stored data that cannot be decoded; never skipped
-    └── RunError                     a run ended badly (raised by blocking helpers only)
+    └── SessionBackendError          the session store failed (server down, timeout, ...)
+        └── CorruptSessionDataError  stored data that cannot be decoded; never skipped
 
 Messages say what was wrong and how to fix it. Driver errors are translated at the
 boundary with ``raise ... from exc`` so the original stays in ``__cause__``.
 """
 
 from __future__ import annotations
+
+from pydantic import ValidationError
 
 __all__ = [
     "AgentRunnerError",
@@ -34,7 +35,6 @@ __all__ = [
     "ModelError",
     "ModelHTTPError",
     "ModelTimeoutError",
-    "RunError",
     "SessionBackendError",
     "SessionNotFoundError",
     "ToolArgumentsError",
@@ -42,7 +42,16 @@ __all__ = [
     "ToolExecutionError",
     "ToolNotFoundError",
     "UnknownToolCallError",
+    "describe_validation_error",
 ]
+
+
+def describe_validation_error(exc: ValidationError, *, whole: str) -> str:
+    """``field.path: problem; ...`` for a pydantic error; ``whole`` names an error on the root."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
 
 
 class AgentRunnerError(Exception):
@@ -117,15 +126,3 @@ class SessionBackendError(AgentRunnerError):
 
 class CorruptSessionDataError(SessionBackendError):
     """Stored session data could not be decoded. It is reported, never skipped."""
-
-
-class RunError(AgentRunnerError):
-    """Raised by blocking helpers when a run did not complete.
-
-    Attributes:
-        status: the completion status (``failed``, ``cancelled``, ``timeout``, ``paused``).
-    """
-
-    def __init__(self, message: str, *, status: str) -> None:
-        super().__init__(message)
-        self.status = status

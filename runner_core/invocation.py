@@ -31,7 +31,6 @@ class InvocationContext:
     session: Session
     invocation_id: str
     request_id: str | None = None
-    resume: bool = False
     tool_confirmations: dict[str, ToolDecision] = field(default_factory=dict)
     #: ``temp:`` state of this invocation only; never stored.
     temp_state: dict[str, Any] = field(default_factory=dict)

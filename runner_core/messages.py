@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, describe_validation_error
 
 __all__ = ["FunctionCall", "Message", "Role", "ToolCall", "coerce_message"]
 
@@ -89,10 +89,7 @@ def coerce_message(value: object, *, field: str = "message") -> Message:
         try:
             msg = Message.model_validate(value)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-                for e in exc.errors()
-            )
+            problems = describe_validation_error(exc, whole="message")
             raise InvalidRequestError(
                 f"{field} is not a valid chat message ({problems}). Pass text, or a dict like "
                 '{"role": "user", "content": "..."}.'

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -392,7 +392,6 @@ class _RunPlan:
             session=session,
             invocation_id=self.invocation_id,
             request_id=self.request_id,
-            resume=self.resume,
             tool_confirmations=self.decisions,
         )
         self.ctx = ctx
@@ -567,8 +566,3 @@ class _RunPlan:
             error=outcome.error,
             state=state,
         )
-
-
-async def collect(stream: AsyncIterator[Event]) -> list[Event]:
-    """All events of a stream, in order (a helper for scripts and tests)."""
-    return [event async for event in stream]

@@ -31,7 +31,12 @@ from typing import Any, get_args, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .errors import InvalidRequestError, ToolArgumentsError, ToolExecutionError
+from .errors import (
+    InvalidRequestError,
+    ToolArgumentsError,
+    ToolExecutionError,
+    describe_validation_error,
+)
 
 __all__ = ["FunctionTool", "ToolContext", "ToolState", "tool"]
 
@@ -229,10 +234,7 @@ class FunctionTool:
         try:
             model = self.args_model.model_validate(decoded)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                for e in exc.errors()
-            )
+            problems = describe_validation_error(exc, whole="arguments")
             raise ToolArgumentsError(
                 f"invalid arguments for tool {self.name!r}: {problems}."
             ) from exc

@@ -14,7 +14,7 @@ EXPECTED = {
         "EventActions", "EventError", "EventType", "FunctionCall", "FunctionTool",
         "GenerationConfig", "InvalidRequestError", "LLMAgent", "Message", "Model",
         "ModelConnectionError", "ModelError", "ModelHTTPError", "ModelPrice", "ModelRequest",
-        "ModelResponse", "ModelTimeoutError", "OpenAIModel", "RunError", "RunStatus",
+        "ModelResponse", "ModelTimeoutError", "OpenAIModel", "RunStatus",
         "RunStream", "Runner", "Session", "SessionBackendError", "SessionKey",
         "SessionNotFoundError", "SessionService", "Summarizer", "Summary", "SummaryCheck",
         "TextDelta", "ToolArgumentsError", "ToolCall", "ToolContext", "ToolError",

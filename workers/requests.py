@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runner_core.errors import InvalidRequestError
+from runner_core.errors import InvalidRequestError, describe_validation_error
 from runner_core.session import MAX_ID_LENGTH, validate_identifier
 
 __all__ = [
@@ -35,12 +35,7 @@ def _max_message_chars() -> int:
 
 
 def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(piece) for piece in error["loc"]) or "request"
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}")
-    return "; ".join(parts)
+    return describe_validation_error(exc, whole="request")
 
 
 class RunRequest(BaseModel):
