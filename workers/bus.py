@@ -9,7 +9,8 @@ For an invocation ``I`` and the prefix ``agent-runner`` (configurable):
                               one field, ``event``, holding the same JSON. Read it from ``0`` to
                               replay, or with ``XREAD BLOCK`` to follow.
 - ``agent-runner:cancel:I``   a key set (with a TTL) when someone asked the run to stop.
-- ``agent-runner:control:I``  pub/sub channel that wakes the run when a cancel is requested.
+- ``agent-runner:control:I``  pub/sub channel that wakes the run when a cancel is requested
+                              (workers listen with :mod:`workers.cancel_watch`).
 
 :meth:`EventBus.publish` writes the stream entry, refreshes the expiry and publishes on the
 channel in one Lua script: one round trip, atomic, and the stream entry exists before any pub/sub
@@ -212,29 +213,3 @@ class EventBus:
                 await pipe.execute()
 
         await self._call(send)
-
-    async def cancel_requested(self, invocation_id: str) -> bool:
-        """True if a cancel was requested for the invocation (and has not expired)."""
-        key = cancel_key(invocation_id, self.prefix)
-        return bool(await self._call(lambda: self.redis.exists(key)))
-
-    async def wait_cancel(self, invocation_id: str, *, poll_s: float = 1.0) -> None:
-        """Return once a cancel is requested, including one requested before this call.
-
-        Subscribes to the control channel first and then checks the key, so no request can
-        slip between the two; the key is checked again every ``poll_s`` seconds in case a
-        message was lost while reconnecting. Cancel the awaiting task to stop waiting.
-        """
-        channel = control_channel(invocation_id, self.prefix)
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await self._call(lambda: pubsub.subscribe(channel))
-            while not await self.cancel_requested(invocation_id):
-                message = await self._call(
-                    lambda: pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_s)
-                )
-                if message is not None and message.get("type") == "message":
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]

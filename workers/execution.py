@@ -2,14 +2,17 @@
 
 What a delivery of invocation ``I`` does, in order:
 
-1. If ``I``'s ``runner.completion`` was already published (a redelivery after the run ended),
-   return it: nothing runs, nothing is published.
-2. Take the session (:mod:`workers.session_lock`). If the live lease is ``I``'s own, this is a
-   duplicate delivery of a run that is still going: wait for it to finish (or die) instead of
-   starting it twice. Another run's lease is handled by ``multitask_strategy``.
-3. Count the attempt. Past ``AGENT_RUNNER_MAX_ATTEMPTS`` (a run that keeps killing its
-   workers) the run ends ``failed`` without running again.
-4. Run the Runner with ``invocation_id=I`` and ``first_seq`` after the last published event: a
+1. Watch for cancel requests of ``I`` (:mod:`workers.cancel_watch`), then claim the delivery in
+   one round trip (:meth:`workers.session_lock.SessionLocks.claim`):
+
+   - if ``I``'s ``runner.completion`` was already published (a redelivery after the run
+     ended), return it: nothing runs, nothing is published;
+   - if the session's live lease is ``I``'s own, this is a duplicate delivery of a run that is
+     still going: wait for it to finish (or die) instead of starting it twice. Another run's
+     lease is handled by ``multitask_strategy``;
+   - else take the session and count the attempt. Past ``AGENT_RUNNER_MAX_ATTEMPTS`` (a run
+     that keeps killing its workers) the run ends ``failed`` without running again.
+2. Run the Runner with ``invocation_id=I`` and ``first_seq`` after the last published event: a
    redelivered run continues where it was (no event appended twice, completed tools not re-run)
    and subscribers see a gap-free ``seq``. Every event is published as it comes; a heartbeat
    keeps the lease and the broker message alive; a cancel request stops the run.
@@ -29,10 +32,10 @@ from runner_core.events import Event, EventError, EventType, RunStatus, Usage
 from runner_core.runner import Runner, RunStream
 from runner_core.session import SessionKey
 
-from .bus import EventBusError, EventBusUnavailableError
+from .bus import EventBusUnavailableError
 from .requests import RunRequest
 from .runtime import WorkerRuntime
-from .session_lock import Busy, Lease
+from .session_lock import Busy, Claimed, Lease
 
 __all__ = ["RunLabels", "execute_run", "publish_failure"]
 
@@ -41,7 +44,6 @@ T = TypeVar("T")
 
 AUTHOR = "agent-runner"
 _POLL_S = (0.05, 0.1, 0.2, 0.3, 0.5)
-_ATTEMPTS_TTL_S = 86400
 
 
 async def _retrying(rt: WorkerRuntime, operation: Callable[[], Awaitable[T]]) -> T:
@@ -137,31 +139,28 @@ async def execute_run(
     """Carry out one delivery of a run; return its ``runner.completion`` (see module doc)."""
     visibility = asyncio.create_task(rt.keep_visible(delivery_tag))
     try:
-        return await _execute(rt, request, invocation_id)
+        with rt.cancels.watch(invocation_id) as cancelled:
+            return await _execute(rt, request, invocation_id, cancelled)
     finally:
         visibility.cancel()
 
 
-async def _execute(rt: WorkerRuntime, request: RunRequest, invocation_id: str) -> Event:
-    done = await _retrying(rt, lambda: rt.bus.completion(invocation_id))
-    if done is not None:
-        logger.info(
-            "run %s already completed (%s); not running it again", invocation_id, done.status
-        )
-        return done
+async def _execute(
+    rt: WorkerRuntime, request: RunRequest, invocation_id: str, cancelled: asyncio.Event
+) -> Event:
     session_id = request.session_id or invocation_id
     key = SessionKey(request.app_name, request.user_id, session_id)
     claimed = await _take_session(rt, request, key, invocation_id)
     if isinstance(claimed, Event):
         return claimed
-    lease = claimed
+    lease = claimed.lease
     finished = False
     try:
-        completion = await _run_with_lease(rt, request, key, invocation_id, lease)
+        completion = await _run_with_lease(rt, request, key, claimed, cancelled)
         finished = completion is not None
         if completion is None:
             # Our lease went to another delivery of this invocation: it finishes the run.
-            return await _wait_for_other_delivery(rt, request, key, invocation_id)
+            return await _wait_for_other_delivery(rt, request, key, invocation_id, cancelled)
         return completion
     except Exception as exc:
         # Not a crash (those never get here) and not a shutdown (BaseException): the run cannot
@@ -180,26 +179,20 @@ async def _execute(rt: WorkerRuntime, request: RunRequest, invocation_id: str) -
 
 
 async def _run_with_lease(
-    rt: WorkerRuntime, request: RunRequest, key: SessionKey, invocation_id: str, lease: Lease
+    rt: WorkerRuntime,
+    request: RunRequest,
+    key: SessionKey,
+    claimed: Claimed,
+    cancelled: asyncio.Event,
 ) -> Event | None:
     settings = rt.settings
-    attempts_key = f"{settings.events_prefix}:attempts:{invocation_id}"
-
-    async def count_attempt() -> int:
-        async with rt.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(attempts_key)
-            pipe.expire(attempts_key, _ATTEMPTS_TTL_S)
-            attempt, _ = await pipe.execute()
-        return int(attempt)
-
-    attempt = await _redis_retrying(rt, count_attempt)
-    # A previous attempt may have published its completion just before it died.
-    done = await _retrying(rt, lambda: rt.bus.completion(invocation_id))
-    if done is not None:
-        return done
-    if attempt > settings.max_attempts:
+    invocation_id = claimed.lease.invocation_id
+    if claimed.attempt > settings.max_attempts:
         logger.error(
-            "run %s: attempt %s > %s; failing it", invocation_id, attempt, settings.max_attempts
+            "run %s: attempt %s > %s; failing it",
+            invocation_id,
+            claimed.attempt,
+            settings.max_attempts,
         )
         return await publish_failure(
             rt,
@@ -214,10 +207,12 @@ async def _run_with_lease(
                 ),
             ),
         )
-    if attempt > 1:
-        logger.warning("run %s: recovering (attempt %s)", invocation_id, attempt)
-    last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
+    if claimed.attempt > 1:
+        logger.warning("run %s: recovering (attempt %s)", invocation_id, claimed.attempt)
+    if claimed.cancel_requested:
+        cancelled.set()
     runner = Runner(request.app_name, rt.agents.get(request.app_name), session_service=rt.sessions)
+    last = claimed.last_seq
     stream = runner.run(
         request.user_id,
         key.session_id,
@@ -230,16 +225,16 @@ async def _run_with_lease(
         first_seq=0 if last is None else last + 1,
         timeout_s=request.run_timeout_s or settings.run_timeout_s,
     )
-    return await _pump(rt, stream, lease, invocation_id)
+    return await _pump(rt, stream, claimed.lease, cancelled)
 
 
 async def _pump(
-    rt: WorkerRuntime, stream: RunStream, lease: Lease, invocation_id: str
+    rt: WorkerRuntime, stream: RunStream, lease: Lease, cancelled: asyncio.Event
 ) -> Event | None:
     """Publish the run's events until its completion; None if the lease was lost."""
     lost = asyncio.Event()
     helpers = [
-        asyncio.create_task(_watch_cancel(rt, stream, invocation_id)),
+        asyncio.create_task(_cancel_when(cancelled, stream)),
         asyncio.create_task(_heartbeat(rt, stream, lease, lost)),
     ]
     try:
@@ -256,17 +251,9 @@ async def _pump(
         await stream.aclose()
 
 
-async def _watch_cancel(rt: WorkerRuntime, stream: RunStream, invocation_id: str) -> None:
-    while True:
-        try:
-            await rt.bus.wait_cancel(invocation_id)
-        except EventBusError as exc:
-            logger.warning("cannot watch for cancel requests of %s: %s", invocation_id, exc)
-            await asyncio.sleep(1)
-            continue
-        logger.info("run %s: cancel requested", invocation_id)
-        stream.cancel()
-        return
+async def _cancel_when(cancelled: asyncio.Event, stream: RunStream) -> None:
+    await cancelled.wait()
+    stream.cancel()
 
 
 async def _heartbeat(
@@ -292,16 +279,22 @@ async def _heartbeat(
 
 async def _take_session(
     rt: WorkerRuntime, request: RunRequest, key: SessionKey, invocation_id: str
-) -> Lease | Event:
-    """The session lease, or the completion to return instead (see module doc, step 2)."""
+) -> Claimed | Event:
+    """The claimed session, or the completion to return instead (see module doc, step 1)."""
     strategy = request.multitask_strategy
     interrupted: set[str] = set()
     polls = 0
     while True:
         claimed = await _redis_retrying(
-            rt, lambda: rt.locks.acquire(key, invocation_id, wait=strategy != "reject")
+            rt, lambda: rt.locks.claim(key, invocation_id, wait=strategy != "reject")
         )
-        if isinstance(claimed, Lease):
+        if isinstance(claimed, Event):
+            logger.info(
+                "run %s already completed (%s); not running it again",
+                invocation_id,
+                claimed.status,
+            )
+        if not isinstance(claimed, Busy):
             return claimed
         outcome = await _while_busy(rt, request, key, invocation_id, claimed, interrupted)
         if outcome is not None:
@@ -321,13 +314,10 @@ async def _while_busy(
     interrupted: set[str],
 ) -> Event | None:
     """What to do this time round while the session is not ours; None means keep waiting."""
-    done = await _retrying(rt, lambda: rt.bus.completion(invocation_id))
-    if done is not None:
-        return done
     labels = _labels(request, key.session_id)
     if busy.holder == invocation_id:
         return None  # a duplicate delivery of our own live run: wait for it
-    if await _retrying(rt, lambda: rt.bus.cancel_requested(invocation_id)):
+    if busy.cancel_requested:
         return await publish_failure(
             rt,
             invocation_id,
@@ -362,7 +352,11 @@ async def _while_busy(
 
 
 async def _wait_for_other_delivery(
-    rt: WorkerRuntime, request: RunRequest, key: SessionKey, invocation_id: str
+    rt: WorkerRuntime,
+    request: RunRequest,
+    key: SessionKey,
+    invocation_id: str,
+    cancelled: asyncio.Event,
 ) -> Event:
     """Our lease was taken by another delivery of the same run: return its completion."""
     taken = await _take_session(rt, request, key, invocation_id)
@@ -371,11 +365,11 @@ async def _wait_for_other_delivery(
     # The other delivery died too and the session is ours again: go on from where it was.
     finished = False
     try:
-        completion = await _run_with_lease(rt, request, key, invocation_id, taken)
+        completion = await _run_with_lease(rt, request, key, taken, cancelled)
         finished = completion is not None
         if completion is None:
-            return await _wait_for_other_delivery(rt, request, key, invocation_id)
+            return await _wait_for_other_delivery(rt, request, key, invocation_id, cancelled)
         return completion
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.shield(rt.locks.release(taken, finished=finished))
+            await asyncio.shield(rt.locks.release(taken.lease, finished=finished))

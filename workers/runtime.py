@@ -30,6 +30,7 @@ from runner_core.session import SessionService
 
 from .agents import AgentRegistry
 from .bus import EventBus
+from .cancel_watch import CancelWatcher
 from .session_lock import SessionLocks
 from .settings import Settings, mask_url
 
@@ -53,7 +54,7 @@ class WorkerRuntime:
     """The per-process loop and the clients that live on it.
 
     Attributes (ready after :meth:`start`): ``loop``, ``redis`` (events and leases), ``bus``,
-    ``sessions``, ``locks``, ``agents``, ``settings``.
+    ``cancels``, ``sessions``, ``locks``, ``agents``, ``settings``.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -65,6 +66,7 @@ class WorkerRuntime:
         self.redis: aioredis.Redis
         self.broker_redis: aioredis.Redis
         self.bus: EventBus
+        self.cancels: CancelWatcher
         self.sessions: SessionService
         self.locks: SessionLocks
         self.agents: AgentRegistry
@@ -103,6 +105,8 @@ class WorkerRuntime:
             stream_maxlen=settings.stream_maxlen,
             stream_ttl_s=settings.event_ttl_s,
         )
+        self.cancels = CancelWatcher(self.redis, prefix=settings.events_prefix)
+        self.cancels.start()
         self.locks = SessionLocks(
             self.redis,
             prefix=settings.events_prefix,
@@ -139,21 +143,25 @@ class WorkerRuntime:
         kombu's Redis transport redelivers a message once it has been unacknowledged for the
         visibility timeout (``AGENT_RUNNER_RECOVERY_TIMEOUT_S``). A live run refreshes its
         entry in the unacked index, so only a dead worker's run is ever recovered. ``XX``:
-        never re-adds a message that was already restored or acknowledged.
+        never re-adds a message that was already restored or acknowledged. kombu stamped the
+        message when it handed it to this worker, so the first refresh waits up to a second
+        (runs shorter than that never make one).
         """
         if not delivery_tag:
             return
+        delay = min(1.0, self.settings.heartbeat_s)
         while True:
+            await asyncio.sleep(delay)
+            delay = self.settings.heartbeat_s
             try:
                 await self.broker_redis.zadd(
                     self.unacked_index_key, {delivery_tag: time.time()}, xx=True
                 )
             except (redis.exceptions.RedisError, OSError) as exc:
                 logger.warning("cannot refresh the visibility of %s: %s", delivery_tag, exc)
-            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _close(self) -> None:
-        for close in (self.agents.close, self.sessions.close):
+        for close in (self.cancels.close, self.agents.close, self.sessions.close):
             try:
                 await close()
             except Exception:  # pragma: no cover - best effort at shutdown

@@ -8,11 +8,19 @@ Per session (keys under ``{prefix}:session:{digest}:``, the digest of app, user 
 - ``claim``    the invocation that owns the session until it *finishes*. It outlives the lease,
                so a killed run's redelivery gets the session back before any newer run:
                two runs never interleave in the session, even across a crash.
-- ``waiters``  runs waiting (``enqueue``), oldest first; each refreshes its entry while it
-               waits, so a waiter that died is dropped instead of blocking the line.
+- ``waiters``  runs waiting (``enqueue``), oldest first, from their first try while the
+               session is busy; each refreshes its entry while it waits, so a waiter that
+               died is dropped instead of blocking the line. When the session frees up, the
+               oldest live waiter gets it; a ``reject`` run never goes ahead of one.
 
 ``token`` comes from one global counter, so it grows with every grant: a holder whose lease
 expired (and was granted to someone else) finds out at its next heartbeat and stops.
+
+:meth:`SessionLocks.claim` is how a delivery of a run starts, in one script (one round trip):
+it returns the run's completion if the run already finished (its stream ends with
+``runner.completion``), else takes the session (or says who has it), counts the attempt
+(``{prefix}:attempts:{invocation_id}``), and reports the ``seq`` of the last published event and
+whether a cancel was requested.
 """
 
 from __future__ import annotations
@@ -24,41 +32,69 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from runner_core.events import Event
 from runner_core.session import SessionKey
 
-__all__ = ["Busy", "Lease", "SessionLocks"]
+from .bus import STREAM_FIELD, EventBusError, cancel_key, decode_entry, stream_key
+
+__all__ = ["Busy", "Claimed", "Lease", "SessionLocks"]
 
 #: A waiter that has not asked again for this long is taken for dead and leaves the line.
 WAITER_TTL_MS = 15_000
+#: How long the attempt counter of a run is kept.
+ATTEMPTS_TTL_S = 86_400
 
-# KEYS: lease, claim, waiters, seen, token counter.
-# ARGV: invocation id, lease ms, claim ms, now ms, "wait" | "try", waiter ms.
-# Returns {1, token} when granted, {0, holder, reason} when not.
-_ACQUIRE = """
+# KEYS: lease, claim, waiters, seen, token counter, event stream, attempts, cancel.
+# ARGV: invocation id, lease ms, claim ms, now ms, "wait" | "try", waiter ms, attempts ttl s,
+#       stream field.
+# Returns {2, event json} if the run already completed; {3, entry id, raw} if the stream's last
+# entry is unreadable; {0, holder, reason, cancel} when the session is not ours;
+# {1, token, attempt, last seq or -1, cancel} when it is.
+_CLAIM = """
 local inv = ARGV[1]
-local lease = redis.call('GET', KEYS[1])
-if lease then
-  return {0, string.match(lease, '^(.-)\\n'), 'running'}
+local cancel = redis.call('EXISTS', KEYS[8])
+local last_seq = -1
+local last = redis.call('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)
+if last[1] then
+  local fields, raw = last[1][2], ''
+  for i = 1, #fields, 2 do
+    if fields[i] == ARGV[8] then raw = fields[i + 1] end
+  end
+  local ok, event = pcall(cjson.decode, raw)
+  if not ok or type(event) ~= 'table' or type(event.seq) ~= 'number' then
+    return {3, last[1][1], raw}
+  end
+  if event.type == 'runner.completion' then
+    redis.call('ZREM', KEYS[3], inv)
+    redis.call('HDEL', KEYS[4], inv)
+    return {2, raw}
+  end
+  last_seq = event.seq
 end
+local now = tonumber(ARGV[4])
+local lease = redis.call('GET', KEYS[1])
+local holder = lease and string.match(lease, '^(.-)\\n')
 local claim = redis.call('GET', KEYS[2])
+if ARGV[5] == 'wait' and holder ~= inv and claim ~= inv then
+  redis.call('ZADD', KEYS[3], 'NX', now, inv)
+  redis.call('HSET', KEYS[4], inv, now)
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
+if lease then
+  return {0, holder, 'running', cancel}
+end
 if claim and claim ~= inv then
-  return {0, claim, 'claimed'}
+  return {0, claim, 'claimed', cancel}
 end
 if not claim then
-  local now = tonumber(ARGV[4])
-  if ARGV[5] == 'wait' then
-    redis.call('ZADD', KEYS[3], 'NX', now, inv)
-    redis.call('HSET', KEYS[4], inv, now)
-    redis.call('PEXPIRE', KEYS[3], ARGV[3])
-    redis.call('PEXPIRE', KEYS[4], ARGV[3])
-  end
   for _, waiter in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
     local seen = tonumber(redis.call('HGET', KEYS[4], waiter) or '0')
     if now - seen > tonumber(ARGV[6]) then
       redis.call('ZREM', KEYS[3], waiter)
       redis.call('HDEL', KEYS[4], waiter)
     elseif waiter ~= inv then
-      return {0, waiter, 'queued'}
+      return {0, waiter, 'queued', cancel}
     else
       break
     end
@@ -69,7 +105,9 @@ redis.call('SET', KEYS[1], inv .. '\\n' .. token, 'PX', ARGV[2])
 redis.call('SET', KEYS[2], inv, 'PX', ARGV[3])
 redis.call('ZREM', KEYS[3], inv)
 redis.call('HDEL', KEYS[4], inv)
-return {1, tostring(token)}
+local attempt = redis.call('INCR', KEYS[7])
+redis.call('EXPIRE', KEYS[7], ARGV[7])
+return {1, tostring(token), attempt, last_seq, cancel}
 """
 
 # KEYS: lease, claim. ARGV: invocation id, token, lease ms, claim ms.
@@ -121,15 +159,29 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery got its session: the lease, which attempt this is (1 for the first
+    delivery), the ``seq`` of the run's last published event (None if none) and whether a
+    cancel was requested before it started."""
+
+    lease: Lease
+    attempt: int
+    last_seq: int | None
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Busy:
     """The session is not ours (yet).
 
     ``reason``: ``running`` (``holder`` holds the live lease), ``claimed`` (``holder`` started
     and has not finished: it is being recovered) or ``queued`` (``holder`` waits ahead of us).
+    ``cancel_requested``: a cancel was requested for the waiting run.
     """
 
     holder: str
     reason: str
+    cancel_requested: bool = False
 
 
 def _text(value: bytes | str) -> str:
@@ -159,7 +211,7 @@ class SessionLocks:
         self.prefix = prefix
         self.lease_ms = max(1, int(lease_ttl_s * 1000))
         self.claim_ms = max(self.lease_ms, int(claim_ttl_s * 1000))
-        self._acquire = redis.register_script(_ACQUIRE)
+        self._claim = redis.register_script(_CLAIM)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._release = redis.register_script(_RELEASE)
         self._leave = redis.register_script(_LEAVE)
@@ -172,28 +224,54 @@ class SessionLocks:
         base = f"{self.prefix}:session:{digest}"
         return [f"{base}:lease", f"{base}:claim", f"{base}:waiters", f"{base}:waiters-seen"]
 
-    async def acquire(self, key: SessionKey, invocation_id: str, *, wait: bool) -> Lease | Busy:
-        """Take the session for ``invocation_id`` if free, in one atomic step.
+    async def claim(
+        self, key: SessionKey, invocation_id: str, *, wait: bool
+    ) -> Claimed | Busy | Event:
+        """Start a delivery of ``invocation_id`` on ``key``'s session, in one atomic step.
 
-        With ``wait`` the invocation joins (or stays in) the line of waiters; call again to
-        keep its place. Without, it only takes a free session nobody waits for.
+        Returns the run's ``runner.completion`` if it already finished (nothing is taken);
+        :class:`Claimed` if the session was free (the attempt is counted); else
+        :class:`Busy`. With ``wait`` the invocation joins (or stays in) the line of waiters;
+        call again to keep its place. Without, it only takes a free session nobody waits for.
+
+        Raises:
+            EventBusError: the run's last stream entry is not a readable event.
         """
         digest = self.digest(key)
-        keys = [*self._keys(digest), f"{self.prefix}:session-lease-token"]
-        now_ms = int(time.time() * 1000)
-        mode = "wait" if wait else "try"
+        keys = [
+            *self._keys(digest),
+            f"{self.prefix}:session-lease-token",
+            stream_key(invocation_id, self.prefix),
+            f"{self.prefix}:attempts:{invocation_id}",
+            cancel_key(invocation_id, self.prefix),
+        ]
         args: list[str | int] = [
             invocation_id,
             self.lease_ms,
             self.claim_ms,
-            now_ms,
-            mode,
+            int(time.time() * 1000),
+            "wait" if wait else "try",
             WAITER_TTL_MS,
+            ATTEMPTS_TTL_S,
+            STREAM_FIELD,
         ]
-        reply = await self._acquire(keys=keys, args=args)
-        if int(reply[0]) == 1:
-            return Lease(digest, invocation_id, int(_text(reply[1])))
-        return Busy(holder=_text(reply[1]), reason=_text(reply[2]))
+        reply = await self._claim(keys=keys, args=args)
+        code = int(reply[0])
+        if code == 1:
+            last_seq = int(reply[3])
+            return Claimed(
+                Lease(digest, invocation_id, int(_text(reply[1]))),
+                attempt=int(reply[2]),
+                last_seq=None if last_seq < 0 else last_seq,
+                cancel_requested=bool(int(reply[4])),
+            )
+        if code == 0:
+            return Busy(_text(reply[1]), _text(reply[2]), bool(int(reply[3])))
+        where = keys[5] if code == 2 else f"{keys[5]} {_text(reply[1])}"
+        event = decode_entry({STREAM_FIELD: reply[-1]}, where=where)
+        if not event.is_runner_completion():  # pragma: no cover - the script checked
+            raise EventBusError(f"{where}: expected a runner.completion, got {event.type}")
+        return event
 
     async def heartbeat(self, lease: Lease) -> bool:
         """Extend the lease and the claim; False if the lease is no longer ours."""
