@@ -4,6 +4,12 @@ Works with any OpenAI-compatible chat-completions endpoint. Streaming turns yiel
 they arrive and assemble tool calls from their streamed fragments; usage comes from the final
 chunk (``stream_options.include_usage``). ``openai`` errors are translated here, at the boundary,
 into the :class:`~runner_core.errors.ModelError` branch; retries are the client's own.
+
+Streaming turns go through the client's public ``post`` (same endpoint, auth, retries, timeouts
+and error mapping as ``chat.completions.create``) with the request body built here and the
+chunks read as plain JSON: ``create`` walks every message and tool schema to transform it and
+builds a pydantic model per chunk, which together cost more CPU per call than the whole rest of
+a run (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -16,8 +22,7 @@ from contextlib import aclosing
 from typing import Any
 
 import openai
-from openai import AsyncOpenAI
-from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
+from openai import AsyncOpenAI, AsyncStream, RequestOptions
 
 from .errors import (
     ConfigurationError,
@@ -168,8 +173,23 @@ class OpenAIModel:
     async def _stream(
         self, client: AsyncOpenAI, options: dict[str, Any]
     ) -> AsyncGenerator[TextDelta | ModelResponse, None]:
-        stream = await client.chat.completions.create(
-            model=self.name, stream=True, stream_options={"include_usage": True}, **options
+        request_options: RequestOptions = {"security": {"bearer_auth": True}}
+        extra_body = options.pop("extra_body", None)
+        if extra_body:
+            request_options["extra_json"] = extra_body
+        body = {
+            "model": self.name,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **options,
+        }
+        stream = await client.post(
+            "/chat/completions",
+            body=body,
+            options=request_options,
+            cast_to=object,
+            stream=True,
+            stream_cls=AsyncStream[object],
         )
         text_parts: list[str] = []
         calls = _ToolCallAssembler(self.name)
@@ -178,21 +198,27 @@ class OpenAIModel:
         usage: Usage | None = None
         try:
             async for chunk in stream:
-                if chunk.usage is not None:
-                    usage = _usage(chunk.usage)
-                if not chunk.choices:
+                if not isinstance(chunk, dict):
+                    raise ModelError(
+                        f"The stream from {self.base_url} for model {self.name!r} sent a chunk "
+                        f"that is not a JSON object: {str(chunk)[:200]!r}"
+                    )
+                if chunk.get("usage"):
+                    usage = _usage(chunk["usage"])
+                choices = chunk.get("choices")
+                if not choices:
                     continue
                 saw_choice = True
-                choice = chunk.choices[0]
-                delta = choice.delta
-                text = delta.content or delta.refusal
+                choice = choices[0]
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or delta.get("refusal")
                 if text:
                     text_parts.append(text)
                     yield TextDelta(text)
-                if delta.tool_calls:
-                    calls.add(delta.tool_calls)
-                if choice.finish_reason is not None:
-                    finish_reason = choice.finish_reason
+                if delta.get("tool_calls"):
+                    calls.add(delta["tool_calls"])
+                if choice.get("finish_reason") is not None:
+                    finish_reason = choice["finish_reason"]
         finally:
             await stream.close()
         if not saw_choice:
@@ -230,7 +256,9 @@ class OpenAIModel:
             message=Message.assistant(
                 message.content or message.refusal or None, tool_calls=tool_calls
             ),
-            usage=_usage(completion.usage) if completion.usage else Usage(model_calls=1),
+            usage=(
+                _usage(completion.usage.model_dump()) if completion.usage else Usage(model_calls=1)
+            ),
             finish_reason=choice.finish_reason,
         )
 
@@ -283,20 +311,21 @@ class _ToolCallAssembler:
         self._model_name = model_name
         self._calls: dict[int, tuple[list[str | None], list[str]]] = {}
 
-    def add(self, fragments: list[ChoiceDeltaToolCall]) -> None:
-        for fragment in fragments:
-            entry = self._calls.get(fragment.index)
+    def add(self, fragments: list[dict[str, Any]]) -> None:
+        for position, fragment in enumerate(fragments):
+            index = fragment.get("index", position)
+            entry = self._calls.get(index)
             if entry is None:
-                entry = self._calls[fragment.index] = ([None, None], [])
+                entry = self._calls[index] = ([None, None], [])
             head, arguments = entry
-            if fragment.id:
-                head[0] = fragment.id
-            function = fragment.function
-            if function is not None:
-                if function.name:
-                    head[1] = function.name
-                if function.arguments:
-                    arguments.append(function.arguments)
+            if fragment.get("id"):
+                head[0] = fragment["id"]
+            function = fragment.get("function")
+            if function:
+                if function.get("name"):
+                    head[1] = function["name"]
+                if function.get("arguments"):
+                    arguments.append(function["arguments"])
 
     def tool_calls(self) -> list[ToolCall]:
         return [
@@ -339,13 +368,14 @@ def _request_options(request: ModelRequest) -> dict[str, Any]:
     return options
 
 
-def _usage(usage: Any) -> Usage:
-    prompt = usage.prompt_tokens or 0
-    completion = usage.completion_tokens or 0
+def _usage(usage: Mapping[str, Any]) -> Usage:
+    """Usage from the ``usage`` object of a completion or of a stream's last chunk."""
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=usage.total_tokens or prompt + completion,
+        total_tokens=usage.get("total_tokens") or prompt + completion,
         model_calls=1,
     )
 

@@ -162,36 +162,75 @@ async def test_stopping_early_releases_the_stream(
     assert response.message.content == "again"
 
 
-async def test_a_stream_without_any_choice_is_a_model_error() -> None:
-    # Given an endpoint that answers a streaming request with nothing but [DONE]
-    class EmptyStream(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _RawStreamServer:
+    """An endpoint that answers every streaming request with ``body`` (raw SSE bytes) and
+    remembers the request headers."""
 
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = b"data: [DONE]\n\n"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def __init__(self, body: bytes) -> None:
+        self.headers: list[dict[str, str]] = []
+        seen = self.headers
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), EmptyStream)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    model = OpenAIModel(
-        "gpt-test", base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1", api_key="sk-x"
-    )
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+async def _stream_from(body: bytes) -> tuple[list[str], ModelResponse, list[dict[str, str]]]:
+    endpoint = _RawStreamServer(body)
+    model = OpenAIModel("gpt-test", base_url=endpoint.url, api_key="sk-raw-key")
     try:
-        with pytest.raises(ModelError, match="without any choices"):
-            await collect(model, request())
+        deltas, response = await collect(model, request())
+        return deltas, response, endpoint.headers
     finally:
         await model.close()
-        httpd.shutdown()
-        httpd.server_close()
+        endpoint.close()
+
+
+async def test_a_stream_without_any_choice_is_a_model_error() -> None:
+    # Given an endpoint that answers a streaming request with nothing but [DONE]
+    with pytest.raises(ModelError, match="without any choices"):
+        await _stream_from(b"data: [DONE]\n\n")
+
+
+async def test_a_streamed_call_sends_the_api_key_as_a_bearer_token() -> None:
+    chunk = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+
+    deltas, response, headers = await _stream_from(chunk + b"data: [DONE]\n\n")
+
+    assert headers[0]["authorization"] == "Bearer sk-raw-key"
+    assert deltas == ["hi"]
+    assert response.message.content == "hi"
+
+
+async def test_a_chunk_that_is_not_a_json_object_is_a_model_error() -> None:
+    with pytest.raises(ModelError, match="not a JSON object"):
+        await _stream_from(b'data: ["what"]\n\ndata: [DONE]\n\n')
+
+
+async def test_an_error_inside_the_stream_is_a_model_error_with_its_message() -> None:
+    body = b'data: {"error": {"message": "overloaded, try later"}}\n\n'
+
+    with pytest.raises(ModelError, match="overloaded, try later"):
+        await _stream_from(body)
 
 
 # -- non-streaming -----------------------------------------------------------------------------
