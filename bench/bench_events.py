@@ -12,7 +12,8 @@ events at a steady rate (like a model streaming tokens), stamping each with
 Both build the event and encode it inside the timed span, so the difference is what the bus
 and the client add. Rounds alternate raw, client, raw, client; the figures pool the rounds.
 
-    python -m bench.bench_events [--events N] [--rate PER_S] [--rounds R] [--quick]
+    python -m bench events [--quick] [--no-write]
+    python -m bench.bench_events [--events N] [--rate PER_S] [--rounds R] [--quick] [--no-write]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from bench.report import machine, machine_line, summarize, write_results
+from bench.report import machine, machine_line, mode_note, publish, rounded, summarize
 from runner_core.events import Event
 from workers import client
 from workers.bus import EventBus, events_channel
@@ -44,6 +45,9 @@ from workers.localstack import LOOPBACK, find_redis_server, free_port
 
 NAME = "events"
 WARMUP = 100
+RATE_PER_S = 1000.0
+FULL_EVENTS, FULL_ROUNDS = 1500, 8
+QUICK_EVENTS, QUICK_ROUNDS = 600, 3
 
 
 @contextlib.contextmanager
@@ -129,7 +133,7 @@ def subscribe_raw(url: str, invocation_id: str, ready: Connection, out: Connecti
 # --- publisher (this process) --------------------------------------------------------------
 
 
-async def publish(url: str, invocation_id: str, mode: str, count: int, rate: float) -> None:
+async def publish_events(url: str, invocation_id: str, mode: str, count: int, rate: float) -> None:
     connection = aioredis.Redis.from_url(url)
     bus = EventBus(connection)
     channel = events_channel(invocation_id)
@@ -163,7 +167,7 @@ def run_round(url: str, mode: str, count: int, rate: float) -> list[float]:
         raise RuntimeError(f"{mode} subscriber did not start")
     ready_recv.recv()
     time.sleep(0.2)  # let the subscriber reach its blocking read
-    asyncio.run(publish(url, invocation_id, mode, count, rate))
+    asyncio.run(publish_events(url, invocation_id, mode, count, rate))
     if not out_recv.poll(60):
         child.kill()
         raise RuntimeError(f"{mode} subscriber did not finish")
@@ -174,88 +178,109 @@ def run_round(url: str, mode: str, count: int, rate: float) -> list[float]:
     return [ns / 1000 for ns in latencies[WARMUP:]]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=1500, help="events per round")
-    parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds per mode")
-    parser.add_argument("--quick", action="store_true", help="a short run (no doc update)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.events, args.rounds = 500, 1
-
-    samples: dict[str, list[float]] = {"raw": [], "client": []}
+def run(
+    quick: bool = False,
+    *,
+    events: int | None = None,
+    rate: float = RATE_PER_S,
+    rounds: int | None = None,
+) -> dict[str, Any]:
+    """Measure; ``quick`` runs 3 rounds of 600 events per mode instead of 8 of 1500."""
+    events = events or (QUICK_EVENTS if quick else FULL_EVENTS)
+    rounds = rounds or (QUICK_ROUNDS if quick else FULL_ROUNDS)
+    info = machine()
+    per_round: dict[str, list[list[float]]] = {"raw": [], "client": []}
     round_ratios: list[float] = []  # client p99 / raw p99 of back-to-back rounds
     load_before = os.getloadavg()[0]
     with redis_server() as (url, redis_version):
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             pair = {}
             for mode in ("raw", "client"):
-                latencies = run_round(url, mode, args.events, args.rate)
-                samples[mode].extend(latencies)
+                latencies = run_round(url, mode, events, rate)
+                per_round[mode].append(latencies)
                 pair[mode] = summarize(latencies)["p99"]
             round_ratios.append(pair["client"] / pair["raw"])
 
-    raw, bus = summarize(samples["raw"]), summarize(samples["client"])
-    pooled_ratio = bus["p99"] / raw["p99"]
+    raw = summarize([x for r in per_round["raw"] for x in r])
+    bus = summarize([x for r in per_round["client"] for x in r])
     # The headline: the median over rounds of the paired p99 ratio. Each pair runs back to back,
     # so load from other processes on this shared machine hits both sides of a ratio alike.
     ratio = statistics.median(round_ratios)
-    info = machine()
-    data = {
+    return {
         "benchmark": NAME,
+        "quick": quick,
         "machine": info,
         "redis_version": redis_version,
         "load_average_1m_before": load_before,
-        "events_per_round": args.events,
+        "events_per_round": events,
         "warmup_per_round": WARMUP,
-        "rate_per_s": args.rate,
-        "rounds": args.rounds,
+        "rate_per_s": rate,
+        "rounds": rounds,
         "unit": "microseconds",
         "raw_pubsub": raw,
         "client_stream": bus,
         "p99_ratio_per_round": round_ratios,
         "p99_ratio": ratio,
-        "p99_ratio_pooled": pooled_ratio,
+        "p99_ratio_pooled": bus["p99"] / raw["p99"],
         "target": "client p99 within 2x of raw pub/sub p99",
         "target_met": ratio <= 2.0,
+        # Latencies in µs, one list per round, warm-up dropped.
+        "samples_us": {
+            mode: [rounded(r, 1) for r in rounds_] for mode, rounds_ in per_round.items()
+        },
     }
-    shown = ("raw_pubsub", "client_stream", "p99_ratio_per_round", "p99_ratio", "p99_ratio_pooled")
-    print(json.dumps({k: data[k] for k in shown}, indent=2))
-    if args.quick:
-        return 0
+
+
+def render(result: dict[str, Any]) -> str:
+    raw, bus, info = result["raw_pubsub"], result["client_stream"], result["machine"]
+    ratio, round_ratios = result["p99_ratio"], result["p99_ratio_per_round"]
 
     def row(label: str, stats: dict[str, float]) -> str:
         return (
-            f"| {label} | {stats['median']:.0f} | {stats['p90']:.0f} | {stats['p99']:.0f} | "
-            f"{stats['mean']:.0f} |"
+            f"| {label} | {stats['p10']:.0f} | {stats['median']:.0f} | {stats['p90']:.0f} | "
+            f"{stats['p99']:.0f} | {stats['mean']:.0f} |"
         )
 
-    markdown = f"""## Event latency (`python -m bench.bench_events`)
+    return f"""## Event latency
 
-From a published chunk to the subscriber having it, in microseconds: {args.rounds} rounds x
-{args.events} `message.delta` events at {args.rate:g}/s per mode (first {WARMUP} of each round
-dropped), publisher and subscriber in separate processes, redis-server {redis_version} on
-127.0.0.1; 1-minute load average {load_before:.2f} before the run (the machine is shared).
-**client** = `EventBus.publish` (one Lua call: XADD + EXPIRE + PUBLISH) read with
+`python -m bench events` — from a published chunk to the subscriber having it, in
+microseconds: {result["rounds"]} rounds x {result["events_per_round"]} `message.delta` events at
+{result["rate_per_s"]:g}/s per mode (first {result["warmup_per_round"]} of each round dropped),
+publisher and subscriber in separate processes, redis-server {result["redis_version"]} on
+127.0.0.1; 1-minute load average {result["load_average_1m_before"]:.2f} before the run (the machine
+is shared). **client** = `EventBus.publish` (one Lua call: XADD + EXPIRE + PUBLISH) read with
 `workers.client.stream_events` (XREAD BLOCK, decode to `Event`, dedupe by seq); **raw** = redis-py
 `PUBLISH` of the same JSON read with `SUBSCRIBE` and `json.loads`.
 
-| path | p50 | p90 | p99 | mean |
-|---|---|---|---|---|
+| path | p10 | p50 | p90 | p99 | mean |
+|---|---|---|---|---|---|
 {row("raw pub/sub", raw)}
 {row("client (stream)", bus)}
 
-p99 ratio client/raw, median of the {args.rounds} back-to-back round pairs: **{ratio:.2f}x**
+p99 ratio client/raw, median of the {result["rounds"]} back-to-back round pairs: **{ratio:.2f}x**
 (target: within 2x; {"met" if ratio <= 2 else "NOT met"}). Per round:
-{", ".join(f"{r:.2f}x" for r in round_ratios)}; pooled over all rounds: {pooled_ratio:.2f}x.
+{", ".join(f"{r:.2f}x" for r in round_ratios)}; pooled over all rounds: {result["p99_ratio_pooled"]:.2f}x.
 The p50 gap is the design's cost: the client asks for each batch (`XREAD BLOCK`) where pub/sub
 pushes, and the worker's write is a script (XADD + EXPIRE + PUBLISH) instead of one PUBLISH. The
 tails are dominated by scheduling on this shared {info["cores"]}-core machine; rerun on a quiet one.
 
-{machine_line(info)}
+{machine_line(info)}{mode_note(result)}
 """
-    write_results(NAME, data, markdown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=None, help=f"per round, default {FULL_EVENTS}")
+    parser.add_argument("--rate", type=float, default=RATE_PER_S, help="events per second")
+    parser.add_argument("--rounds", type=int, default=None, help=f"per mode, default {FULL_ROUNDS}")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds of {QUICK_EVENTS}")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    result = run(args.quick, events=args.events, rate=args.rate, rounds=args.rounds)
+    shown = ("raw_pubsub", "client_stream", "p99_ratio_per_round", "p99_ratio", "p99_ratio_pooled")
+    print(json.dumps({k: result[k] for k in shown}, indent=2))
+    if not args.no_write:
+        publish(NAME, result)
     return 0
 
 

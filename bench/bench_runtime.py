@@ -5,7 +5,8 @@ in-memory session store. The baseline makes the same two streamed calls with the
 client in the same process, against the same scripted server. Runs alternate A B A B, and the
 overhead is the median of the paired differences.
 
-    python -m bench.bench_runtime [--runs N] [--quick]
+    python -m bench runtime [--quick] [--no-write]
+    python -m bench.bench_runtime [--runs N] [--quick] [--no-write]
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from bench.report import machine, machine_line, summarize, write_results
+from bench.report import machine, machine_line, mode_note, publish, rounded, summarize
 from runner_core import LLMAgent, Runner, tool
 from runner_core.testing import ScriptedModelServer, scripted_model
 from session_backends import InMemorySessionService
 
+NAME = "runtime"
+FULL_RUNS, QUICK_RUNS = 300, 100
 TOOL_ARGS = {"a": 2, "b": 3}
 
 
@@ -103,20 +106,30 @@ async def measure(runs: int, warmup: int) -> dict[str, Any]:
     diffs = [r - b for r, b in zip(runner_ms, raw_ms, strict=True)]
     return {
         "runs": runs,
+        "warmup": warmup,
         "raw_ms": summarize(raw_ms),
         "runner_ms": summarize(runner_ms),
         "overhead_ms": summarize(diffs),
         "events_per_run": events_per_run,
+        # Per run, in run order; runner_ms[i] - raw_ms[i] is the i-th paired difference.
+        "samples": {"raw_ms": rounded(raw_ms, 4), "runner_ms": rounded(runner_ms, 4)},
     }
 
 
-def render(result: dict[str, Any], info: dict[str, Any]) -> str:
+def run(quick: bool = False, *, runs: int | None = None) -> dict[str, Any]:
+    """Measure; ``quick`` runs 100 pairs instead of 300."""
+    runs = runs or (QUICK_RUNS if quick else FULL_RUNS)
+    measured = asyncio.run(measure(runs, warmup=10))
+    return {"benchmark": NAME, "quick": quick, "machine": machine(), **measured}
+
+
+def render(result: dict[str, Any]) -> str:
     raw, run, over = result["raw_ms"], result["runner_ms"], result["overhead_ms"]
     verdict = "meets" if over["median"] < 3.0 else "misses"
     return f"""## Runtime overhead per run (in-process)
 
-`python -m bench.bench_runtime` — {result['runs']} interleaved runs (A B A B) of a two-call run
-with one tool call, streaming on, against the scripted server on loopback. {machine_line(info)}
+`python -m bench runtime` — {result['runs']} interleaved runs (A B A B) of a two-call run
+with one tool call, streaming on, against the scripted server on loopback. {machine_line(result['machine'])}
 
 | | median ms | p10 | p90 | p99 |
 |---|---|---|---|---|
@@ -126,24 +139,22 @@ with one tool call, streaming on, against the scripted server on loopback. {mach
 
 Events per run: {result['events_per_run']}. Target: under 3 ms of overhead per run; this run
 {verdict} it (median {over['median']:.2f} ms, {over['median'] / raw['median'] * 100:.0f}% of the
-raw client's time).
+raw client's time).{mode_note(result)}
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--quick", action="store_true", help="50 runs")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=None, help=f"default {FULL_RUNS}")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_RUNS} runs")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
-    runs = 50 if args.quick else args.runs
-    result = asyncio.run(measure(runs, warmup=10))
-    info = machine()
-    markdown = render(result, info)
-    print(markdown)
+    args = parser.parse_args(argv)
+    result = run(args.quick, runs=args.runs)
+    print(render(result))
     if not args.no_write:
-        write_results("runtime", {"machine": info, **result}, markdown)
+        publish(NAME, result)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

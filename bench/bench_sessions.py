@@ -12,14 +12,14 @@ locking the session row), which is what the ratio prices. Appends alternate in b
 the store and the raw client so drift hits both alike. Both servers are started here, on
 127.0.0.1, with the helpers of tests/services.py (PostgreSQL with fsync off, as in the tests).
 
-    python -m bench.bench_sessions [--appends N] [--reads N]
+    python -m bench sessions [--quick] [--no-write]
+    python -m bench.bench_sessions [--appends N] [--reads N] [--quick] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -28,13 +28,16 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 
-from bench.report import machine, machine_line, summarize, write_results
+from bench.report import machine, machine_line, mode_note, publish, rounded, summarize
 from runner_core.events import Event, Usage
 from runner_core.messages import Message
 from runner_core.session import Session, SessionService, split_state_delta
 from session_backends import InMemorySessionService, PostgresSessionService, RedisSessionService
 from tests.services import PostgresServer, RedisServer
 
+NAME = "sessions"
+APPENDS = 1000  # quick mode keeps them: 1000 appends per store take seconds
+FULL_READS, QUICK_READS = 50, 10
 APP = "bench-app"
 USER = "bench-user"
 BLOCK = 50
@@ -240,6 +243,10 @@ async def measure_store(
         "append_us": _us(summarize(store_samples)),
         "read_ms": _ms(summarize(read_samples)),
         "events_read": events_read,
+        "samples": {
+            "append_us": rounded([s * 1e6 for s in store_samples], 1),
+            "read_ms": rounded([s * 1e3 for s in read_samples], 3),
+        },
     }
     if raw_samples:
         result["raw_append_us"] = _us(summarize(raw_samples))
@@ -247,6 +254,8 @@ async def measure_store(
             result["append_us"]["median"] / result["raw_append_us"]["median"], 2
         )
         result["raw_read_ms"] = _ms(summarize(raw_read_samples))
+        result["samples"]["raw_append_us"] = rounded([s * 1e6 for s in raw_samples], 1)
+        result["samples"]["raw_read_ms"] = rounded([s * 1e3 for s in raw_read_samples], 3)
     return result
 
 
@@ -258,7 +267,7 @@ def _ms(stats: dict[str, float]) -> dict[str, float]:
     return {k: (v if k == "n" else round(v * 1e3, 2)) for k, v in stats.items()}
 
 
-async def run(appends: int, reads: int) -> dict[str, Any]:
+async def measure(appends: int, reads: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
 
     memory = InMemorySessionService()
@@ -286,19 +295,49 @@ async def run(appends: int, reads: int) -> dict[str, Any]:
     return results
 
 
-def render(results: dict[str, Any], info: dict[str, Any], appends: int) -> str:
+def run(
+    quick: bool = False, *, appends: int | None = None, reads: int | None = None
+) -> dict[str, Any]:
+    """Measure all three stores; ``quick`` reads the session 10 times instead of 50."""
+    appends = appends or APPENDS
+    reads = reads or (QUICK_READS if quick else FULL_READS)
+    info = machine()
+    results = asyncio.run(measure(appends, reads))
+    targets = {
+        name: {
+            "append_ratio_ok": r.get("append_ratio", 0) <= APPEND_TARGET,
+            "read_ok": r["read_ms"]["median"] < READ_TARGET_MS,
+        }
+        for name, r in results.items()
+        if name != "memory"
+    }
+    return {
+        "benchmark": NAME,
+        "quick": quick,
+        "machine": info,
+        "appends": appends,
+        "reads": reads,
+        "results": results,
+        "targets": targets,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    results, info = result["results"], result["machine"]
+    events = results["memory"]["events_read"]
     lines = [
         "## Session stores",
         "",
-        f"`python -m bench.bench_sessions` — {appends} appends per store (a realistic message "
-        "event of ~0.9 kB with a state delta), then reads of the resulting 1000-event session. "
+        f"`python -m bench sessions` — {result['appends']} appends per store (a realistic message "
+        f"event of ~0.9 kB with a state delta), then {result.get('reads', '')} reads of the resulting "
+        f"{events}-event session. "
         "The raw baseline makes the same writes with the bare client in the same run: one "
         "redis-py MULTI/EXEC pipeline, or one psycopg transaction (event row insert, session "
         "row update, user-state upsert). Medians; PostgreSQL runs with fsync off, as in the "
         "tests.",
         "",
         "| store | append (µs) | raw client (µs) | ratio (target ≤ 2.0) "
-        "| read 1000 events (ms, target < 20) | raw read, undecoded (ms) |",
+        f"| read {events} events (ms, target < 20 for 1000) | raw read, undecoded (ms) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name in ("memory", "redis", "postgres"):
@@ -307,7 +346,8 @@ def render(results: dict[str, Any], info: dict[str, Any], appends: int) -> str:
         ratio = r.get("append_ratio", "—")
         raw_read = r.get("raw_read_ms", {}).get("median", "—")
         lines.append(
-            f"| {name} | {r['append_us']['median']} | {raw} | {ratio} | "
+            f"| {name} | {r['append_us']['median']} (p10 {r['append_us']['p10']}, p90 "
+            f"{r['append_us']['p90']}) | {raw} | {ratio} | "
             f"{r['read_ms']['median']} (p10 {r['read_ms']['p10']}, p90 {r['read_ms']['p90']}) "
             f"| {raw_read} |"
         )
@@ -315,42 +355,33 @@ def render(results: dict[str, Any], info: dict[str, Any], appends: int) -> str:
         "",
         "Reading includes decoding and validating every event into an `Event` model (about "
         "7-8 µs per event on an idle core); the raw read column fetches the same data without "
-        "decoding it. The machine is shared with other work, so medians move between runs: "
-        f"load average during this run {info.get('load', '?')} on {info['cores']} cores; p10 "
-        "is the closest to an idle machine.",
+        "decoding it. The machine is shared with other work, so medians move between runs; "
+        "p10 is the closest to an idle machine.",
         "",
-        machine_line(info),
+        machine_line(info) + mode_note(result),
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--appends", type=int, default=1000)
-    parser.add_argument("--reads", type=int, default=50)
+    parser.add_argument("--appends", type=int, default=None, help=f"default {APPENDS}")
+    parser.add_argument("--reads", type=int, default=None, help=f"default {FULL_READS}")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_READS} reads")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    results = asyncio.run(run(args.appends, args.reads))
-    info = machine()
-    info["load"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    result = run(args.quick, appends=args.appends, reads=args.reads)
     header = f"{'store':<9} {'append µs':>10} {'raw µs':>8} {'ratio':>6} {'read ms':>8}"
     print(header)
-    for name, r in results.items():
+    for name, r in result["results"].items():
         raw = r.get("raw_append_us", {}).get("median", "-")
         print(
             f"{name:<9} {r['append_us']['median']:>10} {raw!s:>8} "
             f"{r.get('append_ratio', '-')!s:>6} {r['read_ms']['median']:>8}"
         )
-    verdicts = {
-        name: {
-            "append_ratio_ok": r.get("append_ratio", 0) <= APPEND_TARGET,
-            "read_ok": r["read_ms"]["median"] < READ_TARGET_MS,
-        }
-        for name, r in results.items()
-        if name != "memory"
-    }
-    data = {"machine": info, "appends": args.appends, "results": results, "targets": verdicts}
-    write_results("sessions", data, render(results, info, args.appends))
-    print("targets:", verdicts)
+    print("targets:", result["targets"])
+    if not args.no_write:
+        publish(NAME, result)
     return 0
 
 

@@ -9,7 +9,8 @@ the same summaries inline in one process, one after another, with ``create_sessi
 Order violations, from the jobs' own records (``AGENT_RUNNER_SUMMARY_TRACE_KEY``): two jobs of
 one session holding it at the same time, or a stored boundary not above the previous one.
 
-    python -m bench.bench_summaries [--sessions N] [--latency S] [--no-write]
+    python -m bench summaries [--quick] [--no-write]
+    python -m bench.bench_summaries [--sessions N] [--latency S] [--quick] [--no-write]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import redis
 
-from bench.report import machine, machine_line, write_results
+from bench.report import machine, machine_line, mode_note, publish
 from runner_core import Summarizer, create_session_summary
 from runner_core.events import Event
 from runner_core.messages import Message
@@ -40,6 +41,9 @@ APP, USER = "summarized", "bench"
 TRACE_KEY = "bench:summary-trace"
 SHARDS = 8
 ROUNDS = 2
+NAME = "summaries"
+LATENCY_S = 0.2
+FULL_SESSIONS, QUICK_SESSIONS = 100, 20
 
 
 async def add_turn(service: RedisSessionService, session_id: str, turn: int) -> int:
@@ -90,6 +94,16 @@ def violations(records: list[dict[str, Any]]) -> dict[str, int]:
         1 for counts in stored.values() for a, b in itertools.pairwise(counts) if b <= a
     )
     return {"overlapping_jobs": overlaps, "boundary_not_forward": backwards}
+
+
+def job_durations(records: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Seconds from a job taking the session to its end, grouped by the job's outcome."""
+    starts = {r["attempt"]: r["t"] for r in records if r["phase"] == "start"}
+    by_status: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r["phase"] == "end" and r["attempt"] in starts:
+            by_status[r["status"]].append(round(r["t"] - starts[r["attempt"]], 4))
+    return dict(by_status)
 
 
 def run_distributed(
@@ -149,6 +163,7 @@ def run_distributed(
         app.close()
     summaries = sum(1 for r in records if r["phase"] == "stored")
     return {
+        "job_seconds_by_status": job_durations(records),
         "summaries": summaries,
         "model_calls": len(server.requests) - calls_before,
         "jobs": len(sessions) * ROUNDS * 2,
@@ -167,38 +182,72 @@ async def run_inline(
     summarizer = Summarizer(scripted_model(server))
     summaries = 0
     elapsed = 0.0
+    per_summary: list[float] = []
     try:
         for turn in range(ROUNDS):
             for session_id in sessions:
                 await add_turn(service, session_id, turn)
             started = time.perf_counter()
             for session_id in sessions:
+                one = time.perf_counter()
                 if await create_session_summary(service, summarizer, APP, USER, session_id):
                     summaries += 1
+                per_summary.append(round(time.perf_counter() - one, 4))
             elapsed += time.perf_counter() - started
     finally:
         await service.close()
         await summarizer.model.close()
-    return {"summaries": summaries, "seconds": elapsed, "per_second": summaries / elapsed}
+    return {
+        "summaries": summaries,
+        "seconds": elapsed,
+        "per_second": summaries / elapsed,
+        "summary_seconds": per_summary,
+    }
 
 
-def render(result: dict[str, Any], info: dict[str, Any]) -> str:
+def run(
+    quick: bool = False, *, sessions: int | None = None, latency: float = LATENCY_S
+) -> dict[str, Any]:
+    """Measure; ``quick`` uses 20 sessions instead of 100."""
+    count = sessions or (QUICK_SESSIONS if quick else FULL_SESSIONS)
+    session_ids = [f"s{i:03d}" for i in range(count)]
+    info = machine()
+    with RedisServer() as redis_server, ScriptedModelServer(latency=latency) as server:
+        server.set_default("A short summary of the conversation so far.")
+        inline = asyncio.run(run_inline(redis_server.url_for_db(2), server, session_ids))
+        distributed = run_distributed(redis_server.url_for_db(3), server, session_ids)
+    return {
+        "benchmark": NAME,
+        "quick": quick,
+        "machine": info,
+        "sessions": count,
+        "rounds": ROUNDS,
+        "shards": SHARDS,
+        "workers": 2,
+        "latency_s": latency,
+        "inline": inline,
+        "distributed": distributed,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
     dist, base = result["distributed"], result["inline"]
     v = dist["violations"]
     rows = [
         ("inline, one process (baseline)", base),
-        (f"queue, {SHARDS} shards, 2 workers", dist),
+        (f"queue, {result['shards']} shards, {result['workers']} workers", dist),
     ]
     table = "\n".join(
         f"| {name} | {r['summaries']} | {r['seconds']:.2f} | {r['per_second']:.1f} |"
         for name, r in rows
     )
-    return f"""## Summary queue (`python -m bench.bench_summaries`)
+    return f"""## Summary queue
 
-{result["sessions"]} sessions in Redis, {ROUNDS} rounds; after each round every session gets a
-summary job and a duplicate, through {SHARDS} shard queues consumed by 2 summary workers
-(`-P threads -c 1`, 4 shards each). The scripted model answers after {result["latency_s"]} s.
-The baseline makes the same summaries inline in one process, one after another.
+`python -m bench summaries` — {result["sessions"]} sessions in Redis, {result["rounds"]} rounds;
+after each round every session gets a summary job and a duplicate, through {result["shards"]} shard
+queues consumed by {result["workers"]} summary workers (`-P threads -c 1`, {result["shards"] // result["workers"]}
+shards each). The scripted model answers after {result["latency_s"]} s. The baseline makes the
+same summaries inline in one process, one after another.
 
 | path | summaries | seconds | summaries/s |
 |---|---:|---:|---:|
@@ -212,36 +261,23 @@ Order violations: **{v["overlapping_jobs"] + v["boundary_not_forward"]}** (targe
 {v["overlapping_jobs"]} overlapping jobs of one session, {v["boundary_not_forward"]} stored
 boundaries that did not move forward.
 
-{machine_line(info)}
+{machine_line(result["machine"])}{mode_note(result)}
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sessions", type=int, default=100)
-    parser.add_argument("--latency", type=float, default=0.2, help="model latency, seconds")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--sessions", type=int, default=None, help=f"default {FULL_SESSIONS}")
+    parser.add_argument("--latency", type=float, default=LATENCY_S, help="model latency, seconds")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_SESSIONS} sessions")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
-    sessions = [f"s{i:03d}" for i in range(args.sessions)]
-    with RedisServer() as redis_server, ScriptedModelServer(latency=args.latency) as server:
-        server.set_default("A short summary of the conversation so far.")
-        inline = asyncio.run(run_inline(redis_server.url_for_db(2), server, sessions))
-        distributed = run_distributed(redis_server.url_for_db(3), server, sessions)
-    result = {
-        "sessions": args.sessions,
-        "rounds": ROUNDS,
-        "shards": SHARDS,
-        "workers": 2,
-        "latency_s": args.latency,
-        "inline": inline,
-        "distributed": distributed,
-    }
-    info = machine()
-    markdown = render(result, info)
-    print(markdown)
+    args = parser.parse_args(argv)
+    result = run(args.quick, sessions=args.sessions, latency=args.latency)
+    print(render(result))
     if not args.no_write:
-        write_results("summaries", {"machine": info, **result}, markdown)
+        publish(NAME, result)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,31 +1,74 @@
-"""Shared by the benchmarks: machine facts, statistics, and writing results.
+"""Shared by the benchmarks: machine facts, statistics, result files and the report.
 
-Each benchmark writes ``bench/results/<name>.json`` and replaces its own section of
-``docs/benchmarks.md``, delimited by ``<!-- bench:<name> -->`` ... ``<!-- /bench:<name> -->``.
+Every benchmark module has the same shape: ``run(quick) -> dict`` measures and returns a
+JSON-able result (its ``machine``, its sizes, its summaries and the raw per-run samples), and
+``render(result) -> str`` turns a result into a markdown section. ``save_result`` writes
+``bench/results/<name>.json``; ``write_report`` rebuilds all of ``docs/benchmarks.md`` and the
+plots under ``docs/benchmarks/`` from those files, so a report never needs a re-measurement.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
+import re
 import statistics
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
-DOC_HEADER = """# Benchmarks
+PLOTS = ROOT / "docs" / "benchmarks"
 
-Every figure compares agent-runner with a baseline measured in the same run on the same
-machine, because these machines are noisy and absolute times do not carry over. Regenerate a
-section with the command named in it. Tests never assert on timing; these numbers live here.
-"""
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: ``python -m bench <name>`` runs ``bench.<module>``."""
+
+    name: str
+    module: str
+    about: str
+
+
+#: In report order. ``peers`` is written separately and may be missing from a checkout.
+BENCHMARKS = (
+    Benchmark("runtime", "bench.bench_runtime", "the runtime's own cost per run, in-process"),
+    Benchmark("peers", "bench.bench_peers", "the same run through other agent runtimes"),
+    Benchmark("sessions", "bench.bench_sessions", "session store append and read costs"),
+    Benchmark("events", "bench.bench_events", "event latency, client vs raw pub/sub"),
+    Benchmark("distributed", "bench.bench_distributed", "runs through Celery workers"),
+    Benchmark("summaries", "bench.bench_summaries", "summaries through the shard queues"),
+)
+BY_NAME = {b.name: b for b in BENCHMARKS}
+
+
+class BenchmarkMissing(RuntimeError):
+    """The benchmark's module is not in this checkout (``bench_peers`` is written separately)."""
+
+
+def load_module(benchmark: Benchmark) -> ModuleType:
+    """Import a benchmark module; a module that is absent raises :class:`BenchmarkMissing`."""
+    try:
+        return importlib.import_module(benchmark.module)
+    except ModuleNotFoundError as exc:
+        if exc.name == benchmark.module:
+            raise BenchmarkMissing(
+                f"{benchmark.module} is not in this checkout; skipped {benchmark.name!r}"
+            ) from exc
+        raise
+
+
+# --- machine and statistics ------------------------------------------------------------------
 
 
 def machine() -> dict[str, Any]:
@@ -48,20 +91,32 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "versions": versions,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
 def machine_line(info: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    load = info.get("load_average")
+    load_text = f", load average {' / '.join(f'{x:.1f}' for x in load)} at the start" if load else ""
     return (
         f"Machine: {info['cores']} cores, {info['memory_gib']} GiB, Python {info['python']}, "
-        f"{info['date']}; {versions}."
+        f"{info['date']}{load_text}; {versions}."
+    )
+
+
+def machine_short(info: dict[str, Any]) -> str:
+    """The machine in one line for a figure's footer."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    return (
+        f"{info['cores']} cores, {info['memory_gib']} GiB, Python {info['python']}, "
+        f"{info['date']}\n{versions}"
     )
 
 
 def summarize(samples: Sequence[float]) -> dict[str, float]:
-    """Median, p10/p90/p99, and count of a sample (in the samples' unit)."""
+    """Median, p10/p90/p99, mean and count of a sample (in the samples' unit)."""
     ordered = sorted(samples)
 
     def pct(p: float) -> float:
@@ -77,18 +132,145 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
-def write_results(name: str, data: dict[str, Any], markdown: str) -> None:
-    """Save JSON results and replace this benchmark's section of docs/benchmarks.md."""
+def rounded(samples: Sequence[float], digits: int) -> list[float]:
+    """Samples as stored in the JSON: enough digits for the plots, no more."""
+    return [round(x, digits) for x in samples]
+
+
+def mode_note(result: dict[str, Any]) -> str:
+    """A sentence for sections measured with ``--quick``; empty for a full run."""
+    if not result.get("quick"):
+        return ""
+    return (
+        "\n\n*Quick run (`--quick`, smaller sizes): a smoke check of the machinery, noisier "
+        "than a full run; `python -m bench all` measures the figures of record.*"
+    )
+
+
+# --- result files ----------------------------------------------------------------------------
+
+_NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:\s*,\s*-?[\d.eE+-]+)*)\s*\]")
+
+
+def save_result(name: str, result: dict[str, Any]) -> Path:
+    """Write ``bench/results/<name>.json``; sample lists stay on one line each."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    section = f"{begin}\n{markdown.strip()}\n{end}"
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else DOC_HEADER
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
+    text = json.dumps(result, indent=2)
+    text = _NUMBER_LIST.sub(lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
+    path = RESULTS / f"{name}.json"
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def load_result(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+# --- the report ------------------------------------------------------------------------------
+
+DOC_HEADER = """# Benchmarks
+
+Every figure compares agent-runner with a baseline measured in the same run on the same
+machine, because these machines are noisy and absolute times do not carry over. Tests never
+assert on timing; these numbers live here.
+
+```sh
+pip install -e '.[dev,bench]'
+python -m bench all --quick   # every benchmark at small sizes, a few minutes
+python -m bench all          # the figures of record
+python -m bench runtime      # one benchmark: runtime, peers, sessions, events, distributed, summaries
+python -m bench report       # rebuild this page and its plots from bench/results/*.json
+```
+
+This page is generated from `bench/results/<name>.json` (which keep every per-run sample) by
+`python -m bench report`; edit `bench/` rather than this file. Plots are in `docs/benchmarks/`.
+"""
+
+
+def write_report() -> list[str]:
+    """Rebuild docs/benchmarks.md and its plots from the JSON results; returns problems found.
+
+    A benchmark without a result file gets a line saying how to measure it; a section whose
+    rendering fails is reported (and returned) instead of stopping the others.
+    """
+    from bench import plots
+
+    problems: list[str] = []
+    results = {b.name: load_result(b.name) for b in BENCHMARKS}
+    can_plot = plots.available()
+    if can_plot:
+        PLOTS.mkdir(parents=True, exist_ok=True)
+    parts = [DOC_HEADER.rstrip()]
+    if not can_plot:
+        print(
+            "plots skipped: matplotlib is not installed (pip install -e '.[bench]')",
+            file=sys.stderr,
+        )
+        parts.append(
+            "> Plots were skipped: matplotlib is not installed. Install it with "
+            "`pip install -e '.[bench]'` and run `python -m bench report`."
+        )
+    contents = [f"- [{b.name}](#{b.name}): {b.about}" for b in BENCHMARKS if results[b.name]]
+    if contents:
+        parts.append("\n".join(contents))
+    for benchmark in BENCHMARKS:
+        result = results[benchmark.name]
+        if result is None:
+            parts.append(
+                f'<a id="{benchmark.name}"></a>\n\n## {benchmark.name}\n\nNot measured yet: '
+                f"`python -m bench {benchmark.name}`."
+            )
+            continue
+        section = _render_section(benchmark, result, problems).rstrip()
+        if can_plot:
+            section += _plot_section(benchmark, result, results, problems)
+        parts.append(f'<a id="{benchmark.name}"></a>\n\n{section.strip()}')
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text, encoding="utf-8")
+    DOC.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return problems
+
+
+def _render_section(
+    benchmark: Benchmark, result: dict[str, Any], problems: list[str]
+) -> str:
+    try:
+        render: Callable[[dict[str, Any]], str] = load_module(benchmark).render
+        return render(result)
+    except Exception as exc:  # one broken section must not cost the others
+        problems.append(f"{benchmark.name}: rendering failed: {exc!r}")
+        traceback.print_exc()
+        return (
+            f"## {benchmark.name}\n\nThe result in `bench/results/{benchmark.name}.json` could not "
+            f"be rendered ({type(exc).__name__}: {exc}); rerun `python -m bench {benchmark.name}`."
+        )
+
+
+def _plot_section(
+    benchmark: Benchmark,
+    result: dict[str, Any],
+    results: dict[str, dict[str, Any] | None],
+    problems: list[str],
+) -> str:
+    from bench import plots
+
+    try:
+        figures = plots.draw(benchmark.name, result, results, PLOTS)
+    except Exception as exc:
+        problems.append(f"{benchmark.name}: plotting failed: {exc!r}")
+        traceback.print_exc()
+        return f"\n\n(Plot failed: {type(exc).__name__}: {exc}.)"
+    rel = PLOTS.relative_to(DOC.parent).as_posix()
+    return "".join(f"\n\n![{alt}]({rel}/{path.name})" for path, alt in figures)
+
+
+def publish(name: str, result: dict[str, Any]) -> None:
+    """Save one benchmark's result and rebuild the report from all saved results."""
+    path = save_result(name, result)
+    print(f"wrote {path.relative_to(ROOT)}")
+    for problem in write_report():
+        print(f"report: {problem}", file=sys.stderr)
+    print(f"wrote {DOC.relative_to(ROOT)}")

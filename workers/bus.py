@@ -19,8 +19,6 @@ subscriber hears of the event. docs/events.md describes the wire format for othe
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
