@@ -217,6 +217,8 @@ class RedisSessionService:
             :meth:`close`; it must not decode responses).
         cleanup_interval: accepted for parity with the other stores and ignored: Redis
             expires keys itself.
+        max_connections: the most connections the store opens (default 256). With all of
+            them busy, a call waits up to ``socket_timeout`` for one instead of failing.
     """
 
     def __init__(
@@ -232,6 +234,7 @@ class RedisSessionService:
         socket_connect_timeout: float = 2.0,
         client: aioredis.Redis | None = None,
         cleanup_interval: float | timedelta | None = None,
+        max_connections: int = 256,
     ) -> None:
         # cleanup_interval is accepted so one set of options fits every backend; Redis expires
         # keys itself and needs no sweep.
@@ -248,6 +251,12 @@ class RedisSessionService:
                 raise ConfigurationError(
                     f"{option} must be a number of seconds > 0, got {value!r}."
                 )
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
+            max_connections < 1
+        ):
+            raise ConfigurationError(
+                f"max_connections must be a whole number >= 1, got {max_connections!r}."
+            )
         self.key_prefix = key_prefix
         self.event_limit = check_event_limit(event_limit)
         self.session_ttl = check_ttl(session_ttl, "session_ttl")
@@ -263,13 +272,18 @@ class RedisSessionService:
         self._owns_client = client is None
         if client is None:
             try:
-                client = aioredis.Redis.from_url(
+                # Blocking: with every connection busy (many runs at once), a command waits
+                # for one instead of failing with "Too many connections".
+                pool = aioredis.BlockingConnectionPool.from_url(
                     url,
+                    max_connections=max_connections,
+                    timeout=socket_timeout,
                     socket_timeout=socket_timeout,
                     socket_connect_timeout=socket_connect_timeout,
                     retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
                     decode_responses=False,
                 )
+                client = aioredis.Redis.from_pool(pool)
             except ValueError as exc:
                 raise ConfigurationError(f"bad Redis URL for the session store: {exc}") from exc
         self._client: aioredis.Redis = client

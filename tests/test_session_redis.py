@@ -80,6 +80,28 @@ async def test_key_prefix_option(redis_url: str, raw: aioredis.Redis) -> None:
             RedisSessionService(redis_url, key_prefix=bad)
 
 
+async def test_more_concurrent_calls_than_connections_wait_instead_of_failing(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    svc = RedisSessionService(redis_url, max_connections=2)
+    try:
+        sessions = await asyncio.gather(
+            *(svc.create_session(APP, USER, f"s{i}") for i in range(40))
+        )
+        loaded = await asyncio.gather(*(svc.get_session(APP, USER, s.id) for s in sessions))
+        clients = await raw.client_list()
+    finally:
+        await svc.close()
+    assert sorted(s.id for s in loaded if s is not None) == sorted(f"s{i}" for i in range(40))
+    assert len(clients) == 2 + 1  # the store's two, and this test's own
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "8"])
+def test_a_bad_max_connections_is_refused(redis_url: str, bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_connections must be a whole number"):
+        RedisSessionService(redis_url, max_connections=bad)  # type: ignore[arg-type]
+
+
 async def test_native_ttls_are_set_on_writes(redis_url: str, raw: aioredis.Redis) -> None:
     svc = RedisSessionService(redis_url, session_ttl=60, app_state_ttl=120, user_state_ttl=180)
     try:

@@ -257,6 +257,8 @@ def test_settings_urls_default_down_the_chain() -> None:
         ("AGENT_RUNNER_RECOVERY_TIMEOUT_S", "0"),
         ("AGENT_RUNNER_RUN_TIMEOUT_S", "-5"),
         ("AGENT_RUNNER_MAX_ATTEMPTS", "2.5"),
+        ("AGENT_RUNNER_REDIS_MAX_CONNECTIONS", "4"),
+        ("AGENT_RUNNER_REDIS_MAX_CONNECTIONS", "lots"),
         ("AGENT_RUNNER_RESTORE_INTERVAL_S", "0"),
         ("AGENT_RUNNER_AGENTS", "support"),
         ("AGENT_RUNNER_AGENTS", "support=not a path"),

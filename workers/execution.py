@@ -129,6 +129,21 @@ async def publish_failure(
     return events[-1]
 
 
+async def _release(rt: WorkerRuntime, lease: Lease, *, finished: bool) -> None:
+    """Give the session back, riding out a Redis outage: a lease left behind would hold the
+    session's next runs until it expired."""
+    try:
+        await asyncio.shield(
+            _redis_retrying(rt, lambda: rt.locks.release(lease, finished=finished))
+        )
+    except Exception:
+        logger.exception(
+            "run %s could not release its session; the lease expires in %.0f s",
+            lease.invocation_id,
+            rt.locks.lease_ms / 1000,
+        )
+
+
 def _labels(request: RunRequest, session_id: str) -> RunLabels:
     return RunLabels(request.app_name, request.user_id, session_id, request.request_id)
 
@@ -174,8 +189,7 @@ async def _execute(
             EventError(type="worker_error", message=f"{type(exc).__name__}: {exc}"),
         )
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(rt.locks.release(lease, finished=finished))
+        await _release(rt, lease, finished=finished)
 
 
 async def _run_with_lease(
@@ -371,5 +385,4 @@ async def _wait_for_other_delivery(
             return await _wait_for_other_delivery(rt, request, key, invocation_id, cancelled)
         return completion
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(rt.locks.release(taken.lease, finished=finished))
+        await _release(rt, taken.lease, finished=finished)

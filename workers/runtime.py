@@ -42,12 +42,24 @@ T = TypeVar("T")
 _START_TIMEOUT_S = 30.0
 
 
-def _redis_client(url: str) -> aioredis.Redis:
+#: Seconds a Redis command waits for a free pooled connection before failing.
+_POOL_WAIT_S = 30.0
+
+
+def _redis_client(url: str, max_connections: int) -> aioredis.Redis:
+    """A client whose pool makes commands wait for a free connection when all
+    ``max_connections`` are busy (many runs at once), instead of failing them."""
     if url.startswith("redis+socket://"):
         url = "unix://" + url.removeprefix("redis+socket://")
-    return aioredis.Redis.from_url(
-        url, socket_keepalive=True, health_check_interval=10, retry_on_timeout=True
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=_POOL_WAIT_S,
+        socket_keepalive=True,
+        health_check_interval=10,
+        retry_on_timeout=True,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class WorkerRuntime:
@@ -93,11 +105,11 @@ class WorkerRuntime:
 
         settings = self.settings
         self.agents = AgentRegistry(settings)
-        self.redis = _redis_client(settings.redis_url)
+        self.redis = _redis_client(settings.redis_url, settings.redis_max_connections)
         self.broker_redis = (
             self.redis
             if settings.broker_url == settings.redis_url
-            else _redis_client(settings.broker_url)
+            else _redis_client(settings.broker_url, settings.redis_max_connections)
         )
         self.bus = EventBus(
             self.redis,
@@ -117,7 +129,13 @@ class WorkerRuntime:
             + 2 * settings.restore_interval_s * settings.restore_throttle
             + 60,
         )
-        self.sessions = from_url(settings.session_url)
+        scheme = settings.session_url.split("://", 1)[0].lower()
+        store_options = (
+            {"max_connections": settings.redis_max_connections}
+            if scheme in ("redis", "rediss", "unix")
+            else {}
+        )
+        self.sessions = from_url(settings.session_url, **store_options)
         from celeryconfig import broker_transport_options
 
         self.unacked_index_key = str(broker_transport_options.get("global_keyprefix", "")) + str(

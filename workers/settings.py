@@ -167,6 +167,7 @@ class Settings:
     events_prefix: str = "agent-runner"
     event_ttl_s: int = 3600
     stream_maxlen: int = 10000
+    redis_max_connections: int = 512
     recovery_timeout_s: float = 600.0
     restore_interval_s: int = 10
     restore_throttle: int = 1
@@ -226,6 +227,7 @@ class Settings:
             events_prefix=prefix,
             event_ttl_s=whole("AGENT_RUNNER_EVENT_TTL_S", 3600, 1),
             stream_maxlen=whole("AGENT_RUNNER_STREAM_MAXLEN", 10000, 1),
+            redis_max_connections=whole("AGENT_RUNNER_REDIS_MAX_CONNECTIONS", 512, 8),
             recovery_timeout_s=recovery,
             restore_interval_s=whole("AGENT_RUNNER_RESTORE_INTERVAL_S", 10, 1),
             restore_throttle=whole("AGENT_RUNNER_RESTORE_THROTTLE", 1, 1),
