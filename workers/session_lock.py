@@ -76,7 +76,10 @@ local lease = redis.call('GET', KEYS[1])
 local holder = lease and string.match(lease, '^(.-)\\n')
 local claim = redis.call('GET', KEYS[2])
 if ARGV[5] == 'wait' and holder ~= inv and claim ~= inv then
-  redis.call('ZADD', KEYS[3], 'NX', now, inv)
+  if not redis.call('ZSCORE', KEYS[3], inv) then
+    -- the line's order comes from the counter: clocks of different workers may disagree
+    redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), inv)
+  end
   redis.call('HSET', KEYS[4], inv, now)
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
