@@ -432,8 +432,8 @@ no-op task only makes the broker and result-backend round trip. Best of {rounds}
 concurrent runs completed.{spread} The worker, Redis, the scripted model server and the producer
 share the same {result["machine"]["cores"]} cores, so CPU spent anywhere counts.
 {sweep_text}
-Neither target is reachable by any Celery-based runtime on this machine, and the floor rows
-show why: a bare Celery task that only makes the run's one streamed model call with the raw
+Neither target is reachable on this machine by a Celery-based runtime that calls the model
+through the `openai` client, and the floor rows show why: a bare Celery task that only makes the run's one streamed model call with the raw
 `openai` client already runs at well under half of the no-op rate, and 200 bare tasks that
 only *sleep* for the model's second take longer than 1.3 s to pass through one worker
 (submitting 200 tasks from one producer alone takes 0.3-0.7 s here). The ratios against those
