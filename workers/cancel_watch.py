@@ -113,7 +113,6 @@ class CancelWatcher:
                 await self._sweep()
                 await self._read(pubsub)
             except (redis.exceptions.RedisError, OSError) as exc:
-                self.subscribed.clear()
                 delay = _RETRY_S[min(failures, len(_RETRY_S) - 1)]
                 failures += 1
                 logger.warning("cancel watch lost its Redis subscription (%s); again in %s s",

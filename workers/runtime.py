@@ -129,13 +129,7 @@ class WorkerRuntime:
             + 2 * settings.restore_interval_s * settings.restore_throttle
             + 60,
         )
-        scheme = settings.session_url.split("://", 1)[0].lower()
-        store_options = (
-            {"max_connections": settings.redis_max_connections}
-            if scheme in ("redis", "rediss", "unix")
-            else {}
-        )
-        self.sessions = from_url(settings.session_url, **store_options)
+        self.sessions = from_url(settings.session_url)
         from celeryconfig import broker_transport_options
 
         self.unacked_index_key = str(broker_transport_options.get("global_keyprefix", "")) + str(
