@@ -5,8 +5,10 @@
     AgentRunnerError
     ├── InvalidRequestError          a caller mistake: bad argument, unknown name, bad message
     │   ├── SessionNotFoundError     resume/confirm against a session that does not exist
+    │   ├── InvocationOwnedError     an invocation ID bound to another (app, user, session)
     │   └── UnknownToolCallError     a confirmation for a call ID nobody is waiting on
     ├── ConfigurationError           a bad setting (environment variable, URL, option)
+    ├── FencedError                  a write refused: the writer no longer owns its run
     ├── ModelError                   the model endpoint failed or misbehaved
     │   ├── ModelHTTPError           the endpoint answered 4xx/5xx
     │   ├── ModelTimeoutError        no answer in time
@@ -30,7 +32,9 @@ __all__ = [
     "AgentRunnerError",
     "ConfigurationError",
     "CorruptSessionDataError",
+    "FencedError",
     "InvalidRequestError",
+    "InvocationOwnedError",
     "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
@@ -68,6 +72,17 @@ class SessionNotFoundError(InvalidRequestError):
 
 class UnknownToolCallError(InvalidRequestError):
     """A tool confirmation names a call ID that no paused run is waiting on."""
+
+
+class InvocationOwnedError(InvalidRequestError):
+    """A delivery's invocation ID is bound to another (app, user, session): the first claim
+    of an invocation ID binds it, and a delivery for anyone else is refused without writing."""
+
+
+class FencedError(AgentRunnerError):
+    """A write was refused because the writer no longer owns the run: a newer owner (a
+    greater fencing token) took the session or the run's lease. Nothing was written; the
+    writer must stop quietly and leave the run to its owner."""
 
 
 class ConfigurationError(AgentRunnerError, ValueError):

@@ -39,10 +39,12 @@ from .store_support import (
     check_appendable,
     check_delta,
     check_event_limit,
+    check_fence,
     check_num_events,
     check_ttl,
     decode_events,
     encode_json,
+    fenced,
     route_initial_state,
     session_key,
     utcnow,
@@ -110,6 +112,8 @@ class InMemorySessionService:
         self._sessions: dict[SessionKey, _StoredSession] = {}
         self._app_state: dict[str, _Scope] = {}
         self._user_state: dict[tuple[str, str], _Scope] = {}
+        # The fence of each session (take_fence), apart from the session: it may not exist yet.
+        self._fences: dict[SessionKey, int] = {}
         # Workers may share one service between threads; every method holds the lock while it
         # touches the dicts and never awaits while holding it.
         self._lock = threading.Lock()
@@ -147,6 +151,7 @@ class InMemorySessionService:
             dead_sessions = [k for k, s in self._sessions.items() if not _live(s.expires_at, now)]
             for session_key_ in dead_sessions:
                 del self._sessions[session_key_]
+                self._fences.pop(session_key_, None)
             dead_apps = [k for k, s in self._app_state.items() if not _live(s.expires_at, now)]
             for app in dead_apps:
                 del self._app_state[app]
@@ -298,9 +303,23 @@ class InMemorySessionService:
         key = SessionKey(app_name, user_id, session_id)
         with self._lock:
             self._sessions.pop(key, None)
+            self._fences.pop(key, None)
 
-    async def append_event(self, session: Session, event: Event) -> bool:
+    async def take_fence(self, app_name: str, user_id: str, session_id: str, token: int) -> None:
+        key = SessionKey(app_name, user_id, session_id)
+        check_fence(token, "token")
+        with self._lock:
+            holder = self._fences.get(key, 0)
+            if holder > token:
+                raise fenced(key, token, holder)
+            self._fences[key] = token
+
+    async def append_event(
+        self, session: Session, event: Event, *, fence: int | None = None
+    ) -> bool:
         key = check_appendable(session, event)
+        if fence is not None:
+            check_fence(fence)
         parts = split_state_delta(event.state_delta)
         raw = event.to_json()
         stored_event = Event.from_json(raw)
@@ -315,6 +334,8 @@ class InMemorySessionService:
                     f"{key.app_name!r} does not exist (deleted or expired). "
                     "Create it with create_session first."
                 )
+            if fence is not None and self._fences.get(key) != fence:
+                raise fenced(key, fence, self._fences.get(key))
             if event.id in stored.event_json:
                 return False
             stored.events.append(stored_event)

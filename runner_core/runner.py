@@ -7,6 +7,11 @@ happened: completed, failed, cancelled, timeout or paused.
 
 Runs execute in their own asyncio task, so :meth:`RunStream.cancel` (or cancelling the task that
 iterates) stops the run at its next await and still delivers a ``cancelled`` completion.
+
+A run given a ``fence`` (a worker's lease token) takes the session's fence before it reads the
+session and stores every event with it. If a newer owner took the session, the store refuses
+the write (:class:`~runner_core.errors.FencedError`) and the run stops quietly: no error event,
+no completion; the stream raises the ``FencedError`` instead, so the caller stops too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .agent import LLMAgent
 from .context import pending_tool_calls
 from .errors import (
     AgentRunnerError,
+    FencedError,
     InvalidRequestError,
     SessionBackendError,
     SessionNotFoundError,
@@ -48,7 +54,8 @@ class _Handoff:
     __slots__ = ("queue", "wanted")
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        #: Events, or the FencedError that stopped the run (the last item then).
+        self.queue: asyncio.Queue[Event | FencedError] = asyncio.Queue()
         self.wanted = asyncio.Event()
 
     async def turn(self) -> None:
@@ -57,6 +64,10 @@ class _Handoff:
     def put(self, event: Event) -> None:
         self.wanted.clear()
         self.queue.put_nowait(event)
+
+    def stop(self, error: FencedError) -> None:
+        """End the stream without a completion: the run lost its session to a newer owner."""
+        self.queue.put_nowait(error)
 
 
 class RunStream:
@@ -75,6 +86,7 @@ class RunStream:
         self._task: asyncio.Task[None] | None = None
         self._cancel_requested = False
         self._completion: Event | None = None
+        self._fenced: FencedError | None = None
 
     def _start(self) -> asyncio.Task[None]:
         if self._task is None:
@@ -87,8 +99,16 @@ class RunStream:
         return self
 
     async def __anext__(self) -> Event:
+        """The next event.
+
+        Raises:
+            FencedError: the run was fenced off (a newer owner took its session); it stored
+                nothing more and ends without a completion.
+        """
         if self._completion is not None:
             raise StopAsyncIteration
+        if self._fenced is not None:
+            raise self._fenced
         self._start()
         try:
             self._handoff.wanted.set()
@@ -96,6 +116,9 @@ class RunStream:
         except asyncio.CancelledError:
             self.cancel()
             raise
+        if isinstance(event, FencedError):
+            self._fenced = event
+            raise event
         if event.type == "runner.completion":
             self._completion = event
         return event
@@ -222,6 +245,7 @@ class Runner:
         invocation_id: str | None = None,
         first_seq: int = 0,
         timeout_s: float | None = None,
+        fence: int | None = None,
     ) -> RunStream:
         """Start a run; returns its event stream at once.
 
@@ -240,6 +264,10 @@ class Runner:
                 ``seq >= first_seq`` are handed out again, completed tools are not re-run.
             first_seq: the first ``seq`` to use (events below it were already delivered).
             timeout_s: end the run with status ``timeout`` after this many seconds.
+            fence: the caller's fencing token for the session (a worker's lease token): taken
+                with ``take_fence`` before the session is read, and checked by every append.
+                When a newer owner holds the session, the run stops without a completion and
+                the stream raises :class:`~runner_core.errors.FencedError`.
 
         Raises:
             InvalidRequestError: a bad ID, message, confirmation or timeout, naming the field.
@@ -269,6 +297,8 @@ class Runner:
             raise InvalidRequestError("timeout_s must be a positive number of seconds.")
         if first_seq < 0:
             raise InvalidRequestError("first_seq must be >= 0.")
+        if fence is not None and (isinstance(fence, bool) or not isinstance(fence, int)):
+            raise InvalidRequestError("fence must be an int (a lease's fencing token).")
         invocation_id = invocation_id or uuid.uuid4().hex
         validate_identifier(invocation_id, "invocation_id")
         plan = _RunPlan(
@@ -283,6 +313,7 @@ class Runner:
             invocation_id=invocation_id,
             next_seq=first_seq,
             timeout_s=timeout_s,
+            fence=fence,
         )
         return RunStream(plan.execute, invocation_id)
 
@@ -333,6 +364,7 @@ class _RunPlan:
         invocation_id: str,
         next_seq: int,
         timeout_s: float | None,
+        fence: int | None,
     ) -> None:
         self.runner = runner
         self.agent = runner.agent
@@ -347,6 +379,7 @@ class _RunPlan:
         self.invocation_id = invocation_id
         self.next_seq = next_seq
         self.timeout_s = timeout_s
+        self.fence = fence
         self.usage = Usage()
         self.ctx: InvocationContext | None = None
         self.handoff = _Handoff()
@@ -355,10 +388,21 @@ class _RunPlan:
 
     async def execute(self, handoff: _Handoff) -> None:
         self.handoff = handoff
+        try:
+            outcome = await self._outcome()
+        except FencedError as exc:
+            handoff.stop(exc)  # not ours any more: nothing more is stored or handed out
+            return
+        self._stamp_and_emit(self._completion_event(outcome))
+
+    async def _outcome(self) -> RunOutcome:
+        """Run the agent; how it ended. Raises FencedError when the run lost its session."""
         outcome: RunOutcome
         try:
             async with asyncio.timeout(self.timeout_s):
                 outcome = await self._run()
+        except FencedError:
+            raise
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
@@ -382,7 +426,7 @@ class _RunPlan:
             error = EventError(type="internal_error", message=f"{type(exc).__name__}: {exc}")
             outcome = RunOutcome(status="failed", error=error)
             await self._emit_error(error)
-        self._stamp_and_emit(self._completion_event(outcome))
+        return outcome
 
     async def _run(self) -> RunOutcome:
         session = await self._load_session()
@@ -455,7 +499,14 @@ class _RunPlan:
     async def _load_session(self) -> Session:
         app_name = self.runner.app_name
         if self.session_id is None:
-            return await self.service.create_session(app_name, self.user_id)
+            created = await self.service.create_session(app_name, self.user_id)
+            if self.fence is not None:
+                await self.service.take_fence(app_name, self.user_id, created.id, self.fence)
+            return created
+        if self.fence is not None:
+            # Before reading: from here on an older owner's appends are refused, so the
+            # session read next holds everything it will ever have stored.
+            await self.service.take_fence(app_name, self.user_id, self.session_id, self.fence)
         session = await self.service.get_session(app_name, self.user_id, self.session_id)
         if session is not None:
             return session
@@ -507,7 +558,7 @@ class _RunPlan:
         self._stamp(event)
         if not event.partial:
             try:
-                await self.service.append_event(self.ctx.session, event)
+                await self.service.append_event(self.ctx.session, event, fence=self.fence)
             except BaseException:
                 self.next_seq -= 1  # not stored and not handed out: keep seq gap-free
                 raise
@@ -537,6 +588,8 @@ class _RunPlan:
             return
         try:
             await self._record(event)
+        except FencedError:
+            raise
         except (AgentRunnerError, asyncio.CancelledError):
             self._stamp_and_emit(event)  # not stored, still handed out (with a fresh seq)
 

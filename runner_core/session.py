@@ -184,7 +184,24 @@ class SessionService(Protocol):
         """Delete a session with its events and summaries. Deleting a missing one is a no-op."""
         ...
 
-    async def append_event(self, session: Session, event: Event) -> bool:
+    async def take_fence(self, app_name: str, user_id: str, session_id: str, token: int) -> None:
+        """Make ``token`` the session's fence, unless a greater token holds it already.
+
+        A new owner of a session (a worker granted its lease) calls this before it reads the
+        session; from then on an append fenced with an older token is refused. The fence is
+        kept by the store itself, apart from the session (the session need not exist yet), so
+        the check is atomic with each append. Taking the fence again with the same token is a
+        no-op.
+
+        Raises:
+            FencedError: a greater token holds the fence (a newer owner took the session).
+            InvalidRequestError: a bad ID, or ``token`` is not an int >= 1.
+        """
+        ...
+
+    async def append_event(
+        self, session: Session, event: Event, *, fence: int | None = None
+    ) -> bool:
         """Append a non-partial event and apply its ``state_delta``, atomically.
 
         Appending an event whose ID the session already holds changes nothing and returns
@@ -192,9 +209,13 @@ class SessionService(Protocol):
         stored; ``app:``/``user:`` keys go to their scopes. Refreshes TTLs and enforces the
         event limit. ``session`` is updated in place (events, state, event_count).
 
+        With ``fence``, the append happens only if the session's fence (see
+        :meth:`take_fence`) is exactly ``fence``, checked atomically with the write.
+
         Raises:
             InvalidRequestError: the event is partial or belongs to another session.
             SessionNotFoundError: the session no longer exists.
+            FencedError: ``fence`` is not the session's fence; nothing was written.
         """
         ...
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import ConfigurationError, CorruptSessionDataError, InvalidRequestError
+from .errors import ConfigurationError, CorruptSessionDataError, FencedError, InvalidRequestError
 from .events import Event
 from .session import (
     APP_PREFIX,
@@ -36,6 +36,7 @@ __all__ = [
     "check_appendable",
     "check_delta",
     "check_event_limit",
+    "check_fence",
     "check_num_events",
     "check_ttl",
     "decode_event",
@@ -45,6 +46,7 @@ __all__ = [
     "decode_summary",
     "decode_time",
     "encode_json",
+    "fenced",
     "new_session_id",
     "route_initial_state",
     "session_key",
@@ -137,6 +139,24 @@ def check_appendable(session: Session, event: Event) -> SessionKey:
         )
     check_delta(event.state_delta, "event.state_delta")
     return key
+
+
+def check_fence(token: object, field: str = "fence") -> int:
+    """A fencing token: an int >= 1 (a session lease's token)."""
+    if isinstance(token, bool) or not isinstance(token, int) or token < 1:
+        raise InvalidRequestError(
+            f"{field} must be an int >= 1 (the fencing token of a session lease), got {token!r}."
+        )
+    return token
+
+
+def fenced(key: SessionKey, token: int, holder: int | str | None) -> FencedError:
+    """The error for a write with ``token`` to a session whose fence ``holder`` holds."""
+    return FencedError(
+        f"session {key.session_id!r} of user {key.user_id!r} in app {key.app_name!r} is "
+        f"fenced by token {holder}, not {token}: a newer owner took the session. Nothing was "
+        "written; stop this run and leave the session to its owner."
+    )
 
 
 # --- JSON ----------------------------------------------------------------------------------

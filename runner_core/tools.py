@@ -18,6 +18,16 @@
 A parameter annotated :class:`ToolContext` is not part of the schema; it receives the
 invocation ID and the session state. Writes to ``context.state`` become the tool result's
 ``state_delta``, which the Runner stores with the result (``temp:`` keys live only for the run).
+
+A tool whose result was stored never runs again, but a call cut off before its result was
+stored (a worker killed or partitioned mid-call) runs again on the worker that takes the run
+over. Tools with side effects pass ``context.idempotency_key`` (the same on every attempt of one
+call) to whatever they change, so the repeat has no second effect::
+
+    @tool
+    def refund(order_id: str, context: ToolContext) -> str:
+        payments.refund(order_id, idempotency_key=context.idempotency_key)
+        return "refunded"
 """
 
 from __future__ import annotations
@@ -71,7 +81,11 @@ class ToolState(MutableMapping[str, Any]):
 
 
 class ToolContext:
-    """What a tool may know about its run: IDs and the session state."""
+    """What a tool may know about its run: IDs and the session state.
+
+    ``idempotency_key`` (``{invocation_id}:{tool_call_id}``) is stable across every attempt
+    of one tool call, including a rerun on another worker after a crash or a partition.
+    """
 
     __slots__ = ("app_name", "invocation_id", "session_id", "state", "tool_call_id", "user_id")
 
@@ -91,6 +105,12 @@ class ToolContext:
         self.invocation_id = invocation_id
         self.tool_call_id = tool_call_id
         self.state = ToolState(state)
+
+    @property
+    def idempotency_key(self) -> str:
+        """``{invocation_id}:{tool_call_id}``: the same for every attempt of this call, so a
+        side effect keyed by it happens once even if the call runs again."""
+        return f"{self.invocation_id}:{self.tool_call_id}"
 
 
 def _docstring_parts(doc: str | None) -> tuple[str, dict[str, str]]:

@@ -7,6 +7,8 @@ Tables (names get ``table_prefix`` and live in ``schema`` when set; e.g. ``tenan
 - ``session_events``     one row per event: ``event_id``, ``position`` (append order), event JSONB
 - ``session_summaries``  one row per (session, ``filter_key``), with the summary's ``event_count``
 - ``app_states`` / ``user_states``  one row per key, value JSONB
+- ``session_fences``     one row per fenced session: the fencing token of its owner
+  (``take_fence``), apart from ``session_states`` because the session may not exist yet
 
 Every table has ``expires_at`` and ``deleted_at``; uniqueness holds among live rows only
 (partial unique indexes ``WHERE deleted_at IS NULL``), so a deleted session's ID can be used
@@ -17,7 +19,10 @@ to bound storage.
 
 Each append is one transaction: ``SELECT ... FOR UPDATE`` the session row (so appends to one
 session queue up, from any number of processes), insert the event unless its ID is there,
-apply the state delta to the three scopes, evict past the limit. Schema creation takes a
+apply the state delta to the three scopes, evict past the limit. A fenced append first reads
+its ``session_fences`` row ``FOR SHARE`` in the same transaction: a new owner's ``take_fence``
+waits for an append in flight (and then sees it), and an append after it sees the new token and
+writes nothing. Schema creation takes a
 transaction-scoped advisory lock, so many workers can start at once. ``schema`` and
 ``table_prefix`` are checked against a strict pattern and always quoted with
 :class:`psycopg.sql.Identifier`; IDs and values only ever travel as query parameters.
@@ -65,6 +70,7 @@ from runner_core.store_support import (
     check_appendable,
     check_delta,
     check_event_limit,
+    check_fence,
     check_num_events,
     check_ttl,
     decode_events,
@@ -72,6 +78,7 @@ from runner_core.store_support import (
     decode_summary,
     decode_time,
     encode_json,
+    fenced,
     route_initial_state,
     session_key,
     utcnow,
@@ -119,12 +126,12 @@ class _Statements:
             return sql.SQL(text).format(**names)
 
         ss, se, su = table("session_states"), table("session_events"), table("session_summaries")
-        aps, uss = table("app_states"), table("user_states")
-        t = {"ss": ss, "se": se, "su": su, "aps": aps, "uss": uss}
+        aps, uss, sf = table("app_states"), table("user_states"), table("session_fences")
+        t = {"ss": ss, "se": se, "su": su, "aps": aps, "uss": uss, "sf": sf}
         self.lock_key = zlib.crc32(f"agent-runner-sessions:{schema}.{prefix}".encode())
 
         #: Every table and index, schema-qualified: all present means nothing to create.
-        self.objects: list[sql.Identifier] = [ss, se, su, aps, uss]
+        self.objects: list[sql.Identifier] = [ss, se, su, aps, uss, sf]
 
         def ix(name: str) -> sql.Identifier:
             self.objects.append(table(name))
@@ -222,6 +229,13 @@ class _Statements:
                 ix=ix("user_states_unique_active"),
                 uss=uss,
             ),
+            q(
+                "CREATE TABLE IF NOT EXISTS {sf} ("
+                + ids
+                + sid
+                + "token BIGINT NOT NULL, PRIMARY KEY (app_name, user_id, session_id))",
+                sf=sf,
+            ),
         ]
 
         def retire(name: str, where: str, *, using: str | None = None) -> str:
@@ -262,6 +276,8 @@ class _Statements:
             + " RETURNING x.app_name, x.user_id, x.session_id), "
             "e AS (" + retire("se", same, using="gone") + " RETURNING 1), "
             "s AS (" + retire("su", same, using="gone") + " RETURNING 1), "
+            "f AS (DELETE FROM {sf} AS x USING gone WHERE x.app_name = gone.app_name "
+            "AND x.user_id = gone.user_id AND x.session_id = gone.session_id RETURNING 1), "
             "a AS (" + retire("aps", expired) + " RETURNING 1), "
             "u AS (" + retire("uss", expired) + " RETURNING 1) "
             "SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM a) "
@@ -317,6 +333,14 @@ class _Statements:
             f"WHERE {_KEY} AND {_LIVE} FOR UPDATE",
             **t,
         )
+        self.take_fence = q(
+            "INSERT INTO {sf} (app_name, user_id, session_id, token) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (app_name, user_id, session_id) DO UPDATE SET "
+            "token = GREATEST({sf}.token, excluded.token) RETURNING token",
+            **t,
+        )
+        self.check_fence = q(f"SELECT token FROM {{sf}} WHERE {_KEY} FOR SHARE", **t)
+        self.delete_fence = q(f"DELETE FROM {{sf}} WHERE {_KEY}", **t)
         self.share_session = q(f"SELECT 1 FROM {{ss}} WHERE {_KEY} AND {_LIVE} FOR KEY SHARE", **t)
         self.insert_event = q(
             "INSERT INTO {se} (app_name, user_id, session_id, event_id, position, event, "
@@ -752,12 +776,34 @@ class PostgresSessionService:
         ids = (key.app_name, key.user_id, key.session_id)
 
         async def work(conn: Conn) -> None:
-            await conn.execute(self._sql.delete_session, ids * 3)
+            async with conn.transaction():
+                await conn.execute(self._sql.delete_session, ids * 3)
+                await conn.execute(self._sql.delete_fence, ids)
 
         await self._run("deleting a session", work)
 
-    async def append_event(self, session: Session, event: Event) -> bool:
+    async def take_fence(self, app_name: str, user_id: str, session_id: str, token: int) -> None:
+        key = SessionKey(app_name, user_id, session_id)
+        check_fence(token, "token")
+
+        async def work(conn: Conn) -> int:
+            cur = await conn.execute(
+                self._sql.take_fence, (key.app_name, key.user_id, key.session_id, token)
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        holder = await self._run("taking a session's fence", work)
+        if holder != token:
+            raise fenced(key, token, holder)
+
+    async def append_event(
+        self, session: Session, event: Event, *, fence: int | None = None
+    ) -> bool:
         key = check_appendable(session, event)
+        if fence is not None:
+            check_fence(fence)
         parts = split_state_delta(event.state_delta)
         event_json = event.to_json()
         session_delta = encode_json(parts.session, "event.state_delta")
@@ -772,7 +818,15 @@ class PostgresSessionService:
             # insert the event; the rest with COMMIT), which keeps the row lock short when
             # many writers queue on one session.
             async with conn.pipeline(), conn.transaction():
+                if fence is not None:
+                    # Sent with the row lock (one round trip); read first, so a stale owner
+                    # stops before anything is written.
+                    fence_cur = await conn.execute(self._sql.check_fence, ids)
                 cur = await conn.execute(self._sql.lock_session, ids)
+                if fence is not None:
+                    holder = await fence_cur.fetchone()
+                    if holder is None or holder[0] != fence:
+                        raise fenced(key, fence, None if holder is None else holder[0])
                 row = await cur.fetchone()
                 if row is None:
                     raise SessionNotFoundError(

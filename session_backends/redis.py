@@ -11,13 +11,15 @@ a tag and one user's keys share a cluster slot)::
     P:summaries:{A/U}/S        hash   filter_key -> summary JSON
     P:summary_counts:{A/U}/S   hash   filter_key -> the summary's event_count (compare-and-set)
     P:sessions:{A/U}           zset   the user's session IDs, scored by creation time
+    P:fence:{A/U}/S            string the session's fencing token (``take_fence``)
     P:user_state:{A/U}         hash   user state: key -> JSON value
     P:app_state:{A}            hash   app state: key -> JSON value
 
 ``event_count`` counts every event ever appended; ``last_user`` is the position of the latest
 user message, so the event limit never evicts it. Each append is one Lua script call (one round
 trip, atomic): dedupe by event ID, push the event, apply the state delta to the session, user
-and app scopes, enforce the event limit, bump ``event_count`` and refresh TTLs. TTLs are
+and app scopes, enforce the event limit, bump ``event_count`` and refresh TTLs; a fenced append
+first checks the fence key in the same script. TTLs are
 Redis's own (``PEXPIRE``), refreshed on writes. A read is one MULTI/EXEC pipeline.
 
 The app-state hash has its own slot (``{A}``). The service talks to one Redis server (or a
@@ -62,6 +64,7 @@ from runner_core.store_support import (
     check_appendable,
     check_delta,
     check_event_limit,
+    check_fence,
     check_num_events,
     check_ttl,
     decode_events,
@@ -69,6 +72,7 @@ from runner_core.store_support import (
     decode_summary,
     decode_time,
     encode_json,
+    fenced,
     route_initial_state,
     session_key,
     utcnow,
@@ -111,12 +115,17 @@ return {1, redis.call('HGETALL', KEYS[7]), redis.call('HGETALL', KEYS[8])}
 """
 
 # KEYS: session, state, events, event_ids, summaries, summary_counts, user_state, app_state,
-#       sessions
+#       sessions, fence
 # ARGV: event_id, event_json, is_user, updated_at, event_limit, session_ttl_ms, user_ttl_ms,
-#       app_ttl_ms, n_session, n_user, n_app, then the key/value pairs of the three deltas
+#       app_ttl_ms, n_session, n_user, n_app, fence token ('' for an unfenced append), then the
+#       key/value pairs of the three deltas
 # Returns {1, event_count} when appended, {0, event_count} for a known event ID, {-1} when the
-# session does not exist.
+# session does not exist, {-2, fence holder} when the fence is not the given token.
 _APPEND = """
+if ARGV[12] ~= '' then
+  local holder = redis.call('GET', KEYS[10])
+  if holder ~= ARGV[12] then return {-2, holder or ''} end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) then
   return {0, tonumber(redis.call('HGET', KEYS[1], 'event_count'))}
@@ -129,7 +138,7 @@ if ARGV[3] == '1' then
 else
   redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
 end
-local i = 12
+local i = 13
 local function put(key, n, ttl)
   if n > 0 then
     redis.call('HSET', key, unpack(ARGV, i, i + 2 * n - 1))
@@ -155,8 +164,19 @@ local ttl = tonumber(ARGV[6])
 if ttl > 0 then
   for k = 1, 6 do redis.call('PEXPIRE', KEYS[k], ttl) end
   redis.call('PEXPIRE', KEYS[9], ttl)
+  redis.call('PEXPIRE', KEYS[10], ttl)
 end
 return {1, position + 1}
+"""
+
+# KEYS: fence. ARGV: token, session_ttl_ms. Returns 1 when the fence is the token now, else
+# the greater token that holds it.
+_TAKE_FENCE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and tonumber(holder) > tonumber(ARGV[1]) then return holder end
+redis.call('SET', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
 """
 
 # KEYS: session, summaries, summary_counts.  ARGV: filter_key, summary_json, event_count
@@ -289,6 +309,7 @@ class RedisSessionService:
         self._client: aioredis.Redis = client
         self._create_script = self._client.register_script(_CREATE)
         self._append_script = self._client.register_script(_APPEND)
+        self._take_fence_script = self._client.register_script(_TAKE_FENCE)
         self._put_summary_script = self._client.register_script(_PUT_SUMMARY)
         self._closed = False
 
@@ -314,6 +335,10 @@ class RedisSessionService:
             self._app_state_key(key.app_name),
             self._index_key(key.app_name, key.user_id),
         ]
+
+    def _fence_key(self, key: SessionKey) -> str:
+        tag = self._user_tag(key.app_name, key.user_id)
+        return f"{self.key_prefix}:fence:{tag}/{key.session_id}"
 
     def _user_state_key(self, app_name: str, user_id: str) -> str:
         return f"{self.key_prefix}:user_state:{self._user_tag(app_name, user_id)}"
@@ -491,13 +516,28 @@ class RedisSessionService:
         keys = self._session_keys(key)
         async with self._guard("deleting a session"):
             pipe = self._client.pipeline(transaction=True)
-            pipe.delete(*keys[:6])
+            pipe.delete(*keys[:6], self._fence_key(key))
             pipe.zrem(keys[8], key.session_id)
             await pipe.execute()
 
-    async def append_event(self, session: Session, event: Event) -> bool:
+    async def take_fence(self, app_name: str, user_id: str, session_id: str, token: int) -> None:
+        key = SessionKey(app_name, user_id, session_id)
+        check_fence(token, "token")
+        async with self._guard("taking a session's fence"):
+            result = await self._take_fence_script(
+                keys=[self._fence_key(key)], args=[token, _ms(self.session_ttl)]
+            )
+        if int(result) != 1:
+            raise fenced(key, token, _text(result))
+
+    async def append_event(
+        self, session: Session, event: Event, *, fence: int | None = None
+    ) -> bool:
         key = check_appendable(session, event)
+        if fence is not None:
+            check_fence(fence)
         parts = split_state_delta(event.state_delta)
+        deltas = _delta_args(parts)
         now = utcnow()
         args: list[str | int] = [
             event.id,
@@ -508,11 +548,17 @@ class RedisSessionService:
             _ms(self.session_ttl),
             _ms(self.user_state_ttl),
             _ms(self.app_state_ttl),
-            *_delta_args(parts),
+            *deltas[:3],  # how many keys of each scope
+            "" if fence is None else fence,
+            *deltas[3:],
         ]
+        keys = [*self._session_keys(key), self._fence_key(key)]
         async with self._guard("appending an event"):
-            result = await self._append_script(keys=self._session_keys(key), args=args)
+            result = await self._append_script(keys=keys, args=args)
         status = int(result[0])
+        if status == -2:
+            assert fence is not None
+            raise fenced(key, fence, _text(result[1]) or None)
         if status < 0:
             raise SessionNotFoundError(
                 f"session {key.session_id!r} of user {key.user_id!r} in app {key.app_name!r} "

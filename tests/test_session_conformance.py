@@ -23,6 +23,7 @@ import session_backends
 from runner_core.errors import (
     ConfigurationError,
     CorruptSessionDataError,
+    FencedError,
     InvalidRequestError,
     SessionNotFoundError,
 )
@@ -265,6 +266,81 @@ async def test_append_stores_events_in_order_and_updates_the_session_in_place(
     assert loaded.events[0] == question and loaded.events[1] == answer
     assert loaded.state == {"answered": True}
     assert loaded.event_count == 2
+
+
+# --- fencing -------------------------------------------------------------------------------
+
+
+async def test_the_fence_holder_appends_and_an_older_owner_writes_nothing(
+    session_service: SessionService,
+) -> None:
+    # Given a session fenced by its first owner (token 5), which appended an event
+    await session_service.take_fence(APP, USER, "s1", 5)
+    stale = await session_service.create_session(APP, USER, "s1")
+    assert await session_service.append_event(stale, user_event(stale, "hi"), fence=5) is True
+
+    # When a newer owner takes the session (token 9) and the old one appends again
+    await session_service.take_fence(APP, USER, "s1", 9)
+    with pytest.raises(FencedError, match="newer owner"):
+        await session_service.append_event(
+            stale, assistant_event(stale, "late", state_delta={"late": True}), fence=5
+        )
+
+    # Then nothing of it was stored, and the newer owner appends
+    loaded = await session_service.get_session(APP, USER, "s1")
+    assert loaded is not None
+    assert [e.message.content for e in loaded.events if e.message] == ["hi"]
+    assert "late" not in loaded.state and loaded.event_count == 1
+    assert await session_service.append_event(loaded, assistant_event(loaded, "ok"), fence=9)
+
+
+async def test_a_fence_is_only_ever_raised(session_service: SessionService) -> None:
+    await session_service.take_fence(APP, USER, "s1", 9)
+    await session_service.take_fence(APP, USER, "s1", 9)  # the same owner again: no-op
+
+    with pytest.raises(FencedError):
+        await session_service.take_fence(APP, USER, "s1", 5)
+    session = await session_service.create_session(APP, USER, "s1")
+    assert await session_service.append_event(session, user_event(session, "hi"), fence=9)
+
+
+async def test_a_fenced_append_needs_the_fence_taken(session_service: SessionService) -> None:
+    session = await session_service.create_session(APP, USER, "s1")
+
+    with pytest.raises(FencedError):
+        await session_service.append_event(session, user_event(session, "hi"), fence=3)
+    assert await session_service.append_event(session, user_event(session, "hi")) is True
+    with pytest.raises(InvalidRequestError, match="token must be an int >= 1"):
+        await session_service.take_fence(APP, USER, "s1", 0)
+
+
+async def test_a_takeover_waits_for_an_append_in_flight_and_then_sees_it(
+    session_service: SessionService,
+) -> None:
+    # Given many appends of an old owner racing a new owner taking the session
+    await session_service.take_fence(APP, USER, "s1", 1)
+    session = await session_service.create_session(APP, USER, "s1")
+
+    async def old_owner(n: int) -> bool:
+        try:
+            return await session_service.append_event(
+                session, assistant_event(session, f"a{n}", id=f"old-{n}"), fence=1
+            )
+        except FencedError:
+            return False
+
+    appends = [asyncio.create_task(old_owner(n)) for n in range(20)]
+    await asyncio.sleep(0)
+    await session_service.take_fence(APP, USER, "s1", 2)
+    taken_over = await session_service.get_session(APP, USER, "s1")
+    stored = await asyncio.gather(*appends)
+
+    # Then what the new owner read is all the old owner ever stored
+    assert taken_over is not None
+    loaded = await session_service.get_session(APP, USER, "s1")
+    assert loaded is not None
+    assert [e.id for e in loaded.events] == [e.id for e in taken_over.events]
+    assert len(loaded.events) == sum(stored)
 
 
 async def test_append_is_idempotent_by_event_id(session_service: SessionService) -> None:

@@ -1,0 +1,267 @@
+"""Exactly once under partitions, with real workers, a real Redis and PostgreSQL, faults injected.
+
+- A worker cut off from Redis (a :class:`~tests.tcp_proxy.TcpProxy` between it and Redis that
+  stops forwarding) for longer than the recovery timeout, while its runs stream, then healed.
+- A worker paused with SIGSTOP past the recovery timeout, then resumed.
+
+In both, another worker takes the runs over and finishes them; the stale worker's writes,
+delivered late, must all be refused. For every run, on the Redis and on the PostgreSQL session
+store: exactly one completion, gap-free ``seq``, no event stored twice, no stored tool result
+produced twice. And the hijack case: a run sent with another user's invocation ID, while that
+run is live and after it ended, is refused without touching the owner's run.
+
+docs/workers.md ("Ownership and fencing") names these tests for each guarantee.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from runner_core.session import Session
+from runner_core.testing import ScriptedModelServer, ScriptedReply
+from session_backends import from_url
+from tests.celery_workers import (
+    CeleryWorker,
+    StartWorker,
+    completions,
+    read_events,
+    wait_for_completion,
+)
+from tests.services import PostgresServer, RedisServer
+from tests.tcp_proxy import TcpProxy
+from tests.worker_agents import TOOL_COUNTER_KEY
+
+pytestmark = [pytest.mark.redis, pytest.mark.celery]
+
+RUNS = 4
+#: What the stale worker streams: long enough to still be going when it comes back.
+LONG_ANSWER = ScriptedReply.text(" ".join(f"w{n}" for n in range(60)), chunk_delay=0.3)
+#: What the worker that takes over gets from the model.
+SHORT_ANSWER = ScriptedReply.text("taken over and done", chunks=4)
+SETTLE_TIMEOUT_S = 60.0
+
+
+@pytest.fixture
+def model_server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["redis", "postgresql"])
+def session_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The session store of both workers: the test Redis, or a fresh PostgreSQL database."""
+    if request.param == "redis":
+        return redis_url
+    postgres_dsn: str = request.getfixturevalue("postgres_dsn")
+    return postgres_dsn
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = SETTLE_TIMEOUT_S) -> Any:
+    """Poll ``condition`` until it is truthy. The timeout only keeps a broken run from hanging
+    the suite; nothing asserts on how long it took."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def load_session(url: str, app_name: str, user_id: str, session_id: str) -> Session | None:
+    async def load() -> Session | None:
+        service = from_url(url)
+        try:
+            return await service.get_session(app_name, user_id, session_id)
+        finally:
+            await service.close()
+
+    return asyncio.run(load())
+
+
+def idle(producer: Any, worker: CeleryWorker) -> bool:
+    """The worker runs no task any more (its stale runs have stopped)."""
+    replies = producer.control.inspect(destination=[worker.hostname], timeout=1).active()
+    return bool(replies) and not any(replies.values())
+
+
+def submit_streaming_runs(producer: Any, model_server: ScriptedModelServer) -> list[str]:
+    """RUNS runs of the ``testkit`` app, each calling the ``record`` tool once and then
+    streaming a long answer; returns their invocation IDs once all of them stream."""
+    from workers.tasks import submit_run
+
+    model_server.set_default(LONG_ANSWER)
+    ids = []
+    for n in range(RUNS):
+        model_server.add_tool_calls([(f"call-{n}", "record", {"label": f"run-{n}"})], match=f"run-{n}")
+        ids.append(submit_run.delay("testkit", "una", f"s-part-{n}", f"run-{n} please").id)
+    wait_until(lambda: len(model_server.requests) >= 2 * RUNS, "every run to stream its answer")
+    model_server.set_default(SHORT_ANSWER)
+    return ids
+
+
+def assert_exactly_once(redis_url: str, session_url: str, invocation_ids: list[str]) -> None:
+    """Per run: one completion, last; gap-free seq; each stored event and tool result once."""
+    tools = redis.Redis.from_url(redis_url)
+    try:
+        executions = {k.decode(): int(v) for k, v in tools.hgetall(TOOL_COUNTER_KEY).items()}
+    finally:
+        tools.close()
+    for n, invocation_id in enumerate(invocation_ids):
+        events = read_events(redis_url, invocation_id)
+        assert [e["seq"] for e in events] == list(range(len(events))), invocation_id
+        assert len(completions(events)) == 1, invocation_id
+        assert events[-1]["type"] == "runner.completion"
+        assert events[-1]["status"] == "completed"
+        session = load_session(session_url, "testkit", "una", f"s-part-{n}")
+        assert session is not None
+        ids = [e.id for e in session.events]
+        assert len(ids) == len(set(ids)), ids
+        # every stored event was published once, with the same seq
+        published = {e["id"]: e["seq"] for e in events if not e.get("partial")}
+        assert all(published.get(e.id) == e.seq for e in session.events)
+        results = [e for e in session.events if e.type == "tool.result"]
+        assert [r.message.tool_call_id for r in results if r.message] == [f"call-{n}"]
+        # the stored result is the output of the tool's first and only stored execution
+        assert results[0].message is not None
+        assert results[0].message.content == f"recorded run-{n} (1)"
+        assert executions.get(f"run-{n}", 0) >= 1
+
+
+def test_a_worker_cut_off_from_redis_past_the_recovery_timeout_never_writes_again(
+    producer: Any,
+    start_worker: StartWorker,
+    model_server: ScriptedModelServer,
+    redis_server: RedisServer,
+    redis_url: str,
+    session_url: str,
+) -> None:
+    # Given a worker that reaches Redis through a proxy, streaming runs
+    with TcpProxy(redis_server.host, redis_server.port) as proxy:
+        proxied = {
+            "AGENT_RUNNER_BROKER_URL": proxy.url(),
+            "AGENT_RUNNER_REDIS_URL": proxy.url(),
+            "AGENT_RUNNER_RESULT_BACKEND": proxy.url(path="/1"),
+            "AGENT_RUNNER_SESSION_URL": proxy.url() if session_url == redis_url else session_url,
+        }
+        stale = start_worker(OPENAI_BASE_URL=model_server.url, **proxied)
+        ids = submit_streaming_runs(producer, model_server)
+        start_worker(OPENAI_BASE_URL=model_server.url, AGENT_RUNNER_SESSION_URL=session_url)
+
+        # When the proxy cuts it off for longer than the recovery timeout, so that the other
+        # worker takes its runs over and finishes them, and then the network heals
+        proxy.cut()
+        for invocation_id in ids:
+            wait_for_completion(redis_url, invocation_id, timeout=SETTLE_TIMEOUT_S)
+        proxy.heal()
+        wait_until(lambda: idle(producer, stale), "the cut-off worker to stop its runs")
+
+        # Then every run finished exactly once: what the cut-off worker sent late was refused
+        assert_exactly_once(redis_url, session_url, ids)
+        assert stale.is_alive()
+
+
+def test_a_worker_paused_past_the_recovery_timeout_never_writes_again(
+    producer: Any,
+    start_worker: StartWorker,
+    model_server: ScriptedModelServer,
+    redis_url: str,
+    session_url: str,
+) -> None:
+    # Given a worker streaming runs
+    stale = start_worker(OPENAI_BASE_URL=model_server.url, AGENT_RUNNER_SESSION_URL=session_url)
+    ids = submit_streaming_runs(producer, model_server)
+    start_worker(OPENAI_BASE_URL=model_server.url, AGENT_RUNNER_SESSION_URL=session_url)
+
+    # When it is paused (SIGSTOP) until the other worker has taken over and finished its runs,
+    # and then resumed
+    os.killpg(stale.pid, signal.SIGSTOP)
+    try:
+        for invocation_id in ids:
+            wait_for_completion(redis_url, invocation_id, timeout=SETTLE_TIMEOUT_S)
+    finally:
+        os.killpg(stale.pid, signal.SIGCONT)
+    wait_until(lambda: idle(producer, stale), "the resumed worker to stop its runs")
+
+    # Then every run finished exactly once: nothing the resumed worker did was written
+    assert_exactly_once(redis_url, session_url, ids)
+    assert stale.is_alive()
+
+
+# --- hijack ----------------------------------------------------------------------------------
+
+
+def refused_in_log(worker: CeleryWorker, invocation_id: str) -> bool:
+    return any(
+        invocation_id in line and "refused" in line for line in worker.log_tail(60000).splitlines()
+    )
+
+
+def test_a_run_sent_with_a_live_run_s_invocation_id_is_refused(
+    producer: Any, start_worker: StartWorker, model_server: ScriptedModelServer, redis_url: str
+) -> None:
+    from workers.client import cancel
+    from workers.tasks import submit_run
+
+    # Given alice's run, live (waiting on the model)
+    model_server.add_hang(match="alice asks")
+    model_server.add_text("mallory's answer", match="mallory asks")
+    worker = start_worker(OPENAI_BASE_URL=model_server.url)
+    owner = submit_run.delay("testkit", "alice", "s-alice", "alice asks")
+    wait_until(lambda: len(model_server.requests) == 1, "alice's run to reach the model")
+
+    # When mallory sends a run with alice's invocation ID
+    submit_run.apply_async(("testkit", "mallory", "s-mallory", "mallory asks"), task_id=owner.id)
+
+    # Then it is refused (logged with the reason), without writing to alice's run
+    wait_until(
+        lambda: refused_in_log(worker, owner.id) or completions(read_events(redis_url, owner.id)),
+        "mallory's delivery to end",
+    )
+    assert refused_in_log(worker, owner.id)
+    assert read_events(redis_url, owner.id) == []  # alice's run has published nothing yet
+    assert len(model_server.requests) == 1  # mallory's run never ran
+    assert load_session(redis_url, "testkit", "mallory", "s-mallory") is None
+    # And alice's run goes on as hers alone
+    cancel(owner.id, redis_url=redis_url)
+    events = wait_for_completion(redis_url, owner.id)
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert len(completions(events)) == 1
+    assert {e["user_id"] for e in events} == {"alice"}
+
+
+def test_a_run_sent_with_a_finished_run_s_invocation_id_gets_nothing_of_it(
+    producer: Any, start_worker: StartWorker, model_server: ScriptedModelServer, redis_url: str
+) -> None:
+    from workers.tasks import submit_run
+
+    # Given alice's run, finished
+    model_server.add_text("alice's secret answer")
+    worker = start_worker(OPENAI_BASE_URL=model_server.url)
+    owner = submit_run.delay("testkit", "alice", "s-alice", "alice asks")
+    assert owner.get(timeout=SETTLE_TIMEOUT_S)["final_text"] == "alice's secret answer"
+    before = read_events(redis_url, owner.id)
+
+    # When mallory sends a run with alice's invocation ID
+    submit_run.apply_async(("testkit", "mallory", "s-mallory", "mallory asks"), task_id=owner.id)
+
+    # Then it is refused (logged with the reason): alice's stream and task result are untouched
+    wait_until(
+        lambda: refused_in_log(worker, owner.id)
+        or worker.log_tail(60000).count(f"{owner.id}] succeeded") > 1,
+        "mallory's delivery to end",
+    )
+    assert refused_in_log(worker, owner.id)
+    assert read_events(redis_url, owner.id) == before
+    assert owner.state == "SUCCESS"
+    assert owner.get(timeout=5)["user_id"] == "alice"
+    assert len(model_server.requests) == 1
+    assert load_session(redis_url, "testkit", "mallory", "s-mallory") is None
