@@ -9,5 +9,8 @@ COPY session_backends ./session_backends
 COPY workers ./workers
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /app agent
+# Build-time check: the worker app, the Redis transport and Flower import from the installed
+# package alone (tests/test_install.py runs this same line in a bare virtual environment).
+RUN cd / && python -c "import workers.app, workers.tasks, kombu.transport.redis, flower.command; print('agent-runner image: imports ok')"
 USER agent
 CMD ["celery", "-A", "workers.app", "worker", "-Q", "runs", "-P", "threads", "-c", "100"]

@@ -1,6 +1,7 @@
 """Every Celery setting of agent-runner, in one place, from the environment.
 
-Loaded by ``workers.app`` with ``app.config_from_object("celeryconfig")``. The values come from
+Loaded by ``workers.app`` through :func:`workers.celery_config.load_celeryconfig`, by file
+location: a service's own ``celeryconfig`` on the path never replaces it. The values come from
 :class:`workers.settings.Settings` (``AGENT_RUNNER_*`` variables, table in docs/workers.md); a bad
 value stops the worker at start-up with an error naming the variable.
 

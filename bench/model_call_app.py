@@ -13,8 +13,10 @@ import threading
 from celery import Celery
 from openai import OpenAI
 
+from workers.celery_config import load_celeryconfig
+
 app = Celery("bench_model_call")
-app.config_from_object("celeryconfig")
+app.config_from_object(load_celeryconfig())
 app.conf.task_routes = {"bench.*": {"queue": "bench-model-call"}}
 
 _local = threading.local()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from celery import Celery
 
+from workers.celery_config import load_celeryconfig
+
 app = Celery("bench_noop")
-app.config_from_object("celeryconfig")
+app.config_from_object(load_celeryconfig())
 app.conf.task_routes = {"bench.noop": {"queue": "bench-noop"}}
 
 

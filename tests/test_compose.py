@@ -89,3 +89,17 @@ def test_the_image_is_buildable_from_the_repository(compose: dict[str, Any]) -> 
     assert compose["services"]["run-worker"]["build"] == "."
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert "pip install" in dockerfile and "USER " in dockerfile
+
+
+def test_no_variable_is_set_to_an_empty_value(compose: dict[str, Any]) -> None:
+    """An empty OPENAI_BASE_URL is read by the openai client as a URL and every run fails; a
+    variable the user did not set must stay unset in the containers (a key with no value)."""
+    for name, service in compose["services"].items():
+        env = service.get("environment") or {}
+        for variable, value in env.items():
+            text = "" if value is None else str(value)
+            assert not re.search(r"\$\{\w+:?-\}", text), f"{name}: {variable}={text!r}"
+            assert value is None or text != "", f"{name}: {variable} is set to ''"
+    env = compose["services"]["run-worker"]["environment"]
+    for variable in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        assert env[variable] is None, f"{variable} must pass through from the shell, or not exist"

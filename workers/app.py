@@ -1,6 +1,7 @@
 """The Celery app of agent-runner: ``celery -A workers.app worker -Q runs``.
 
-Configuration comes from ``celeryconfig`` (every setting from the environment). The worker's
+Configuration comes from the project's ``celeryconfig.py`` (every setting from the environment),
+loaded by file location so that another ``celeryconfig`` on the path never replaces it. The worker's
 event loop (:mod:`workers.runtime`) starts from the worker signals below, never at import, so
 producers importing this module open no connection and start no thread.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -26,6 +28,9 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from runner_core.errors import ConfigurationError
+
+from .celery_config import load_celeryconfig
 from .summary_routing import configure_summary_routing
 
 __all__ = ["app"]
@@ -35,11 +40,37 @@ logger = logging.getLogger(__name__)
 #: Exit status of a worker whose configuration keeps it from running anything (EX_CONFIG).
 EXIT_CONFIG = 78
 
+
+
+def _running_celery_command() -> bool:
+    """True in ``celery ... worker`` / ``flower`` / ``inspect`` processes, not in producers."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return program.name == "celery" or program.parts[-2:] == ("celery", "__main__.py")
+
+
+def _configure(app: Celery) -> None:
+    """Apply the project's settings (:mod:`workers.celery_config`) and the summary routing.
+
+    A bad ``AGENT_RUNNER_*`` value raises :class:`ConfigurationError` naming the variable. In a
+    ``celery`` command (a worker, Flower) that one line is all the operator needs, so it is
+    printed alone and the process exits with ``EX_CONFIG`` instead of a 90-line traceback; a
+    producer importing this module gets the exception.
+    """
+    try:
+        app.config_from_object(load_celeryconfig())
+        # The summary shard queues and their router (docs/summaries.md). This reads the
+        # configuration now, so a bad AGENT_RUNNER_SUMMARY_* value is reported here too.
+        configure_summary_routing(app)
+    except ConfigurationError as exc:
+        if not _running_celery_command():
+            raise
+        sys.stderr.write(f"agent-runner: configuration error: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(EXIT_CONFIG) from None
+
+
 app = Celery("agent_runner", include=["workers.tasks", "workers.summaries"])
-app.config_from_object("celeryconfig")
-# The summary shard queues and their router (docs/summaries.md). This loads the configuration
-# now, so a bad AGENT_RUNNER_SUMMARY_* value stops the import with an error naming it.
-configure_summary_routing(app)
+_configure(app)
 
 
 def _start_in_main_process(sender: Any = None, **_: Any) -> None:

@@ -109,14 +109,19 @@ class CancelWatcher:
             try:
                 await pubsub.psubscribe(self._channel_prefix + "*")
                 self.subscribed.set()
+                if failures:
+                    logger.info("cancel watch subscribed again after %d failed tries", failures)
                 failures = 0
                 await self._sweep()
                 await self._read(pubsub)
             except (redis.exceptions.RedisError, OSError) as exc:
                 delay = _RETRY_S[min(failures, len(_RETRY_S) - 1)]
                 failures += 1
-                logger.warning("cancel watch lost its Redis subscription (%s); again in %s s",
-                               exc, delay)  # fmt: skip
+                # One warning per outage: the broker connection already reports Redis being
+                # down, and a line every 2 s would bury everything else in the log.
+                log = logger.warning if failures == 1 else logger.debug
+                log("cancel watch lost its Redis subscription (%s); retrying every %s s "
+                    "until it is back", exc, _RETRY_S[-1])  # fmt: skip
                 await asyncio.sleep(delay)
             finally:
                 self.subscribed.clear()

@@ -1,7 +1,8 @@
 """The run request: what ``submit_run`` accepts, validated with pydantic on both sides.
 
 The producer (:func:`workers.client.submit`) validates before sending; the worker validates
-again, because any Celery client in any language can ``send_task("agent_runner.submit_run")``.
+again, because any Celery client in any language can
+``send_task("agent_runner.submit_run", ..., queue="runs")``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from runner_core.session import SessionService
 from .agents import AgentRegistry
 from .bus import EventBus
 from .cancel_watch import CancelWatcher
+from .celery_config import load_celeryconfig
 from .session_lock import SessionLocks
 from .settings import Settings, mask_url
 
@@ -130,8 +131,7 @@ class WorkerRuntime:
             + 60,
         )
         self.sessions = from_url(settings.session_url)
-        from celeryconfig import broker_transport_options
-
+        broker_transport_options = load_celeryconfig().broker_transport_options
         self.unacked_index_key = str(broker_transport_options.get("global_keyprefix", "")) + str(
             broker_transport_options.get("unacked_index_key", "unacked_index")
         )
