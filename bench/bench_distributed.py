@@ -34,7 +34,15 @@ from typing import Any
 import redis
 from celery import Celery
 
-from bench.report import machine, machine_line, mode_note, publish, rounded, summarize
+from bench.report import (
+    default_output,
+    machine,
+    machine_line,
+    mode_note,
+    publish,
+    rounded,
+    summarize,
+)
 from runner_core.testing import ScriptedModelServer
 from tests.celery_workers import ROOT, CeleryWorker
 from tests.services import RedisServer
@@ -460,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.quick)
     print(render(result))
     if not args.no_write:
-        publish(NAME, result)
+        publish(NAME, result, default_output(args.quick))
     return 0
 
 

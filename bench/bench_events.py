@@ -37,7 +37,15 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from bench.report import machine, machine_line, mode_note, publish, rounded, summarize
+from bench.report import (
+    default_output,
+    machine,
+    machine_line,
+    mode_note,
+    publish,
+    rounded,
+    summarize,
+)
 from runner_core.events import Event
 from workers import client
 from workers.bus import EventBus, events_channel
@@ -280,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = ("raw_pubsub", "client_stream", "p99_ratio_per_round", "p99_ratio", "p99_ratio_pooled")
     print(json.dumps({k: result[k] for k in shown}, indent=2))
     if not args.no_write:
-        publish(NAME, result)
+        publish(NAME, result, default_output(args.quick))
     return 0
 
 

@@ -5,7 +5,9 @@ Method. Every framework runs the same task against the same scripted OpenAI-comp
 first a tool call ``add(a=2, b=3)``, then the text "The answer is 5." in 4 chunks, usage
 included. Each framework runs in its own process, a *driver* (``bench/peers/drive_*.py``): the
 peers in venvs of their own built by ``bench/peers/envs.py`` (their ``openai`` requirements
-conflict), agent-runner in the project's interpreter. Each driver can also make the same two
+conflict; ``~/.cache/agent-runner-bench/venvs`` unless ``AGENT_RUNNER_BENCH_CACHE`` says
+otherwise, about 500 MB, printed with its size on every run; ``python -m bench clean`` removes
+them), agent-runner in the project's interpreter. Each driver can also make the same two
 calls with the raw ``openai`` client (``raw``), and every framework run is paired with a raw run
 right before or after it (the order alternates by round) in the same process, so a framework's
 overhead is framework - raw with the same ``openai`` version under the same machine load.
@@ -38,10 +40,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.peers.envs import PEERS, VenvError, ensure_venv, installed_versions
+from bench.peers.envs import PEERS, VenvError, describe_venvs, ensure_venv, installed_versions
 from bench.peers.markdown import CASES, OURS, render
 from bench.peers.process import DriverError, DriverProcess
-from bench.report import ROOT, machine, publish, rounded, summarize
+from bench.report import ROOT, default_output, machine, publish, rounded, summarize
 from runner_core.testing import ScriptedModelServer
 
 __all__ = ["main", "render", "run"]
@@ -213,6 +215,7 @@ def prepare() -> list[tuple[Subject, list[str] | None]]:
             out.append((subject, None))
             continue
         out.append((subject, [str(python), str(spec.driver_path)]))
+    log(f"[peers] {describe_venvs()}")
     return out
 
 
@@ -429,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.quick, args.runs)
     print(render(result))
     if not args.no_write:
-        publish(NAME, result)
+        publish(NAME, result, default_output(args.quick))
     return 0
 
 

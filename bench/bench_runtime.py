@@ -18,7 +18,15 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from bench.report import machine, machine_line, mode_note, publish, rounded, summarize
+from bench.report import (
+    default_output,
+    machine,
+    machine_line,
+    mode_note,
+    publish,
+    rounded,
+    summarize,
+)
 from runner_core import LLMAgent, Runner, tool
 from runner_core.testing import ScriptedModelServer, scripted_model
 from session_backends import InMemorySessionService
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.quick, runs=args.runs)
     print(render(result))
     if not args.no_write:
-        publish(NAME, result)
+        publish(NAME, result, default_output(args.quick))
     return 0
 
 

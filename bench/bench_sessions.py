@@ -28,7 +28,15 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 
-from bench.report import machine, machine_line, mode_note, publish, rounded, summarize
+from bench.report import (
+    default_output,
+    machine,
+    machine_line,
+    mode_note,
+    publish,
+    rounded,
+    summarize,
+)
 from runner_core.events import Event, Usage
 from runner_core.messages import Message
 from runner_core.session import Session, SessionService, split_state_delta
@@ -381,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("targets:", result["targets"])
     if not args.no_write:
-        publish(NAME, result)
+        publish(NAME, result, default_output(args.quick))
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from bench.report import machine, machine_line, mode_note, publish
+from bench.report import default_output, machine, machine_line, mode_note, publish
 from runner_core import Summarizer, create_session_summary
 from runner_core.events import Event
 from runner_core.messages import Message
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.quick, sessions=args.sessions, latency=args.latency)
     print(render(result))
     if not args.no_write:
-        publish(NAME, result)
+        publish(NAME, result, default_output(args.quick))
     return 0
 
 

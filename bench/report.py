@@ -3,8 +3,10 @@
 Every benchmark module has the same shape: ``run(quick) -> dict`` measures and returns a
 JSON-able result (its ``machine``, its sizes, its summaries and the raw per-run samples), and
 ``render(result) -> str`` turns a result into a markdown section. ``save_result`` writes
-``bench/results/<name>.json``; ``write_report`` rebuilds all of ``docs/benchmarks.md`` and the
-plots under ``docs/benchmarks/`` from those files, so a report never needs a re-measurement.
+``<name>.json`` into an :class:`Output`'s results; ``write_report`` rebuilds its whole page and
+plots from those files, so a report never needs a re-measurement. The figures of record
+(:data:`RECORD`) are ``bench/results/`` and ``docs/benchmarks.md`` with ``docs/benchmarks/``;
+quick runs write to :data:`QUICK_DIR` (git-ignored) unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -26,9 +28,58 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "benchmarks.md"
-PLOTS = ROOT / "docs" / "benchmarks"
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a run writes: its JSON samples, the report page and the page's plots."""
+
+    #: ``<name>.json`` per benchmark, every per-run sample kept.
+    results: Path
+    #: The markdown report, drawn from ``results`` alone.
+    doc: Path
+    #: The report's PNG plots.
+    plots: Path
+
+    @classmethod
+    def under(cls, directory: Path) -> Output:
+        """``directory/results/``, ``directory/benchmarks.md`` and ``directory/benchmarks/``."""
+        directory = directory.expanduser().resolve()
+        return cls(directory / "results", directory / "benchmarks.md", directory / "benchmarks")
+
+    @property
+    def of_record(self) -> bool:
+        """True for the tracked figures of record (``bench/results``, ``docs/benchmarks.md``)."""
+        return self == RECORD
+
+    @property
+    def where(self) -> str:
+        """The output in a few words, for messages."""
+        if self.of_record:
+            return f"{shown(self.results)}/ and {shown(self.doc)} (the figures of record)"
+        return (
+            f"{shown(self.doc.parent)}/ (results/*.json, benchmarks.md, benchmarks/*.png; "
+            "not the figures of record)"
+        )
+
+
+#: Full runs write here: the figures of record, tracked in git.
+RECORD = Output(ROOT / "bench" / "results", ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "benchmarks")
+#: ``--quick`` runs write here unless given ``--write`` or ``--out``; git-ignored.
+QUICK_DIR = ROOT / "bench" / ".quick"
+
+
+def default_output(quick: bool) -> Output:
+    """Where a run writes unless told otherwise: quick runs never touch tracked files."""
+    return Output.under(QUICK_DIR) if quick else RECORD
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the checkout when it is inside it, else absolute."""
+    try:
+        return path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 @dataclass(frozen=True)
@@ -152,18 +203,18 @@ def mode_note(result: dict[str, Any]) -> str:
 _NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:\s*,\s*-?[\d.eE+-]+)*)\s*\]")
 
 
-def save_result(name: str, result: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json``; sample lists stay on one line each."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def save_result(name: str, result: dict[str, Any], output: Output) -> Path:
+    """Write ``<name>.json`` into ``output.results``; sample lists stay on one line each."""
+    output.results.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2)
     text = _NUMBER_LIST.sub(lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
-    path = RESULTS / f"{name}.json"
+    path = output.results / f"{name}.json"
     path.write_text(text + "\n", encoding="utf-8")
     return path
 
 
-def load_result(name: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{name}.json"
+def load_result(name: str, output: Output) -> dict[str, Any] | None:
+    path = output.results / f"{name}.json"
     if not path.exists():
         return None
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -180,31 +231,63 @@ assert on timing; these numbers live here.
 
 ```sh
 pip install -e '.[dev,bench]'
-python -m bench all --quick   # every benchmark at small sizes, a few minutes
-python -m bench all          # the figures of record
+python -m bench all --quick   # every benchmark at small sizes, a few minutes; writes bench/.quick/
+python -m bench all          # the figures of record: bench/results/ and this page
 python -m bench runtime      # one benchmark: runtime, peers, sessions, events, distributed, summaries
 python -m bench report       # rebuild this page and its plots from bench/results/*.json
+python -m bench clean        # remove the peers' venvs and bench/.quick/
 ```
 
 This page is generated from `bench/results/<name>.json` (which keep every per-run sample) by
 `python -m bench report`; edit `bench/` rather than this file. Plots are in `docs/benchmarks/`.
+
+**Where runs write.** A full run (`all` or one benchmark) writes the figures of record: its
+samples to `bench/results/`, this page and its plots to `docs/`. A `--quick` run writes the same
+three to `bench/.quick/` instead (`results/`, `benchmarks.md`, `benchmarks/`; git-ignored), so it
+never changes tracked files; `--write` sends it to the figures of record, `--out DIR` to `DIR`,
+and `--no-write` only prints. The path is printed at the end of every run.
+
+**Peer environments.** The `peers` benchmark installs Google ADK, the OpenAI Agents SDK and
+LangGraph in a venv each (their `openai` requirements conflict), about 500 MB in all, built on
+first use and reused after. They live in `~/.cache/agent-runner-bench/venvs/`
+(`$XDG_CACHE_HOME/agent-runner-bench/venvs/` when that is set;
+`{variable}=DIR` puts them in `DIR/venvs/`); the benchmark prints the path and
+size whenever it builds or uses them. `python -m bench clean` removes them (and
+`bench/.quick/`); so does `rm -rf ~/.cache/agent-runner-bench`.
 """
 
 
-def write_report() -> list[str]:
-    """Rebuild docs/benchmarks.md and its plots from the JSON results; returns problems found.
+def _header(output: Output) -> str:
+    from bench.peers.envs import CACHE_VARIABLE
+
+    title, rest = DOC_HEADER.format(variable=CACHE_VARIABLE).rstrip().split("\n\n", 1)
+    if output.of_record:
+        return f"{title}\n\n{rest}"
+    note = (
+        f"> This copy is in `{shown(output.doc.parent)}/`, drawn from "
+        f"`{shown(output.results)}/*.json` by a `--quick` or `--out` run: not the figures of "
+        "record, which are in `docs/benchmarks.md`."
+    )
+    return f"{title}\n\n{note}\n\n{rest}"
+
+
+def write_report(output: Output) -> list[str]:
+    """Rebuild ``output.doc`` and its plots from the JSON results in ``output.results``.
 
     A benchmark without a result file gets a line saying how to measure it; a section whose
     rendering fails is reported (and returned) instead of stopping the others.
+
+    Returns:
+        The problems found, one line each (empty when every section rendered).
     """
     from bench import plots
 
     problems: list[str] = []
-    results = {b.name: load_result(b.name) for b in BENCHMARKS}
+    results = {b.name: load_result(b.name, output) for b in BENCHMARKS}
     can_plot = plots.available()
     if can_plot:
-        PLOTS.mkdir(parents=True, exist_ok=True)
-    parts = [DOC_HEADER.rstrip()]
+        output.plots.mkdir(parents=True, exist_ok=True)
+    parts = [_header(output)]
     if not can_plot:
         print(
             "plots skipped: matplotlib is not installed (pip install -e '.[bench]')",
@@ -225,17 +308,17 @@ def write_report() -> list[str]:
                 f"`python -m bench {benchmark.name}`."
             )
             continue
-        section = _render_section(benchmark, result, problems).rstrip()
+        section = _render_section(benchmark, result, output, problems).rstrip()
         if can_plot:
-            section += _plot_section(benchmark, result, results, problems)
+            section += _plot_section(benchmark, result, results, output, problems)
         parts.append(f'<a id="{benchmark.name}"></a>\n\n{section.strip()}')
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    output.doc.parent.mkdir(parents=True, exist_ok=True)
+    output.doc.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     return problems
 
 
 def _render_section(
-    benchmark: Benchmark, result: dict[str, Any], problems: list[str]
+    benchmark: Benchmark, result: dict[str, Any], output: Output, problems: list[str]
 ) -> str:
     try:
         render: Callable[[dict[str, Any]], str] = load_module(benchmark).render
@@ -243,9 +326,10 @@ def _render_section(
     except Exception as exc:  # one broken section must not cost the others
         problems.append(f"{benchmark.name}: rendering failed: {exc!r}")
         traceback.print_exc()
+        path = shown(output.results / f"{benchmark.name}.json")
         return (
-            f"## {benchmark.name}\n\nThe result in `bench/results/{benchmark.name}.json` could not "
-            f"be rendered ({type(exc).__name__}: {exc}); rerun `python -m bench {benchmark.name}`."
+            f"## {benchmark.name}\n\nThe result in `{path}` could not be rendered "
+            f"({type(exc).__name__}: {exc}); rerun `python -m bench {benchmark.name}`."
         )
 
 
@@ -253,24 +337,32 @@ def _plot_section(
     benchmark: Benchmark,
     result: dict[str, Any],
     results: dict[str, dict[str, Any] | None],
+    output: Output,
     problems: list[str],
 ) -> str:
     from bench import plots
 
     try:
-        figures = plots.draw(benchmark.name, result, results, PLOTS)
+        figures = plots.draw(benchmark.name, result, results, output.plots)
     except Exception as exc:
         problems.append(f"{benchmark.name}: plotting failed: {exc!r}")
         traceback.print_exc()
         return f"\n\n(Plot failed: {type(exc).__name__}: {exc}.)"
-    rel = PLOTS.relative_to(DOC.parent).as_posix()
+    rel = output.plots.relative_to(output.doc.parent).as_posix()
     return "".join(f"\n\n![{alt}]({rel}/{path.name})" for path, alt in figures)
 
 
-def publish(name: str, result: dict[str, Any]) -> None:
-    """Save one benchmark's result and rebuild the report from all saved results."""
-    path = save_result(name, result)
-    print(f"wrote {path.relative_to(ROOT)}")
-    for problem in write_report():
+def report(output: Output) -> int:
+    """Rebuild ``output``'s page and plots, printing what it wrote; returns an exit status."""
+    problems = write_report(output)
+    for problem in problems:
         print(f"report: {problem}", file=sys.stderr)
-    print(f"wrote {DOC.relative_to(ROOT)}")
+    print(f"wrote {shown(output.doc)}")
+    return 1 if problems else 0
+
+
+def publish(name: str, result: dict[str, Any], output: Output) -> None:
+    """Save one benchmark's result and rebuild ``output``'s report from all its results."""
+    print(f"wrote {shown(save_result(name, result, output))}")
+    report(output)
+    print(f"output: {output.where}")

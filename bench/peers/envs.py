@@ -2,10 +2,14 @@
 
 The peers cannot share an interpreter: ``google-adk[openai]`` needs ``openai<3`` while
 ``openai-agents`` needs ``openai>=3``. Each peer gets its own venv under
-``~/.cache/agent-runner-bench/venvs/<peer>-<hash>``, where the hash covers the interpreter
-version and the pinned requirements, so changing a pin builds a new venv and the second run of
-the benchmark reuses the first one's. A venv counts as built only once ``pip install`` succeeded
-(a ``.ready`` marker is written last); a half-built one is removed and built again.
+``<cache>/venvs/<peer>-<hash>``, where the hash covers the interpreter version and the pinned
+requirements, so changing a pin builds a new venv and the second run of the benchmark reuses the
+first one's. A venv counts as built only once ``pip install`` succeeded (a ``.ready`` marker is
+written last); a half-built one is removed and built again.
+
+``<cache>`` is ``$AGENT_RUNNER_BENCH_CACHE`` when set, else ``$XDG_CACHE_HOME/agent-runner-bench``,
+else ``~/.cache/agent-runner-bench``. The venvs take about 500 MB together; ``python -m bench
+clean`` removes them (:func:`remove_venvs`).
 
     python -m bench.peers.envs            # build (or check) every peer's venv
 """
@@ -15,16 +19,34 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CACHE", "PEERS", "PeerSpec", "VenvError", "ensure_venv", "installed_versions"]
+__all__ = [
+    "CACHE_VARIABLE",
+    "PEERS",
+    "PeerSpec",
+    "VenvError",
+    "cache_dir",
+    "cached_venvs",
+    "describe_venvs",
+    "ensure_venv",
+    "format_size",
+    "installed_versions",
+    "remove_venvs",
+    "venvs_dir",
+]
 
-CACHE = Path.home() / ".cache" / "agent-runner-bench" / "venvs"
+#: The environment variable that moves the cache (the venvs go to ``$AGENT_RUNNER_BENCH_CACHE/venvs``).
+CACHE_VARIABLE = "AGENT_RUNNER_BENCH_CACHE"
+#: A venv directory's name: the peer, then 12 hex digits of the hash of its requirements.
+_VENV_NAME = re.compile(r"[a-z][a-z0-9_]*-[0-9a-f]{12}")
 DRIVERS = Path(__file__).resolve().parent
 PIP_TIMEOUT_S = 1800
 
@@ -47,7 +69,7 @@ class PeerSpec:
     @property
     def venv_dir(self) -> Path:
         key = json.dumps([sys.version_info[:2], sorted(self.requirements)]).encode()
-        return CACHE / f"{self.name}-{hashlib.sha256(key).hexdigest()[:12]}"
+        return venvs_dir() / f"{self.name}-{hashlib.sha256(key).hexdigest()[:12]}"
 
     @property
     def python(self) -> Path:
@@ -103,6 +125,100 @@ PEERS: tuple[PeerSpec, ...] = (
 )
 
 
+def cache_dir() -> Path:
+    """The benchmarks' cache: ``$AGENT_RUNNER_BENCH_CACHE``, else
+    ``$XDG_CACHE_HOME/agent-runner-bench``, else ``~/.cache/agent-runner-bench`` (an empty
+    variable counts as unset)."""
+    if configured := os.environ.get(CACHE_VARIABLE):
+        return Path(configured).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser().resolve() / "agent-runner-bench"
+
+
+def venvs_dir() -> Path:
+    """Where the peers' venvs are built: ``<cache>/venvs``."""
+    return cache_dir() / "venvs"
+
+
+def cached_venvs() -> list[Path]:
+    """The peer venvs in :func:`venvs_dir`, built or half-built, for any version of the pins."""
+    directory = venvs_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(
+        path for path in directory.iterdir()
+        if path.is_dir() and not path.is_symlink() and _VENV_NAME.fullmatch(path.name)
+    )  # fmt: skip
+
+
+def _disk_usage(paths: Iterable[Path]) -> int:
+    """Bytes on disk under ``paths``, like ``du``: symlinks are not followed."""
+    total = 0
+    for path in paths:
+        for folder, _, files in os.walk(path):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+                except OSError:  # removed while we walked
+                    pass
+    return total
+
+
+def format_size(count: int) -> str:
+    """Bytes as ``1.2 GB``, ``512 MB`` or ``300 kB``."""
+    if count >= 1e9:
+        return f"{count / 1e9:.1f} GB"
+    return f"{count / 1e6:.0f} MB" if count >= 1e6 else f"{count / 1e3:.0f} kB"
+
+
+def describe_venvs() -> str:
+    """Where the peer venvs are and how much disk they take, with how to remove them."""
+    venvs = cached_venvs()
+    if not venvs:
+        return f"no peer venvs in {venvs_dir()}"
+    return (
+        f"peer venvs: {venvs_dir()} ({len(venvs)} venv{'s' * (len(venvs) != 1)}, "
+        f"{format_size(_disk_usage(venvs))}); "
+        "`python -m bench clean` removes them"
+    )
+
+
+def remove_venvs(log: Callable[[str], None] = print) -> int:
+    """Remove every peer venv in :func:`venvs_dir`, and the cache folders left empty.
+
+    Only directories named like a peer venv (``<peer>-<hash>``) and their lock files are
+    removed, so a cache variable pointing at a folder of other things costs nothing else.
+    A venv that another benchmark run is building is left alone.
+
+    Returns:
+        The bytes freed.
+    """
+    freed = 0
+    directory = venvs_dir()
+    venvs = cached_venvs()
+    if not venvs:
+        log(f"no peer venvs in {directory}")
+    for venv in venvs:
+        lock_path = directory / f".{venv.name}.lock"
+        with open(lock_path, "a", encoding="ascii") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"left {venv}: a benchmark run is building it")
+                continue
+            size = _disk_usage([venv])
+            shutil.rmtree(venv)
+            lock_path.unlink(missing_ok=True)
+        freed += size
+        log(f"removed {venv} ({format_size(size)})")
+    for folder in (directory, cache_dir()):
+        try:
+            folder.rmdir()
+        except OSError:  # missing, or holds something that is not ours
+            pass
+    return freed
+
+
 class VenvError(RuntimeError):
     """A peer's venv could not be built; the message names the peer and pip's error."""
 
@@ -137,9 +253,9 @@ def ensure_venv(spec: PeerSpec, log: Callable[[str], None] = print) -> Path:
             last lines of output).
     """
     venv = spec.venv_dir
-    CACHE.mkdir(parents=True, exist_ok=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
     # Two benchmark runs at once must not build the same venv twice.
-    with open(CACHE / f".{venv.name}.lock", "w", encoding="ascii") as lock:
+    with open(venv.parent / f".{venv.name}.lock", "w", encoding="ascii") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (venv / ".ready").exists():
             return spec.python
@@ -190,6 +306,7 @@ def main() -> int:
         except VenvError as exc:
             failed += 1
             print(f"not built: {exc}", file=sys.stderr)
+    print(describe_venvs(), file=sys.stderr)
     return 1 if failed else 0
 
 
