@@ -46,6 +46,7 @@ from bench.report import (
 from runner_core.testing import ScriptedModelServer
 from tests.celery_workers import ROOT, CeleryWorker
 from tests.services import RedisServer
+from workers.celery_config import load_celeryconfig
 
 NAME = "distributed"
 LATENCY_S = 1.0
@@ -161,7 +162,7 @@ class ClosedLoop:
 
     def __init__(self, result_url: str) -> None:
         self.app = Celery("bench-producer")
-        self.app.config_from_object("celeryconfig")  # the same broker settings as the workers'
+        self.app.config_from_object(load_celeryconfig())  # the same broker settings as the workers'
         self.app.conf.result_backend = None
         self.results = redis.Redis.from_url(result_url)
 
