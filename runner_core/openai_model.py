@@ -10,6 +10,11 @@ and error mapping as ``chat.completions.create``) with the request body built he
 chunks read as plain JSON: ``create`` walks every message and tool schema to transform it and
 builds a pydantic model per chunk, which together cost more CPU per call than the whole rest of
 a run (see docs/benchmarks.md).
+
+The endpoint and key are resolved here, not by the client: an empty ``OPENAI_BASE_URL`` or
+``OPENAI_API_KEY`` counts as unset (the client would call an empty URL), and an endpoint other
+than the OpenAI API that is given without a key gets :data:`NO_API_KEY` (a local server that
+needs no key; the client refuses to start without one). The OpenAI API itself never gets it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 from openai import AsyncOpenAI, AsyncStream, RequestOptions
@@ -35,7 +41,13 @@ from .events import Usage
 from .messages import FunctionCall, Message, ToolCall
 from .model import GenerationConfig, ModelPrice, ModelRequest, ModelResponse, TextDelta
 
-__all__ = ["OpenAIModel"]
+__all__ = ["DEFAULT_BASE_URL", "NO_API_KEY", "OpenAIModel"]
+
+#: The endpoint when neither ``base_url`` nor ``OPENAI_BASE_URL`` is given.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+#: The key sent to an endpoint given without one (servers that need no key ignore it).
+NO_API_KEY = "no-key"
 
 #: Longest provider error text carried into a ModelHTTPError message.
 _MAX_PROVIDER_MESSAGE = 500
@@ -48,7 +60,10 @@ class OpenAIModel:
         name: the model name sent in each request (``gpt-4o-mini``, ...).
         base_url: the endpoint (``http://host:port/v1``); default ``OPENAI_BASE_URL``, then
             the OpenAI API. Ignored when ``client`` is given.
-        api_key: default ``OPENAI_API_KEY``. Ignored when ``client`` is given.
+        api_key: default ``OPENAI_API_KEY``; an endpoint other than the OpenAI API needs
+            none (a server without auth ignores the :data:`NO_API_KEY` sent then). Empty
+            values, here or in the environment, count as unset. Ignored when ``client`` is
+            given.
         client: an ``AsyncOpenAI`` to use as is. The model never closes a client it was given.
         price: per-million-token prices, for the cost on run completions.
         timeout: seconds per attempt (``None``: no limit). Ignored when ``client`` is given.
@@ -92,8 +107,8 @@ class OpenAIModel:
             weakref.WeakKeyDictionary()
         )
         # Learned from the first client: what OPENAI_BASE_URL / OPENAI_API_KEY resolved to.
-        self._resolved_base_url = client.base_url if client is not None else base_url
-        self._resolved_api_key = client.api_key if client is not None else api_key
+        self._resolved_base_url = client.base_url if client is not None else _non_empty(base_url)
+        self._resolved_api_key = client.api_key if client is not None else _non_empty(api_key)
 
     def __repr__(self) -> str:
         # Never the API key.
@@ -147,10 +162,11 @@ class OpenAIModel:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
+            base_url, api_key = self._endpoint()
             try:
                 client = AsyncOpenAI(
-                    api_key=self._api_key,
-                    base_url=self._base_url,
+                    api_key=api_key,
+                    base_url=base_url,
                     timeout=self._timeout,
                     max_retries=self._max_retries,
                     default_headers=self._default_headers,
@@ -160,15 +176,44 @@ class OpenAIModel:
                     http_client=openai.DefaultAsyncHttpxClient(),
                 )
             except openai.OpenAIError as exc:
-                # Missing credentials is the usual cause: name the variable, not the value.
                 raise ModelError(
                     f"Cannot create the OpenAI client for model {self.name!r}: "
-                    f"{self._redact(str(exc))} Pass api_key= or set OPENAI_API_KEY."
+                    f"{self._redact(str(exc))}"
                 ) from exc
             self._clients[loop] = client
             self._resolved_base_url = client.base_url
-            self._resolved_api_key = client.api_key
+            self._resolved_api_key = api_key
         return client
+
+    def _endpoint(self) -> tuple[str, str]:
+        """The base URL and API key to call: the arguments, else ``OPENAI_BASE_URL`` and
+        ``OPENAI_API_KEY``, an empty value counting as unset.
+
+        Raises:
+            ModelError: the base URL is not http(s), or the OpenAI API has no key.
+        """
+        given_url = _non_empty(self._base_url)
+        base_url = given_url or _non_empty(os.environ.get("OPENAI_BASE_URL")) or DEFAULT_BASE_URL
+        source = "base_url" if given_url else "OPENAI_BASE_URL"
+        try:
+            parts = urlsplit(base_url)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ModelError(
+                f"{source}={base_url!r} for model {self.name!r} is not an http(s) URL; use "
+                f"one like http://127.0.0.1:8000/v1 (or unset it for {DEFAULT_BASE_URL})."
+            )
+        api_key = _non_empty(self._api_key) or _non_empty(os.environ.get("OPENAI_API_KEY"))
+        if api_key is None:
+            if _is_openai_api(parts.hostname):
+                raise ModelError(
+                    f"Model {self.name!r} at {base_url} needs an API key: pass api_key= or set "
+                    "OPENAI_API_KEY. For a server that needs no key, set OPENAI_BASE_URL (or "
+                    "base_url=) to it."
+                )
+            api_key = NO_API_KEY
+        return base_url, api_key
 
     async def _stream(
         self, client: AsyncOpenAI, options: dict[str, Any]
@@ -293,9 +338,21 @@ class OpenAIModel:
 
     def _redact(self, text: str) -> str:
         key = self._resolved_api_key or os.environ.get("OPENAI_API_KEY")
-        if key and len(key) >= 4:
+        if key and len(key) >= 4 and key != NO_API_KEY:
             text = text.replace(key, "[redacted]")
         return text
+
+
+def _non_empty(value: str | None) -> str | None:
+    """``value`` stripped, or None when it is None or blank (an empty variable is unset)."""
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _is_openai_api(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return host == "openai.com" or host.endswith(".openai.com")
 
 
 class _ToolCallAssembler:

@@ -22,8 +22,12 @@ from runner_core.model import (
     ModelResponse,
     TextDelta,
 )
-from runner_core.openai_model import OpenAIModel
+from runner_core.openai_model import DEFAULT_BASE_URL, NO_API_KEY, OpenAIModel
+from runner_core.runner import Runner
 from runner_core.testing import ScriptedModelServer, scripted_model
+from workers.agents import build_assistant
+from workers.demo_model import DemoModel
+from workers.settings import Settings
 
 SECRET_KEY = "sk-live-0123456789abcdefSECRET"
 
@@ -399,16 +403,138 @@ async def test_connection_refused_is_a_model_connection_error_naming_the_url() -
     assert "OPENAI_BASE_URL" in caught.value.message
 
 
-async def test_a_missing_api_key_is_a_model_error_naming_the_variable(
+# -- endpoint and key: arguments, then the environment; empty means unset ----------------------
+
+
+async def test_a_server_that_needs_no_key_works_with_OPENAI_BASE_URL_alone(
     monkeypatch: pytest.MonkeyPatch, server: ScriptedModelServer
 ) -> None:
+    # Given a local OpenAI-compatible server and no key anywhere
     monkeypatch.delenv("OPENAI_API_KEY")
-    model = OpenAIModel("gpt-test", base_url=server.url)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    server.add_text("no key needed")
+    model = OpenAIModel("scripted", max_retries=0)
 
-    with pytest.raises(ModelError, match="OPENAI_API_KEY"):
+    try:
+        _, response = await collect(model, request())
+    finally:
+        await model.close()
+
+    assert response.message.content == "no key needed"
+    assert model.base_url == server.url
+
+
+async def test_a_base_url_without_a_key_sends_the_placeholder_not_a_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    endpoint = _RawStreamServer(
+        b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+    )
+    model = OpenAIModel("gpt-test", base_url=endpoint.url)
+    try:
         await collect(model, request())
+    finally:
+        await model.close()
+        endpoint.close()
 
-    assert server.requests == []
+    assert endpoint.headers[0]["authorization"] == f"Bearer {NO_API_KEY}"
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+async def test_empty_variables_count_as_unset(
+    monkeypatch: pytest.MonkeyPatch, server: ScriptedModelServer, empty: str
+) -> None:
+    # Given OPENAI_API_KEY set but empty (compose files write such values), a keyless server
+    monkeypatch.setenv("OPENAI_API_KEY", empty)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    server.add_text("reached")
+    model = OpenAIModel("scripted", base_url=empty, api_key=empty, max_retries=0)
+
+    try:
+        _, response = await collect(model, request())
+    finally:
+        await model.close()
+
+    assert response.message.content == "reached"
+    assert server.requests[0]["model"] == "scripted"
+
+
+async def test_an_empty_OPENAI_BASE_URL_means_the_openai_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given both variables empty: the endpoint is the OpenAI API, which needs a key, so the
+    # model says so before sending anything (not "Request URL is missing a protocol").
+    # (A context, so the suite's guard sees its loopback URL again at teardown.)
+    with monkeypatch.context() as env:
+        env.setenv("OPENAI_BASE_URL", "")
+        env.setenv("OPENAI_API_KEY", "")
+        model = OpenAIModel("gpt-test")
+
+        with pytest.raises(ModelError) as caught:
+            await collect(model, request())
+
+    assert DEFAULT_BASE_URL in caught.value.message
+    assert "OPENAI_API_KEY" in caught.value.message
+    assert "protocol" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "where", ["argument", "environment", "default"], ids=lambda where: f"base_url_from_{where}"
+)
+async def test_the_openai_api_never_gets_a_placeholder_key(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    with monkeypatch.context() as env:
+        env.delenv("OPENAI_API_KEY")
+        env.delenv("OPENAI_BASE_URL")
+        if where == "environment":
+            env.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
+        base_url = "https://api.openai.com/v1/" if where == "argument" else None
+        model = OpenAIModel("gpt-test", base_url=base_url)
+
+        with pytest.raises(ModelError, match="needs an API key: pass api_key= or set OPENAI_API"):
+            await collect(model, request())
+
+
+async def test_a_base_url_that_is_not_http_is_a_model_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with monkeypatch.context() as env:
+        env.setenv("OPENAI_BASE_URL", "127.0.0.1:8000/v1")
+        model = OpenAIModel("gpt-test")
+
+        with pytest.raises(ModelError, match=r"OPENAI_BASE_URL='127.0.0.1:8000/v1' .* http\(s\)"):
+            await collect(model, request())
+
+
+def test_worker_settings_use_a_keyless_server_with_OPENAI_BASE_URL_alone(
+    monkeypatch: pytest.MonkeyPatch, server: ScriptedModelServer
+) -> None:
+    # Given a worker environment naming only the endpoint
+    monkeypatch.delenv("OPENAI_API_KEY")
+    settings = Settings.from_env({"OPENAI_BASE_URL": server.url, "AGENT_RUNNER_MODEL": "scripted"})
+    server.add_text("from the keyless server")
+
+    # When the built-in assistant runs
+    runner = Runner("assistant", build_assistant(settings))
+    try:
+        completion = runner.run_sync("alice", "s1", "hello")
+    finally:
+        runner.close_sync()
+
+    # Then it called that server, not the offline demo model
+    assert settings.uses_openai
+    assert completion.status == "completed", completion.error
+    assert completion.final_text == "from the keyless server"
+    assert server.requests[0]["model"] == "scripted"
+
+
+def test_worker_settings_treat_empty_openai_variables_as_unset() -> None:
+    settings = Settings.from_env({"OPENAI_BASE_URL": "", "OPENAI_API_KEY": " "})
+
+    assert not settings.uses_openai
+    assert isinstance(build_assistant(settings).model, DemoModel)
 
 
 async def test_the_api_key_never_appears_in_errors_or_repr(server: ScriptedModelServer) -> None:

@@ -241,7 +241,8 @@ class Settings:
 
     @property
     def uses_openai(self) -> bool:
-        """True when a real model endpoint is configured (an API key or a base URL)."""
+        """True when a real model endpoint is configured: an API key, a base URL (alone: a
+        server that needs no key), or both. Empty variables count as unset."""
         return bool(self.openai_api_key or self.openai_base_url)
 
     @property
