@@ -802,8 +802,7 @@ class PostgresSessionService:
         self, session: Session, event: Event, *, fence: int | None = None
     ) -> bool:
         key = check_appendable(session, event)
-        if fence is not None:
-            check_fence(fence)
+        fence = None if fence is None else check_fence(fence)
         parts = split_state_delta(event.state_delta)
         event_json = event.to_json()
         session_delta = encode_json(parts.session, "event.state_delta")

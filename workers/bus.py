@@ -11,21 +11,28 @@ For an invocation ``I`` and the prefix ``agent-runner`` (configurable):
 - ``agent-runner:cancel:I``   a key set (with a TTL) when someone asked the run to stop.
 - ``agent-runner:control:I``  pub/sub channel that wakes the run when a cancel is requested
                               (workers listen with :mod:`workers.cancel_watch`).
+- ``agent-runner:owner:I``    the identity (app, user, session) the invocation ID is bound to,
+                              set by its first claim or publish; a day, refreshed by publishes.
 
 :meth:`EventBus.publish` writes the stream entry, refreshes the expiry and publishes on the
 channel in one Lua script: one round trip, atomic, and the stream entry exists before any pub/sub
-subscriber hears of the event. docs/events.md describes the wire format for other languages.
+subscriber hears of the event. The same script refuses the write (nothing is written) when the
+event's identity is not the invocation's owner, or when a fenced publish's lease is no longer
+held by its delivery (docs/workers.md, "Ownership and fencing").
+docs/events.md describes the wire format for other languages.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from runner_core.errors import AgentRunnerError
+from runner_core.errors import AgentRunnerError, FencedError, InvocationOwnedError
 from runner_core.events import Event
 
 __all__ = [
@@ -34,10 +41,14 @@ __all__ = [
     "EventBus",
     "EventBusError",
     "EventBusUnavailableError",
+    "Fence",
     "cancel_key",
     "control_channel",
     "describe_redis",
     "events_channel",
+    "invocation_owned",
+    "owner_identity",
+    "owner_key",
     "stream_key",
 ]
 
@@ -48,6 +59,9 @@ STREAM_FIELD = "event"
 CANCEL_TTL_S = 3600
 #: What is published on the control channel to ask a run to stop.
 CANCEL_MESSAGE = "cancel"
+#: How long an invocation ID stays bound to its owner after its last claim or event (at least
+#: as long as the stream and the task result it protects).
+OWNER_TTL_S = 86_400
 
 T = TypeVar("T")
 
@@ -80,6 +94,35 @@ def control_channel(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:control:{invocation_id}"
 
 
+def owner_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The identity the invocation ID is bound to: ``{prefix}:owner:{invocation_id}``."""
+    return f"{prefix}:owner:{invocation_id}"
+
+
+def owner_identity(app_name: str, user_id: str, session_id: str) -> str:
+    """How an invocation's owner (app, user, session) is written in its owner key."""
+    return json.dumps([app_name, user_id, session_id], separators=(",", ":"))
+
+
+def invocation_owned(invocation_id: str, owner: bytes | str, identity: str) -> InvocationOwnedError:
+    """The refusal of a delivery or event of ``identity`` for an ID bound to ``owner``."""
+    return InvocationOwnedError(
+        f"invocation ID {invocation_id!r} belongs to another app/user/session than "
+        f"{identity} (the first to claim it); this delivery was refused and wrote nothing. "
+        "Invocation IDs are task IDs: let Celery generate them (or use a fresh UUID)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a fenced publish checks: the session lease key must still hold ``holder`` (this
+    delivery's invocation ID and fencing token). Built by
+    :meth:`workers.session_lock.SessionLocks.fence`."""
+
+    lease_key: str
+    holder: str
+
+
 def describe_redis(client: Any) -> str:
     """Where a redis-py client (sync or asyncio) connects, as ``host:port/db`` or a socket path."""
     kwargs: dict[str, Any] = getattr(client.connection_pool, "connection_kwargs", {})
@@ -98,12 +141,20 @@ def unavailable(client: Any, exc: BaseException) -> EventBusUnavailableError:
     )
 
 
-# KEYS[1] stream, ARGV: event JSON, channel, maxlen, ttl seconds.
+# KEYS: stream, owner, and for a fenced publish the session lease.
+# ARGV: event JSON, channel, maxlen, ttl seconds, the event's identity, owner ttl seconds, the
+#       lease holder this publish needs ('' when unfenced).
+# Returns {-1, owner} for another identity's invocation, {-2} when the lease is not held (both
+# write nothing), else {1, subscribers}.
 # XADD before PUBLISH, so a subscriber that hears of an event can always find it in the stream.
 _PUBLISH_LUA = """
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[5] then return {-1, owner} end
+if ARGV[7] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[7] then return {-2} end
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return redis.call('PUBLISH', ARGV[2], ARGV[1])
+return {1, redis.call('PUBLISH', ARGV[2], ARGV[1])}
 """
 
 
@@ -166,20 +217,42 @@ class EventBus:
         except redis.exceptions.RedisError as exc:
             raise EventBusError(f"Redis at {describe_redis(self.redis)} failed: {exc}") from exc
 
-    async def publish(self, event: Event) -> None:
+    async def publish(self, event: Event, *, fence: Fence | None = None) -> None:
         """Append ``event`` to its invocation's stream and publish it on its channel, atomically.
 
-        Publishing the same event twice writes it twice; readers drop the repeat by ``seq``.
+        The invocation ID is bound to the event's (app, user, session) by the first publish or
+        claim; with ``fence``, the session lease must still hold this delivery's token. Both
+        are checked in the same script as the write. Publishing the same event twice writes it
+        twice; readers drop the repeat by ``seq``.
+
+        Raises:
+            InvocationOwnedError: the invocation ID belongs to another identity.
+            FencedError: ``fence`` is no longer held (another delivery took the run).
+            Nothing is written in either case.
         """
         payload = event.to_json()
-        stream = stream_key(event.invocation_id, self.prefix)
-        channel = events_channel(event.invocation_id, self.prefix)
-        await self._call(
-            lambda: self._publish_script(
-                keys=[stream],
-                args=[payload, channel, self.stream_maxlen, self.stream_ttl_s],
+        invocation_id = event.invocation_id
+        identity = owner_identity(event.app_name, event.user_id, event.session_id)
+        keys = [stream_key(invocation_id, self.prefix), owner_key(invocation_id, self.prefix)]
+        if fence is not None:
+            keys.append(fence.lease_key)
+        args: list[str | int] = [
+            payload,
+            events_channel(invocation_id, self.prefix),
+            self.stream_maxlen,
+            self.stream_ttl_s,
+            identity,
+            max(OWNER_TTL_S, self.stream_ttl_s),
+            "" if fence is None else fence.holder,
+        ]
+        reply = await self._call(lambda: self._publish_script(keys=keys, args=args))
+        if int(reply[0]) == -1:
+            raise invocation_owned(invocation_id, reply[1], identity)
+        if int(reply[0]) == -2:
+            raise FencedError(
+                f"run {invocation_id} no longer holds its session lease ({keys[-1]}): another "
+                f"delivery took the run over. Event seq {event.seq} was not published."
             )
-        )
 
     async def _last_event(self, invocation_id: str) -> Event | None:
         key = stream_key(invocation_id, self.prefix)

@@ -16,6 +16,13 @@ What a delivery of invocation ``I`` does, in order:
    redelivered run continues where it was (no event appended twice, completed tools not re-run)
    and subscribers see a gap-free ``seq``. Every event is published as it comes; a heartbeat
    keeps the lease and the broker message alive; a cancel request stops the run.
+3. Every write is fenced by the lease's token: publishes check the lease in their script, the
+   session store checks its own fence (docs/workers.md, "Ownership and fencing"). When a write
+   is refused or the heartbeat finds the lease granted to another delivery, this delivery is
+   stale: it stops at once, writes nothing more and raises
+   :class:`~runner_core.errors.FencedError` (the task turns it into ``Ignore``). A claim of an
+   invocation ID bound to another (app, user, session) raises
+   :class:`~runner_core.errors.InvocationOwnedError` before anything is written.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
+from runner_core.errors import FencedError
 from runner_core.events import Event, EventError, EventType, RunStatus, Usage
 from runner_core.runner import Runner, RunStream
 from runner_core.session import SessionKey
 
-from .bus import EventBusUnavailableError
+from .bus import EventBusUnavailableError, Fence
 from .requests import RunRequest
 from .runtime import WorkerRuntime
 from .session_lock import Busy, Claimed, Lease
@@ -94,11 +102,16 @@ async def publish_failure(
     error: EventError,
     *,
     status: RunStatus = "failed",
+    fence: Fence | None = None,
 ) -> Event:
     """Publish an ``error`` event and a ``failed`` completion (only the completion for
-    ``cancelled``) for a run that could not run, continuing the invocation's ``seq``.
+    ``cancelled``) for a run that could not run, continuing the invocation's ``seq``; with
+    ``fence`` (the delivery holds the session), only while its lease holds.
 
     Returns the completion. Nothing is appended to the session: the run never had it.
+
+    Raises:
+        FencedError: ``fence`` no longer holds; InvocationOwnedError: the ID is another's.
     """
     last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
     seq = 0 if last is None else last + 1
@@ -125,7 +138,7 @@ async def publish_failure(
         )
         seq += 1
     for event in events:
-        await _retrying(rt, partial(rt.bus.publish, event))
+        await _retrying(rt, partial(rt.bus.publish, event, fence=fence))
     return events[-1]
 
 
@@ -172,11 +185,14 @@ async def _execute(
     finished = False
     try:
         completion = await _run_with_lease(rt, request, key, claimed, cancelled)
-        finished = completion is not None
-        if completion is None:
-            # Our lease went to another delivery of this invocation: it finishes the run.
-            return await _wait_for_other_delivery(rt, request, key, invocation_id, cancelled)
+        finished = True
         return completion
+    except FencedError as exc:
+        # Another delivery owns the run now: stop quietly, it finishes the run.
+        logger.warning(
+            "run %s: stale delivery (token %s) stops: %s", invocation_id, lease.token, exc
+        )
+        raise
     except Exception as exc:
         # Not a crash (those never get here) and not a shutdown (BaseException): the run cannot
         # go on. Tell subscribers, so nobody waits for a completion that will never come.
@@ -187,6 +203,7 @@ async def _execute(
             invocation_id,
             _labels(request, session_id),
             EventError(type="worker_error", message=f"{type(exc).__name__}: {exc}"),
+            fence=rt.locks.fence(lease),
         )
     finally:
         await _release(rt, lease, finished=finished)
@@ -198,7 +215,7 @@ async def _run_with_lease(
     key: SessionKey,
     claimed: Claimed,
     cancelled: asyncio.Event,
-) -> Event | None:
+) -> Event:
     settings = rt.settings
     invocation_id = claimed.lease.invocation_id
     if claimed.attempt > settings.max_attempts:
@@ -220,6 +237,7 @@ async def _run_with_lease(
                     "worker logs for what the run was doing, then submit it again."
                 ),
             ),
+            fence=rt.locks.fence(claimed.lease),
         )
     if claimed.attempt > 1:
         logger.warning("run %s: recovering (attempt %s)", invocation_id, claimed.attempt)
@@ -238,31 +256,57 @@ async def _run_with_lease(
         invocation_id=invocation_id,
         first_seq=0 if last is None else last + 1,
         timeout_s=request.run_timeout_s or settings.run_timeout_s,
+        fence=claimed.lease.token,
     )
     return await _pump(rt, stream, claimed.lease, cancelled)
 
 
 async def _pump(
     rt: WorkerRuntime, stream: RunStream, lease: Lease, cancelled: asyncio.Event
-) -> Event | None:
-    """Publish the run's events until its completion; None if the lease was lost."""
+) -> Event:
+    """Publish the run's events until its completion and return it.
+
+    Raises:
+        FencedError: another delivery owns the run (the store or a publish refused a write,
+            or the heartbeat found the lease granted to it); nothing more was written.
+    """
     lost = asyncio.Event()
     helpers = [
         asyncio.create_task(_cancel_when(cancelled, stream)),
         asyncio.create_task(_heartbeat(rt, stream, lease, lost)),
     ]
+    fence = rt.locks.fence(lease)
     try:
         async for event in stream:
             if lost.is_set():
-                continue  # another delivery owns the run now: publish nothing more
-            await _retrying(rt, partial(rt.bus.publish, event))
+                break  # another delivery owns the run now: publish nothing more
+            await _publish(rt, event, lease, fence)
             if event.is_runner_completion():
                 return event
-        return None
+        # Only a lost lease ends the stream early (it always ends with a completion or raises).
+        raise FencedError(
+            f"run {lease.invocation_id} lost its session lease (token {lease.token}) to another "
+            "delivery; it stopped without publishing more."
+        )
     finally:
         for helper in helpers:
             helper.cancel()
         await stream.aclose()
+
+
+async def _publish(rt: WorkerRuntime, event: Event, lease: Lease, fence: Fence) -> None:
+    """Publish an event of the run while this delivery holds its lease.
+
+    A lease that expired with nobody else granted the session (a pause, a Redis blip) is taken
+    back by the heartbeat script and the event published; otherwise the FencedError stands.
+    """
+    try:
+        await _retrying(rt, partial(rt.bus.publish, event, fence=fence))
+    except FencedError:
+        if not await _redis_retrying(rt, lambda: rt.locks.heartbeat(lease)):
+            raise
+        logger.warning("run %s took its expired session lease back", lease.invocation_id)
+        await _retrying(rt, partial(rt.bus.publish, event, fence=fence))
 
 
 async def _cancel_when(cancelled: asyncio.Event, stream: RunStream) -> None:
@@ -282,7 +326,7 @@ async def _heartbeat(
             continue
         if not held:
             logger.error(
-                "run %s lost its session lease (token %s) to another worker; stopping it",
+                "run %s lost its session lease (token %s) to another delivery; stopping it quietly",
                 lease.invocation_id,
                 lease.token,
             )
@@ -363,26 +407,3 @@ async def _while_busy(
         await _retrying(rt, lambda: rt.bus.request_cancel(busy.holder))
         interrupted.add(busy.holder)
     return None
-
-
-async def _wait_for_other_delivery(
-    rt: WorkerRuntime,
-    request: RunRequest,
-    key: SessionKey,
-    invocation_id: str,
-    cancelled: asyncio.Event,
-) -> Event:
-    """Our lease was taken by another delivery of the same run: return its completion."""
-    taken = await _take_session(rt, request, key, invocation_id)
-    if isinstance(taken, Event):
-        return taken
-    # The other delivery died too and the session is ours again: go on from where it was.
-    finished = False
-    try:
-        completion = await _run_with_lease(rt, request, key, taken, cancelled)
-        finished = completion is not None
-        if completion is None:
-            return await _wait_for_other_delivery(rt, request, key, invocation_id, cancelled)
-        return completion
-    finally:
-        await _release(rt, taken.lease, finished=finished)

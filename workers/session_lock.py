@@ -13,8 +13,19 @@ Per session (keys under ``{prefix}:session:{digest}:``, the digest of app, user 
                died is dropped instead of blocking the line. When the session frees up, the
                oldest live waiter gets it; a ``reject`` run never goes ahead of one.
 
-``token`` comes from one global counter, so it grows with every grant: a holder whose lease
-expired (and was granted to someone else) finds out at its next heartbeat and stops.
+- ``fence``    the token of the session's last grant (kept a day): a holder whose lease expired
+               may take it back only while this is still its own token.
+
+``token`` comes from one global counter, so it grows with every grant; it is the fencing token
+every write of the run checks (docs/workers.md, "Ownership and fencing"). The counter starts
+from the Redis server's clock in microseconds when it is missing, so tokens keep growing even
+after a Redis that lost its data. A holder whose lease was granted to someone else finds out at
+its next heartbeat or write and stops. A holder whose lease expired without anyone else being
+granted the session takes it back (nobody else can have written meanwhile).
+
+The first claim of an invocation binds its ID to the session's (app, user, session) in
+``{prefix}:owner:{invocation_id}``; a claim of the same ID for another identity is refused
+before the script writes or reads anything else (:class:`InvocationOwnedError`).
 
 :meth:`SessionLocks.claim` is how a delivery of a run starts, in one script (one round trip):
 it returns the run's completion if the run already finished (its stream ends with
@@ -35,7 +46,18 @@ import redis.asyncio as aioredis
 from runner_core.events import Event
 from runner_core.session import SessionKey
 
-from .bus import STREAM_FIELD, EventBusError, cancel_key, decode_entry, stream_key
+from .bus import (
+    OWNER_TTL_S,
+    STREAM_FIELD,
+    EventBusError,
+    Fence,
+    cancel_key,
+    decode_entry,
+    invocation_owned,
+    owner_identity,
+    owner_key,
+    stream_key,
+)
 
 __all__ = ["Busy", "Claimed", "Lease", "SessionLocks"]
 
@@ -43,15 +65,28 @@ __all__ = ["Busy", "Claimed", "Lease", "SessionLocks"]
 WAITER_TTL_MS = 15_000
 #: How long the attempt counter of a run is kept.
 ATTEMPTS_TTL_S = 86_400
+#: How long a session remembers its last grant: a holder paused for longer than this may take
+#: its lease back (if it expired and nobody holds it), so keep it well above any pause.
+FENCE_TTL_S = 86_400
 
-# KEYS: lease, claim, waiters, seen, token counter, event stream, attempts, cancel.
+# KEYS: lease, claim, waiters, seen, token counter, event stream, attempts, cancel, owner,
+#       fence.
 # ARGV: invocation id, lease ms, claim ms, now ms, "wait" | "try", waiter ms, attempts ttl s,
-#       stream field.
-# Returns {2, event json} if the run already completed; {3, entry id, raw} if the stream's last
-# entry is unreadable; {0, holder, reason, cancel} when the session is not ours;
+#       stream field, identity, owner ttl s.
+# Returns {4, owner} if the invocation ID belongs to another identity (nothing is read or
+# written); {2, event json} if the run already completed; {3, entry id, raw} if the stream's
+# last entry is unreadable; {0, holder, reason, cancel} when the session is not ours;
 # {1, token, attempt, last seq or -1, cancel} when it is.
+# Tokens are formatted with %d: Lua would write a large number as 1.7e+15.
 _CLAIM = """
 local inv = ARGV[1]
+local owner = redis.call('GET', KEYS[9])
+if owner and owner ~= ARGV[9] then return {4, owner} end
+redis.call('SET', KEYS[9], ARGV[9], 'EX', ARGV[10])
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[5], now[1] .. string.format('%06d', tonumber(now[2])))
+end
 local cancel = redis.call('EXISTS', KEYS[8])
 local last_seq = -1
 local last = redis.call('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)
@@ -103,19 +138,21 @@ if not claim then
     end
   end
 end
-local token = redis.call('INCR', KEYS[5])
+local token = string.format('%d', redis.call('INCR', KEYS[5]))
 redis.call('SET', KEYS[1], inv .. '\\n' .. token, 'PX', ARGV[2])
 redis.call('SET', KEYS[2], inv, 'PX', ARGV[3])
+redis.call('SET', KEYS[10], token, 'EX', ARGV[10])
 redis.call('ZREM', KEYS[3], inv)
 redis.call('HDEL', KEYS[4], inv)
 local attempt = redis.call('INCR', KEYS[7])
 redis.call('EXPIRE', KEYS[7], ARGV[7])
-return {1, tostring(token), attempt, last_seq, cancel}
+return {1, token, attempt, last_seq, cancel}
 """
 
-# KEYS: lease, claim. ARGV: invocation id, token, lease ms, claim ms.
-# A lease that vanished (expired during a Redis blip, or Redis restarted empty) is taken back
-# when nobody else took the session meanwhile.
+# KEYS: lease, claim, fence. ARGV: invocation id, token, lease ms, claim ms, fence ttl s.
+# A lease that vanished (expired during a Redis blip or a pause, or Redis restarted empty) is
+# taken back only when nobody else was granted the session meanwhile: the session's last grant
+# (its fence) is still this token, or was lost with the data.
 _HEARTBEAT = """
 local mine = ARGV[1] .. '\\n' .. ARGV[2]
 local current = redis.call('GET', KEYS[1])
@@ -127,9 +164,14 @@ if current ~= mine then
   if claim and claim ~= ARGV[1] then
     return 0
   end
+  local fence = redis.call('GET', KEYS[3])
+  if fence and fence ~= ARGV[2] then
+    return 0
+  end
 end
 redis.call('SET', KEYS[1], mine, 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[5])
 return 1
 """
 
@@ -227,6 +269,13 @@ class SessionLocks:
         base = f"{self.prefix}:session:{digest}"
         return [f"{base}:lease", f"{base}:claim", f"{base}:waiters", f"{base}:waiters-seen"]
 
+    def _fence_key(self, digest: str) -> str:
+        return f"{self.prefix}:session:{digest}:fence"
+
+    def fence(self, lease: Lease) -> Fence:
+        """What a publish of this lease's run checks (:meth:`workers.bus.EventBus.publish`)."""
+        return Fence(self._keys(lease.digest)[0], f"{lease.invocation_id}\n{lease.token}")
+
     async def claim(
         self, key: SessionKey, invocation_id: str, *, wait: bool
     ) -> Claimed | Busy | Event:
@@ -236,17 +285,23 @@ class SessionLocks:
         :class:`Claimed` if the session was free (the attempt is counted); else
         :class:`Busy`. With ``wait`` the invocation joins (or stays in) the line of waiters;
         call again to keep its place. Without, it only takes a free session nobody waits for.
+        The first claim binds ``invocation_id`` to ``key``'s (app, user, session).
 
         Raises:
+            InvocationOwnedError: ``invocation_id`` is bound to another (app, user, session);
+                nothing was read or written.
             EventBusError: the run's last stream entry is not a readable event.
         """
         digest = self.digest(key)
+        identity = owner_identity(key.app_name, key.user_id, key.session_id)
         keys = [
             *self._keys(digest),
             f"{self.prefix}:session-lease-token",
             stream_key(invocation_id, self.prefix),
             f"{self.prefix}:attempts:{invocation_id}",
             cancel_key(invocation_id, self.prefix),
+            owner_key(invocation_id, self.prefix),
+            self._fence_key(digest),
         ]
         args: list[str | int] = [
             invocation_id,
@@ -257,9 +312,13 @@ class SessionLocks:
             WAITER_TTL_MS,
             ATTEMPTS_TTL_S,
             STREAM_FIELD,
+            identity,
+            OWNER_TTL_S,
         ]
         reply = await self._claim(keys=keys, args=args)
         code = int(reply[0])
+        if code == 4:
+            raise invocation_owned(invocation_id, reply[1], identity)
         if code == 1:
             last_seq = int(reply[3])
             return Claimed(
@@ -277,9 +336,16 @@ class SessionLocks:
         return event
 
     async def heartbeat(self, lease: Lease) -> bool:
-        """Extend the lease and the claim; False if the lease is no longer ours."""
-        keys = self._keys(lease.digest)[:2]
-        args: list[str | int] = [lease.invocation_id, lease.token, self.lease_ms, self.claim_ms]
+        """Extend the lease and the claim (taking back a lease that expired if nobody was
+        granted the session since); False if the lease is no longer ours."""
+        keys = [*self._keys(lease.digest)[:2], self._fence_key(lease.digest)]
+        args: list[str | int] = [
+            lease.invocation_id,
+            lease.token,
+            self.lease_ms,
+            self.claim_ms,
+            FENCE_TTL_S,
+        ]
         return bool(await self._heartbeat(keys=keys, args=args))
 
     async def release(self, lease: Lease, *, finished: bool) -> None:

@@ -20,12 +20,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
-from runner_core.errors import InvalidRequestError
+from runner_core.errors import (
+    AgentRunnerError,
+    FencedError,
+    InvalidRequestError,
+    InvocationOwnedError,
+)
 from runner_core.events import Event, EventError
 from runner_core.session import MAX_ID_LENGTH
 
 from .app import app
+from .bus import invocation_owned, owner_identity
 from .execution import RunLabels, execute_run, publish_failure
 from .requests import POSITIONAL_FIELDS, RunRequest
 from .runtime import WorkerRuntime, get_runtime
@@ -50,9 +57,6 @@ async def _reject_invalid(
     kwargs: Mapping[str, Any],
     error: InvalidRequestError,
 ) -> Event:
-    done = await rt.bus.completion(invocation_id)
-    if done is not None:
-        return done
     fields = dict(zip(POSITIONAL_FIELDS, args, strict=False)) | dict(kwargs)
     request_id = fields.get("request_id")
     labels = RunLabels(
@@ -61,6 +65,16 @@ async def _reject_invalid(
         session_id=_label(fields.get("session_id")),
         request_id=request_id[:MAX_ID_LENGTH] if isinstance(request_id, str) else None,
     )
+    done = await rt.bus.completion(invocation_id)
+    if done is not None:
+        if (done.app_name, done.user_id, done.session_id) != (
+            labels.app_name,
+            labels.user_id,
+            labels.session_id,
+        ):  # another identity's run: never hand its completion out
+            identity = owner_identity(labels.app_name, labels.user_id, labels.session_id)
+            raise invocation_owned(invocation_id, "", identity)
+        return done
     error_event = EventError(type="invalid_request", message=str(error))
     return await publish_failure(rt, invocation_id, labels, error_event)
 
@@ -74,6 +88,22 @@ def _validate(rt: WorkerRuntime, args: Sequence[Any], kwargs: Mapping[str, Any])
             "AGENT_RUNNER_AGENTS on the workers."
         )
     return request
+
+
+def _refuse(self: Task, exc: AgentRunnerError) -> Ignore:
+    """A delivery that must leave no trace: a stale one (``FencedError``: another delivery
+    owns the run) or one for an invocation ID bound to another identity
+    (``InvocationOwnedError``). Logged with the reason and sent as ``task-rejected`` (Flower
+    shows it; it never outranks the owner's own state there); the caller raises the returned
+    ``Ignore``, so no state or result of the task ID, which is the owner's, is written.
+    """
+    reason = "stale delivery" if isinstance(exc, FencedError) else "invocation ID of another"
+    logger.warning("run %s: delivery refused (%s): %s", self.request.id, reason, exc)
+    try:
+        self.send_event("task-rejected", requeue=False, reason=f"{reason}: {exc}")
+    except Exception as send_exc:  # the broker is down: the log still says it
+        logger.warning("run %s: no task-rejected event sent (%s)", self.request.id, send_exc)
+    return Ignore(f"run {self.request.id}: delivery refused ({reason})")
 
 
 def _submit_run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -95,11 +125,17 @@ def _submit_run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         request = _validate(rt, args, kwargs)
     except InvalidRequestError as exc:
         logger.warning("run %s rejected: %s", invocation_id, exc)
-        rt.run(_reject_invalid(rt, invocation_id, args, kwargs, exc))
+        try:
+            rt.run(_reject_invalid(rt, invocation_id, args, kwargs, exc))
+        except (FencedError, InvocationOwnedError) as refused:
+            raise _refuse(self, refused) from refused
         raise
     properties = getattr(self.request, "properties", None) or {}
     delivery_tag = properties.get("delivery_tag")
-    completion = rt.run(execute_run(rt, request, invocation_id, delivery_tag=delivery_tag))
+    try:
+        completion = rt.run(execute_run(rt, request, invocation_id, delivery_tag=delivery_tag))
+    except (FencedError, InvocationOwnedError) as refused:
+        raise _refuse(self, refused) from refused
     maybe_enqueue_after_run(rt, completion)  # a summary job when the app's checks pass
     result: dict[str, Any] = json.loads(completion.to_json())
     return result
