@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
+from celery.events.state import State
 
 from runner_core.session import Session
 from runner_core.testing import ScriptedModelServer, ScriptedReply
@@ -200,6 +202,37 @@ def test_a_worker_paused_past_the_recovery_timeout_never_writes_again(
 # --- hijack ----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def task_events(producer: Any) -> Iterator[list[dict[str, Any]]]:
+    """Every Celery task event sent while the test runs, as Flower receives them."""
+    events: list[dict[str, Any]] = []
+    ready = threading.Event()
+    with producer.connection_for_read() as connection:
+        receiver = producer.events.Receiver(connection, handlers={"*": events.append})
+        receiver.on_consume_ready = lambda *args, **kwargs: ready.set()
+        thread = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
+        thread.start()
+        assert ready.wait(10), "the event receiver did not start"
+        try:
+            yield events
+        finally:
+            receiver.should_stop = True
+            thread.join(timeout=5)
+
+
+def flower_view(events: list[dict[str, Any]], task_id: str) -> tuple[str, set[str]]:
+    """The task's state as Flower shows it (celery's own event state machine) and the kinds
+    of event it got."""
+    state = State()
+    kinds = set()
+    for event in events:
+        if event.get("uuid") == task_id:
+            kinds.add(event["type"])
+            state.event(event)
+    return state.tasks[task_id].state, kinds
+
+
+
 def refused_in_log(worker: CeleryWorker, invocation_id: str) -> bool:
     return any(
         invocation_id in line and "refused" in line for line in worker.log_tail(60000).splitlines()
@@ -207,7 +240,11 @@ def refused_in_log(worker: CeleryWorker, invocation_id: str) -> bool:
 
 
 def test_a_run_sent_with_a_live_run_s_invocation_id_is_refused(
-    producer: Any, start_worker: StartWorker, model_server: ScriptedModelServer, redis_url: str
+    producer: Any,
+    start_worker: StartWorker,
+    model_server: ScriptedModelServer,
+    redis_url: str,
+    task_events: list[dict[str, Any]],
 ) -> None:
     from workers.client import cancel
     from workers.tasks import submit_run
@@ -238,10 +275,20 @@ def test_a_run_sent_with_a_live_run_s_invocation_id_is_refused(
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert len(completions(events)) == 1
     assert {e["user_id"] for e in events} == {"alice"}
+    # And Flower shows mallory's delivery as rejected, never as a failure of alice's task
+    ended = {"task-revoked", "task-succeeded", "task-failed"}  # alice's was cancelled: REVOKED
+    wait_until(lambda: ended & flower_view(task_events, owner.id)[1], "alice's task to end")
+    state, kinds = flower_view(task_events, owner.id)
+    assert "task-rejected" in kinds and "task-failed" not in kinds
+    assert state in ("REVOKED", "SUCCESS")
 
 
 def test_a_run_sent_with_a_finished_run_s_invocation_id_gets_nothing_of_it(
-    producer: Any, start_worker: StartWorker, model_server: ScriptedModelServer, redis_url: str
+    producer: Any,
+    start_worker: StartWorker,
+    model_server: ScriptedModelServer,
+    redis_url: str,
+    task_events: list[dict[str, Any]],
 ) -> None:
     from workers.tasks import submit_run
 
@@ -267,3 +314,7 @@ def test_a_run_sent_with_a_finished_run_s_invocation_id_gets_nothing_of_it(
     assert owner.get(timeout=5)["user_id"] == "alice"
     assert len(model_server.requests) == 1
     assert load_session(redis_url, "testkit", "mallory", "s-mallory") is None
+    # And Flower shows mallory's delivery as rejected while alice's task stays a success
+    wait_until(lambda: "task-rejected" in flower_view(task_events, owner.id)[1], "the event")
+    state, kinds = flower_view(task_events, owner.id)
+    assert state == "SUCCESS" and "task-failed" not in kinds
