@@ -139,7 +139,14 @@ async def test_schema_and_table_prefix(postgres_dsn: str) -> None:
         "SELECT table_schema, table_name FROM information_schema.tables "
         "WHERE table_schema IN ('public', 'tenant_a') ORDER BY 1, 2",
     )
-    names = ["app_states", "session_events", "session_states", "session_summaries", "user_states"]
+    names = [
+        "app_states",
+        "session_events",
+        "session_fences",
+        "session_states",
+        "session_summaries",
+        "user_states",
+    ]
     assert tables == [("public", n) for n in names] + [("tenant_a", "app1_" + n) for n in names]
 
 
