@@ -12,6 +12,8 @@ Types:
 - ``state.update``       a change of session state with no message (``state_delta``)
 - ``error``              something failed (``error``); the run may go on or end
 - ``run.paused``         the run waits for tool confirmations (``actions.requested_confirmations``)
+- ``run.queued``         the run has not started: its session is busy with another run
+                         (``waiting_for``); published by a worker, never stored
 - ``runner.completion``  always the last event of a run (``status``, ``final_text``, ``usage``,
                          ``cost``, ``state``)
 
@@ -47,6 +49,7 @@ EventType = Literal[
     "state.update",
     "error",
     "run.paused",
+    "run.queued",
     "runner.completion",
 ]
 RunStatus = Literal["completed", "failed", "cancelled", "timeout", "paused"]
@@ -118,6 +121,10 @@ class Event(BaseModel):
     error: EventError | None = None
     state_delta: dict[str, Any] = Field(default_factory=dict)
     actions: EventActions = Field(default_factory=EventActions)
+    waiting_for: str | None = Field(
+        default=None,
+        description="On run.queued only: the invocation ID of the run this one waits behind.",
+    )
     # Set on runner.completion only.
     status: RunStatus | None = None
     final_text: str | None = None

@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from runner_core.errors import InvalidRequestError
+from runner_core.errors import InvalidRequestError, InvocationOwnedError
 from runner_core.events import Event
 from tests.services import free_port
 from workers import client
@@ -28,6 +28,7 @@ from workers.bus import (
     EventBus,
     EventBusError,
     EventBusUnavailableError,
+    attempts_key,
     cancel_key,
     control_channel,
     events_channel,
@@ -165,6 +166,29 @@ async def test_stream_is_capped_and_ttl_configurable(
     length = sync_redis.xlen(stream_key(invocation_id))
     assert 50 <= length < 600  # MAXLEN ~ trims whole nodes: approximately 50
     assert 0 < sync_redis.ttl(stream_key(invocation_id)) <= 30
+
+
+async def test_publish_before_start_only_while_the_run_has_not_started(
+    bus: EventBus, sync_redis: redis.Redis, invocation_id: str
+) -> None:
+    def queued(seq: int) -> Event:
+        return make_event(invocation_id, seq).model_copy(
+            update={"type": "run.queued", "partial": False, "delta": None, "waiting_for": "x"}
+        )
+
+    # The next event of a run nobody started is published
+    assert await bus.publish_before_start(queued(0))
+    # One that is not the next (a twin delivery published first) is not
+    assert not await bus.publish_before_start(queued(0))
+    assert not await bus.publish_before_start(queued(2))
+    # Nor is one of another (app, user, session) than the invocation's owner
+    with pytest.raises(InvocationOwnedError):
+        await bus.publish_before_start(queued(1).model_copy(update={"session_id": "other"}))
+    # Nor anything once a delivery took the session (the run owns the next seq then)
+    sync_redis.set(attempts_key(invocation_id), 1)
+    assert not await bus.publish_before_start(queued(1))
+    entries = sync_redis.xrange(stream_key(invocation_id))
+    assert [Event.from_json(f[b"event"]).type for _, f in entries] == ["run.queued"]
 
 
 async def test_last_seq_and_completion(bus: EventBus, invocation_id: str) -> None:

@@ -1,7 +1,8 @@
 """The ``agent-runner`` command, run as a subprocess the way a user runs it.
 
 ``dev`` starts its own Redis and worker; ``submit``/``tail``/``cancel`` talk to the test Redis
-and a real ``celery worker`` serving the built-in ``assistant`` app with the offline demo model.
+and a real ``celery worker`` serving the built-in ``assistant`` app, with the offline demo model
+or, where a run must stay busy until the test lets it go, the scripted model server.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from runner_core.events import render_event_json_schema
+from runner_core.testing import ScriptedModelServer
 from tests.celery_workers import read_events, wait_for_completion
 from tests.services import free_port
 
@@ -28,24 +32,34 @@ ROOT = Path(__file__).resolve().parent.parent
 NO_MODEL = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
 
 
-def agent_runner(
+def start_agent_runner(
     *args: str,
     env: Mapping[str, str] | None = None,
-    stdin: str | None = None,
-    timeout: float = 90,
-) -> subprocess.CompletedProcess[str]:
+    cwd: Path = ROOT,
+) -> subprocess.Popen[str]:
+    """``agent-runner ARGS`` started in the background (stdin, stdout and stderr piped)."""
     full_env = {**os.environ, **(env or {})}
     paths = [str(ROOT), os.environ.get("PYTHONPATH")]
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    with subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "workers.cli", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=full_env,
-        cwd=ROOT,
-    ) as process:
+        cwd=cwd,
+    )
+
+
+def agent_runner(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 90,
+    cwd: Path = ROOT,
+) -> subprocess.CompletedProcess[str]:
+    with start_agent_runner(*args, env=env, cwd=cwd) as process:
         try:
             stdout, stderr = process.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -113,13 +127,79 @@ def test_dev_with_a_bad_setting_names_the_variable() -> None:
 
 
 @pytest.fixture
-def demo_worker(start_worker: Callable[..., Any], worker_env: dict[str, str]) -> dict[str, str]:
-    """A worker serving ``assistant`` with the demo model; returns the producer's env."""
-    start_worker(**NO_MODEL)
+def producer_env(worker_env: dict[str, str]) -> dict[str, str]:
+    """What the command needs to reach the test Redis (as broker and for events)."""
     return {
         "AGENT_RUNNER_BROKER_URL": worker_env["AGENT_RUNNER_BROKER_URL"],
         "AGENT_RUNNER_REDIS_URL": worker_env["AGENT_RUNNER_REDIS_URL"],
     }
+
+
+@pytest.fixture
+def demo_worker(start_worker: Callable[..., Any], producer_env: dict[str, str]) -> dict[str, str]:
+    """A worker serving ``assistant`` with the demo model; returns the producer's env."""
+    start_worker(**NO_MODEL)
+    return producer_env
+
+
+@pytest.fixture
+def model_server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def scripted_worker(
+    start_worker: Callable[..., Any],
+    model_server: ScriptedModelServer,
+    producer_env: dict[str, str],
+) -> dict[str, str]:
+    """A worker serving ``assistant`` with the scripted model; returns the producer's env."""
+    start_worker(OPENAI_BASE_URL=model_server.url)
+    return producer_env
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """``background(*args, env=...)`` starts ``agent-runner ARGS``; leftovers are killed after
+    the test, so a failing test never leaves a waiting ``tail`` behind."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, env: Mapping[str, str]) -> subprocess.Popen[str]:
+        process = start_agent_runner(*args, env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def redis_keys(redis_url: str) -> list[bytes]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sorted(client.keys("*"))
+    finally:
+        client.close()
+
+
+def wait_for_event(redis_url: str, invocation_id: str, event_type: str) -> dict[str, Any]:
+    """The first event of ``event_type`` in the run's stream, once there (polled)."""
+    deadline = time.monotonic() + 30  # only keeps a broken run from hanging the suite
+    while time.monotonic() < deadline:
+        found = [e for e in read_events(redis_url, invocation_id) if e["type"] == event_type]
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no {event_type} event for {invocation_id}")
+
+
+def submit(env: Mapping[str, str], session_id: str, message: str) -> str:
+    submitted = agent_runner("submit", "assistant", "alice", session_id, message, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip()
 
 
 @pytest.mark.celery
@@ -161,26 +241,147 @@ def test_submit_prints_the_id_and_tail_replays_the_run(
 
 
 @pytest.mark.celery
-def test_cancel_stops_a_running_run(demo_worker: dict[str, str], redis_url: str) -> None:
-    # Given a run streaming the demo model's long reply
-    submitted = agent_runner("submit", "assistant", "alice", "s3", "hello", env=demo_worker)
-    invocation_id = submitted.stdout.strip()
-    deadline = time.monotonic() + 30
-    while not any(e["type"] == "message.delta" for e in read_events(redis_url, invocation_id)):
-        assert time.monotonic() < deadline, "the run never started streaming"
-        time.sleep(0.02)
+def test_cancel_stops_a_running_run(
+    scripted_worker: dict[str, str], model_server: ScriptedModelServer, redis_url: str
+) -> None:
+    # Given a run waiting for a model that does not answer
+    model_server.add_hang()
+    invocation_id = submit(scripted_worker, "s3", "hello")
+    wait_for_event(redis_url, invocation_id, "message")
 
     # When it is cancelled from the command line
-    cancelled = agent_runner("cancel", invocation_id, env=demo_worker)
+    cancelled = agent_runner("cancel", invocation_id, env=scripted_worker)
     assert cancelled.returncode == 0, cancelled.stderr
     assert f"cancel requested for {invocation_id}" in cancelled.stdout
 
     # Then it ends with a cancelled completion, and tail exits non-zero saying so
-    tail = agent_runner("tail", invocation_id, "--timeout", "30", env=demo_worker)
+    tail = agent_runner("tail", invocation_id, "--timeout", "30", env=scripted_worker)
     assert tail.returncode == 1
     assert "[cancelled" in tail.stdout
     completion = wait_for_completion(redis_url, invocation_id)[-1]
     assert completion["status"] == "cancelled"
+
+
+@pytest.mark.celery
+def test_cancel_of_a_finished_run_says_so(demo_worker: dict[str, str], redis_url: str) -> None:
+    # Given a run that has completed
+    invocation_id = submit(demo_worker, "s4", "what is 2+3")
+    wait_for_completion(redis_url, invocation_id, timeout=30)
+
+    # When it is cancelled, then the command says there is nothing to cancel, and fails
+    cancelled = agent_runner("cancel", invocation_id, env=demo_worker)
+    assert cancelled.returncode == 1
+    assert (
+        f"run {invocation_id} already finished with status completed; nothing to cancel"
+        in cancelled.stderr
+    )
+    assert "Traceback" not in cancelled.stderr
+    assert f"agent-runner:cancel:{invocation_id}".encode() not in redis_keys(redis_url)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("command", ["tail", "cancel"])
+def test_unknown_invocation_id_is_an_error(
+    command: str, producer_env: dict[str, str], redis_url: str
+) -> None:
+    # Given a well-formed ID that nobody submitted
+    invocation_id = str(uuid.uuid4())
+
+    # When it is tailed (waiting 1 s for it to be known) or cancelled
+    extra = ("--wait", "1") if command == "tail" else ()
+    result = agent_runner(command, invocation_id, *extra, env=producer_env)
+
+    # Then the command says so and fails, instead of waiting forever or recording a cancel
+    assert result.returncode == 1
+    assert f"no run with invocation ID '{invocation_id}' is known" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert redis_keys(redis_url) == []
+
+
+@pytest.mark.celery
+def test_tail_waits_for_a_submitted_run_until_a_worker_takes_it(
+    start_worker: Callable[..., Any],
+    background: Callable[..., subprocess.Popen[str]],
+    producer_env: dict[str, str],
+) -> None:
+    # Given a run submitted while no worker is running
+    invocation_id = submit(producer_env, "s5", "what is 6*7")
+
+    # When it is tailed with no grace for unknown IDs, it is known: tail waits for events
+    # (until its --timeout here) instead of saying the ID is unknown
+    waiting = agent_runner("tail", invocation_id, "--wait", "0", "--timeout", "2", env=producer_env)
+    assert waiting.returncode == 1
+    assert f"waited 2 s for the first event of invocation {invocation_id}" in waiting.stderr
+    assert "is known" not in waiting.stderr
+
+    # And a tail started before any worker prints the run once a worker takes it
+    tail = background("tail", invocation_id, "--wait", "0", env=producer_env)
+    start_worker(**NO_MODEL)
+    stdout, stderr = tail.communicate(timeout=60)
+    assert tail.returncode == 0, stderr
+    assert "assistant> 6*7 = 42." in stdout
+    assert "[completed;" in stdout
+
+
+@pytest.mark.celery
+def test_json_into_head_ends_without_a_traceback(
+    scripted_worker: dict[str, str],
+    model_server: ScriptedModelServer,
+    background: Callable[..., subprocess.Popen[str]],
+    redis_url: str,
+) -> None:
+    # Given a live run (its model never answers) and `tail --json | head -n 1`
+    model_server.add_hang()
+    invocation_id = submit(scripted_worker, "s6", "hello")
+    wait_for_event(redis_url, invocation_id, "message")
+    tail = background("tail", invocation_id, "--json", env=scripted_worker)
+    assert tail.stdout is not None
+    head = subprocess.Popen(
+        ["head", "-n", "1"], stdin=tail.stdout, stdout=subprocess.PIPE, text=True
+    )
+    tail.stdout.close()  # head holds the only reading end now
+    first_line, _ = head.communicate(timeout=60)
+    assert json.loads(first_line)["seq"] == 0
+
+    # When head has exited and the run then writes more (its cancelled completion)
+    assert agent_runner("cancel", invocation_id, env=scripted_worker).returncode == 0
+    _, stderr = tail.communicate(timeout=60)
+
+    # Then tail stops quietly with the SIGPIPE status
+    assert stderr == ""
+    assert tail.returncode == 141
+
+
+@pytest.mark.celery
+def test_a_run_waiting_for_its_session_says_so(
+    scripted_worker: dict[str, str],
+    model_server: ScriptedModelServer,
+    background: Callable[..., subprocess.Popen[str]],
+    redis_url: str,
+) -> None:
+    # Given a run holding session s7 (its model does not answer until it is cancelled)
+    model_server.add_hang()
+    model_server.add_text("second answer")
+    first = submit(scripted_worker, "s7", "first question")
+    wait_for_event(redis_url, first, "message")
+
+    # When a second run is submitted to the same session and tailed
+    second = submit(scripted_worker, "s7", "second question")
+    tail = background("tail", second, env=scripted_worker)
+    queued = wait_for_event(redis_url, second, "run.queued")
+    assert queued["seq"] == 0 and queued["waiting_for"] == first
+    assert agent_runner("cancel", first, env=scripted_worker).returncode == 0
+    stdout, stderr = tail.communicate(timeout=60)
+
+    # Then tail shows that it waited behind the first run, then the run itself
+    assert tail.returncode == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[0] == f"  [queued] session s7 is busy: waiting for run {first} to finish first"
+    assert "assistant> second answer" in stdout
+    assert "[completed;" in lines[-1]
+    events = read_events(redis_url, second)
+    assert [e["seq"] for e in events] == list(range(len(events)))
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -238,6 +439,16 @@ def test_schema_writes_the_event_json_schema(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert target.read_text(encoding="utf-8") == render_event_json_schema()
     assert json.loads(agent_runner("schema", "-").stdout)["title"] == "Event"
+
+
+def test_schema_without_a_path_prints_it_and_writes_nothing(tmp_path: Path) -> None:
+    # Given some folder the user happens to be in
+    result = agent_runner("schema", cwd=tmp_path)
+
+    # Then the schema goes to standard output and nothing is created there
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == render_event_json_schema()
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.redis

@@ -47,6 +47,7 @@ def one_of_each_type() -> list[Event]:
             actions=EventActions(requested_confirmations=[call]),
             **IDS,
         ),
+        Event(type="run.queued", author="agent-runner", waiting_for="inv-0", **IDS),
         Event(
             type="runner.completion",
             author="app",

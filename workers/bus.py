@@ -13,6 +13,13 @@ For an invocation ``I`` and the prefix ``agent-runner`` (configurable):
                               (workers listen with :mod:`workers.cancel_watch`).
 - ``agent-runner:owner:I``    the identity (app, user, session) the invocation ID is bound to,
                               set by its first claim or publish; a day, refreshed by publishes.
+- ``agent-runner:attempts:I`` how many deliveries of the run took its session (written by
+                              :mod:`workers.session_lock`); present once a worker started it.
+- ``agent-runner:submitted:I`` set (with a TTL) by :func:`workers.client.submit` just before it
+                              sends the run.
+
+An invocation is *known* when its stream, its attempts key or its submitted key exists
+(:func:`known_keys`): readers use that to tell a mistyped ID from a run that has not started.
 
 :meth:`EventBus.publish` writes the stream entry, refreshes the expiry and publishes on the
 channel in one Lua script: one round trip, atomic, and the stream entry exists before any pub/sub
@@ -20,6 +27,14 @@ subscriber hears of the event. The same script refuses the write (nothing is wri
 event's identity is not the invocation's owner, or when a fenced publish's lease is no longer
 held by its delivery (docs/workers.md, "Ownership and fencing").
 docs/events.md describes the wire format for other languages.
+
+Errors::
+
+    AgentRunnerError
+    ├── EventBusError                Redis answered with an error, or stored events are unusable
+    │   └── EventBusUnavailableError Redis could not be reached (also a ConnectionError)
+    └── InvalidRequestError
+        └── UnknownInvocationError   no run with this invocation ID is known
 """
 
 from __future__ import annotations
@@ -32,7 +47,12 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from runner_core.errors import AgentRunnerError, FencedError, InvocationOwnedError
+from runner_core.errors import (
+    AgentRunnerError,
+    FencedError,
+    InvalidRequestError,
+    InvocationOwnedError,
+)
 from runner_core.events import Event
 
 __all__ = [
@@ -42,14 +62,18 @@ __all__ = [
     "EventBusError",
     "EventBusUnavailableError",
     "Fence",
+    "UnknownInvocationError",
+    "attempts_key",
     "cancel_key",
     "control_channel",
     "describe_redis",
     "events_channel",
     "invocation_owned",
+    "known_keys",
     "owner_identity",
     "owner_key",
     "stream_key",
+    "submitted_key",
 ]
 
 DEFAULT_PREFIX = "agent-runner"
@@ -62,6 +86,8 @@ CANCEL_MESSAGE = "cancel"
 #: How long an invocation ID stays bound to its owner after its last claim or event (at least
 #: as long as the stream and the task result it protects).
 OWNER_TTL_S = 86_400
+#: How long the submitted marker of a run lives: longer than any run should sit in the queue.
+SUBMITTED_TTL_S = 86_400
 
 T = TypeVar("T")
 
@@ -72,6 +98,25 @@ class EventBusError(AgentRunnerError):
 
 class EventBusUnavailableError(EventBusError, ConnectionError):
     """Redis could not be reached. The message names the host and port."""
+
+
+class UnknownInvocationError(InvalidRequestError, LookupError):
+    """No run with this invocation ID is known: no worker took it, no events of it are stored
+    and this project's client did not record submitting it (see :func:`known_keys`)."""
+
+
+def unknown_invocation(
+    invocation_id: str, *, waited_s: float | None = None
+) -> UnknownInvocationError:
+    """The error for an invocation ID that is not known, saying what was checked."""
+    waited = "" if not waited_s else f" after waiting {waited_s:g} s"
+    return UnknownInvocationError(
+        f"no run with invocation ID {invocation_id!r} is known{waited}: no worker has taken it, "
+        "no events of it are stored (they expire AGENT_RUNNER_EVENT_TTL_S after a run's last "
+        "event) and workers.client.submit did not record sending it. Check the ID (submit "
+        "prints it); a run sent with send_task from elsewhere becomes known only when a worker "
+        "takes it, so wait longer for one that is still queued."
+    )
 
 
 def events_channel(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -92,6 +137,27 @@ def cancel_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
 def control_channel(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The channel that wakes a run on a cancel request: ``{prefix}:control:{invocation_id}``."""
     return f"{prefix}:control:{invocation_id}"
+
+
+def attempts_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The counter of a run's deliveries that took the session: ``{prefix}:attempts:{id}``."""
+    return f"{prefix}:attempts:{invocation_id}"
+
+
+def submitted_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The marker :func:`workers.client.submit` sets before sending: ``{prefix}:submitted:{id}``."""
+    return f"{prefix}:submitted:{invocation_id}"
+
+
+def known_keys(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """The keys whose existence makes an invocation known: its stream (a worker published
+    something), its attempts counter (a worker took it) and its submitted marker (the client
+    sent it). ``EXISTS`` of all three is 0 for an ID nobody submitted or whose traces expired."""
+    return [
+        stream_key(invocation_id, prefix),
+        attempts_key(invocation_id, prefix),
+        submitted_key(invocation_id, prefix),
+    ]
 
 
 def owner_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -158,6 +224,63 @@ return {1, redis.call('PUBLISH', ARGV[2], ARGV[1])}
 """
 
 
+# The newest event of KEYS[1] (a stream): ``last_seq`` (-1 if the stream is empty, false if the
+# entry is unreadable), ``last_type`` and ``last_raw``. Shared by the scripts below; ARGV[1] is
+# the stream field.
+_LAST_EVENT_LUA = """
+local last_seq, last_type, last_raw = -1, nil, nil
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then
+  local fields = newest[1][2]
+  last_raw = ''
+  for i = 1, #fields, 2 do
+    if fields[i] == ARGV[1] then last_raw = fields[i + 1] end
+  end
+  local ok, event = pcall(cjson.decode, last_raw)
+  if ok and type(event) == 'table' and type(event.seq) == 'number' then
+    last_seq, last_type = event.seq, event.type
+  else
+    last_seq = false
+  end
+end
+"""
+
+# KEYS: stream, attempts, owner. ARGV: stream field, event JSON, channel, maxlen, ttl seconds,
+# the event's seq, the event's identity, owner ttl seconds.
+# Returns {-1, owner} for another identity's invocation (as _PUBLISH_LUA). Else publishes only
+# for a run no delivery has started (no attempts key) when the event is the next one of the
+# stream (which does not end with the completion): {1} if published, {0} if not.
+_PUBLISH_BEFORE_START_LUA = (
+    _LAST_EVENT_LUA
+    + """
+local owner = redis.call('GET', KEYS[3])
+if owner and owner ~= ARGV[7] then return {-1, owner} end
+if redis.call('EXISTS', KEYS[2]) == 1 or last_seq == false then return {0} end
+if last_type == 'runner.completion' or last_seq + 1 ~= tonumber(ARGV[6]) then return {0} end
+redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[8])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return {1}
+"""
+)
+
+# KEYS: known_keys (stream, attempts, submitted), cancel key. ARGV: stream field, control
+# channel, cancel message, ttl seconds, "1" to refuse unknown invocations.
+# Returns {2, completion JSON} for a finished run (nothing is set), {0} for an unknown one
+# when refused, else sets the key, publishes the wake-up and returns {1}.
+_CANCEL_LUA = (
+    _LAST_EVENT_LUA
+    + """
+if last_type == 'runner.completion' then return {2, last_raw} end
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) == 0 then return {0} end
+redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return {1}
+"""
+)
+
+
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -176,6 +299,43 @@ def decode_entry(fields: dict[Any, Any], *, where: str) -> Event:
         return Event.from_json(raw)
     except ValueError as exc:
         raise EventBusError(f"stream entry {where} does not hold a valid event: {exc}") from exc
+
+
+class CancelScript:
+    """The cancel request, in one script, for sync and asyncio redis-py clients alike.
+
+    ``keys``/``args`` build the call; :meth:`outcome` reads its reply.
+    """
+
+    source = _CANCEL_LUA
+
+    @staticmethod
+    def keys(invocation_id: str, prefix: str) -> list[str]:
+        return [*known_keys(invocation_id, prefix), cancel_key(invocation_id, prefix)]
+
+    @staticmethod
+    def args(invocation_id: str, prefix: str, *, require_known: bool) -> list[str | int]:
+        return [
+            STREAM_FIELD,
+            control_channel(invocation_id, prefix),
+            CANCEL_MESSAGE,
+            CANCEL_TTL_S,
+            "1" if require_known else "0",
+        ]
+
+    @staticmethod
+    def outcome(reply: Any, invocation_id: str, prefix: str) -> Event | None:
+        """None when the request was made; the completion of a run that already finished.
+
+        Raises:
+            UnknownInvocationError: the invocation is not known (only with ``require_known``).
+        """
+        code = int(reply[0])
+        if code == 0:
+            raise unknown_invocation(invocation_id)
+        if code == 2:
+            return decode_entry({STREAM_FIELD: reply[1]}, where=stream_key(invocation_id, prefix))
+        return None
 
 
 class EventBus:
@@ -208,6 +368,8 @@ class EventBus:
         self.stream_maxlen = stream_maxlen
         self.stream_ttl_s = stream_ttl_s
         self._publish_script = redis.register_script(_PUBLISH_LUA)
+        self._publish_before_start_script = redis.register_script(_PUBLISH_BEFORE_START_LUA)
+        self._cancel_script = redis.register_script(CancelScript.source)
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -254,6 +416,41 @@ class EventBus:
                 f"delivery took the run over. Event seq {event.seq} was not published."
             )
 
+    async def publish_before_start(self, event: Event) -> bool:
+        """Publish an event about a run that has not started yet (``run.queued``), atomically
+        and only while that holds: no delivery of the run took its session and ``event.seq``
+        follows the newest event of its stream (so a delivery that started meanwhile, or a
+        twin delivery that published first, keeps ``seq`` gap-free and unique).
+
+        Returns:
+            Whether the event was published.
+
+        Raises:
+            InvocationOwnedError: the invocation ID belongs to another identity (nothing is
+                written), as for :meth:`publish`.
+        """
+        invocation_id = event.invocation_id
+        identity = owner_identity(event.app_name, event.user_id, event.session_id)
+        keys = [
+            stream_key(invocation_id, self.prefix),
+            attempts_key(invocation_id, self.prefix),
+            owner_key(invocation_id, self.prefix),
+        ]
+        args: list[str | int] = [
+            STREAM_FIELD,
+            event.to_json(),
+            events_channel(invocation_id, self.prefix),
+            self.stream_maxlen,
+            self.stream_ttl_s,
+            event.seq,
+            identity,
+            max(OWNER_TTL_S, self.stream_ttl_s),
+        ]
+        reply = await self._call(lambda: self._publish_before_start_script(keys=keys, args=args))
+        if int(reply[0]) == -1:
+            raise invocation_owned(invocation_id, reply[1], identity)
+        return int(reply[0]) == 1
+
     async def _last_event(self, invocation_id: str) -> Event | None:
         key = stream_key(invocation_id, self.prefix)
         entries = await self._call(lambda: self.redis.xrevrange(key, count=1))
@@ -272,15 +469,25 @@ class EventBus:
         event = await self._last_event(invocation_id)
         return event if event is not None and event.is_runner_completion() else None
 
-    async def request_cancel(self, invocation_id: str) -> None:
-        """Ask a run to stop: remember the request (for a run not yet waiting) and wake it."""
-        key = cancel_key(invocation_id, self.prefix)
-        channel = control_channel(invocation_id, self.prefix)
+    async def is_known(self, invocation_id: str) -> bool:
+        """Whether the invocation is known (see :func:`known_keys`)."""
+        keys = known_keys(invocation_id, self.prefix)
+        return bool(await self._call(lambda: self.redis.exists(*keys)))
 
-        async def send() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(key, CANCEL_MESSAGE, ex=CANCEL_TTL_S)
-                pipe.publish(channel, CANCEL_MESSAGE)
-                await pipe.execute()
+    async def request_cancel(
+        self, invocation_id: str, *, require_known: bool = False
+    ) -> Event | None:
+        """Ask a run to stop: remember the request (for a run not yet waiting) and wake it.
 
-        await self._call(send)
+        Returns:
+            None when the request was made; the run's ``runner.completion`` if it had already
+            finished (then nothing is recorded: there is nothing to stop).
+
+        Raises:
+            UnknownInvocationError: with ``require_known``, the invocation is not known
+                (nothing is recorded).
+        """
+        keys = CancelScript.keys(invocation_id, self.prefix)
+        args = CancelScript.args(invocation_id, self.prefix, require_known=require_known)
+        reply = await self._call(lambda: self._cancel_script(keys=keys, args=args))
+        return CancelScript.outcome(reply, invocation_id, self.prefix)

@@ -4,20 +4,24 @@
 
     agent-runner dev [--flower]                      local stack + interactive chat
     agent-runner submit APP USER SESSION MESSAGE [--follow]
-    agent-runner tail INVOCATION_ID [--after-seq N]  print a run's events until it completes
+    agent-runner tail INVOCATION_ID [--after-seq N] [--wait S]
+                                                     print a run's events until it completes
     agent-runner cancel INVOCATION_ID
-    agent-runner schema [PATH]                       write the event JSON Schema
+    agent-runner schema [PATH]                       the event JSON Schema (default: stdout)
 
 ``submit``, ``tail`` and ``cancel`` use the Redis of ``AGENT_RUNNER_BROKER_URL`` /
 ``AGENT_RUNNER_REDIS_URL``. ``dev`` starts its own (see :mod:`workers.localstack`) and chats
 through the whole distributed path: each line is a ``submit_run`` task, and what is printed is
-read back from the run's event stream. Errors print one line and exit with status 1.
+read back from the run's event stream. Errors print one line and exit with status 1; a reader
+that stops reading our output (``| head``) ends the command quietly with status 141, as if
+killed by SIGPIPE like other Unix tools. docs/cli.md has the details.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -35,7 +39,10 @@ from .settings import Settings, mask_url
 
 __all__ = ["EventPrinter", "main"]
 
-DEFAULT_SCHEMA_PATH = Path("docs") / "event.schema.json"
+#: Default of ``tail --wait``: seconds to wait for an invocation ID to be known.
+DEFAULT_KNOWN_WAIT_S = 5.0
+#: Exit status when standard output is a pipe whose reader went away: 128 + SIGPIPE.
+BROKEN_PIPE_STATUS = 128 + signal.SIGPIPE
 DEMO_NOTICE = "no OPENAI_API_KEY: using the offline demo model"
 CHAT_HELP = "Type a message, or /history, /new, /exit (Ctrl-D also exits)."
 
@@ -112,6 +119,12 @@ class EventPrinter:
         if event.error is not None:
             self._line(f"  [error] {event.error.type}: {event.error.message}")
 
+    def _on_run_queued(self, event: Event) -> None:
+        self._line(
+            f"  [queued] session {event.session_id} is busy: waiting for run "
+            f"{event.waiting_for or '(unknown)'} to finish first"
+        )
+
     def _on_run_paused(self, event: Event) -> None:
         calls = event.actions.requested_confirmations
         waiting = ", ".join(f"{c.function.name} (call {c.id})" for c in calls)
@@ -167,20 +180,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     events = client.stream_events(
-        args.invocation_id, after_seq=args.after_seq, timeout=args.timeout
+        args.invocation_id,
+        after_seq=args.after_seq,
+        timeout=args.timeout,
+        known_wait=args.wait,
     )
     return _exit_status(_print_events(events, as_json=args.json, out=sys.stdout))
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    client.cancel(args.invocation_id)
+    completion = client.cancel(args.invocation_id, require_known=True)
+    if completion is not None:
+        print(
+            f"agent-runner: error: run {args.invocation_id} already finished with status "
+            f"{completion.status}; nothing to cancel",
+            file=sys.stderr,
+        )
+        return 1
     print(f"cancel requested for {args.invocation_id}")
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
     text = render_event_json_schema()
-    if args.path == "-":
+    if args.path is None or args.path == "-":
         sys.stdout.write(text)
         return 0
     path = Path(args.path)
@@ -353,6 +376,13 @@ def _positive(value: str) -> float:
     return number
 
 
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent-runner",
@@ -397,14 +427,25 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--after-seq", type=int, default=None, help="skip events up to this seq")
     tail.add_argument("--json", action="store_true", help="events as JSON lines")
     tail.add_argument("--timeout", type=_positive, default=None, help="seconds per event")
+    tail.add_argument(
+        "--wait",
+        type=_non_negative,
+        default=DEFAULT_KNOWN_WAIT_S,
+        help=(
+            "seconds to wait for the invocation ID to be known (submitted, or taken by a "
+            f"worker) before giving up (default: {DEFAULT_KNOWN_WAIT_S:g})"
+        ),
+    )
     tail.set_defaults(handler=cmd_tail)
 
     cancel = commands.add_parser("cancel", help="ask a run to stop")
     cancel.add_argument("invocation_id")
     cancel.set_defaults(handler=cmd_cancel)
 
-    schema = commands.add_parser("schema", help="write the JSON Schema of events")
-    schema.add_argument("path", nargs="?", default=str(DEFAULT_SCHEMA_PATH), help="'-' for stdout")
+    schema = commands.add_parser("schema", help="print (or write) the JSON Schema of events")
+    schema.add_argument(
+        "path", nargs="?", default=None, help="file to write (default: standard output)"
+    )
     schema.set_defaults(handler=cmd_schema)
     return parser
 
@@ -414,6 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows up here at the latest
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
     except (AgentRunnerError, TimeoutError) as exc:
         print(f"agent-runner: error: {exc}", file=sys.stderr)
         return 1
@@ -421,6 +466,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return status
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null: its reader is gone, and the interpreter's final
+    flush must not raise (and print a traceback) again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ meanwhile); the stream keeps every event until it expires, so one loop covers al
 - a repeated ``seq`` (an event published twice) is dropped; a missing one raises.
 
 It stops after ``runner.completion``, which every run ends with.
+
+A mistyped ID would otherwise be waited for forever: with ``known_wait`` the readers give up
+with :class:`UnknownInvocationError` unless the invocation becomes *known* within that many
+seconds (a worker took it or published for it, or :func:`submit` recorded sending it; see
+:func:`workers.bus.known_keys`). ``submit`` records the ID in the events Redis just before it
+sends the task, so a run still waiting in the queue is known.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
@@ -31,16 +38,18 @@ from runner_core.events import Event
 from runner_core.messages import Message
 
 from .bus import (
-    CANCEL_MESSAGE,
-    CANCEL_TTL_S,
+    SUBMITTED_TTL_S,
+    CancelScript,
     EventBus,
     EventBusError,
-    cancel_key,
-    control_channel,
+    UnknownInvocationError,
     decode_entry,
     describe_redis,
+    known_keys,
     stream_key,
+    submitted_key,
     unavailable,
+    unknown_invocation,
 )
 from .settings import Settings, mask_url
 
@@ -48,6 +57,7 @@ __all__ = [
     "BrokerUnavailableError",
     "EventGapError",
     "EventStreamTimeout",
+    "UnknownInvocationError",
     "acancel",
     "astream_events",
     "cancel",
@@ -64,6 +74,8 @@ _BLOCK_SLICE_S = 10.0
 _READ_COUNT = 500
 #: Socket timeout of the reading connection: longer than one XREAD BLOCK.
 _SOCKET_TIMEOUT_S = _BLOCK_SLICE_S + 10.0
+#: While an invocation is not known yet, how often to look again (``known_wait``).
+_KNOWN_POLL_S = 0.25
 _INVOCATION_ID_RE = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
 
 
@@ -120,9 +132,13 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
 
     Returns:
         The invocation ID (the Celery task ID); read the run with :func:`stream_events`.
+        It is recorded in the events Redis (``{prefix}:submitted:{id}``, kept a day) just
+        before the task is sent, so readers know the run exists while it waits in the queue.
 
     Raises:
         InvalidRequestError: the request is invalid; nothing was sent. The message names the field.
+        EventBusUnavailableError: the events Redis cannot be reached; nothing was sent.
+        BrokerUnavailableError: the broker cannot be reached; nothing was sent.
     """
     from .app import app
     from .requests import RunRequest
@@ -133,14 +149,37 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
         app_name=app_name, user_id=user_id, session_id=session_id, message=message, **options
     )
     args, kwargs = request.task_arguments()
+    invocation_id = str(uuid.uuid4())
+    _record_submission(invocation_id)
     try:
-        result = app.send_task(SUBMIT_TASK_NAME, args=args, kwargs=kwargs)
+        result = app.send_task(SUBMIT_TASK_NAME, args=args, kwargs=kwargs, task_id=invocation_id)
     except OperationalError as exc:
+        _record_submission(invocation_id, forget=True)
         raise BrokerUnavailableError(
             f"cannot send the run to the broker at {mask_url(str(app.conf.broker_url))} ({exc}). "
             "Start Redis there, or point AGENT_RUNNER_BROKER_URL at a running Redis."
         ) from exc
     return str(result.id)
+
+
+def _record_submission(invocation_id: str, *, forget: bool = False) -> None:
+    """Mark ``invocation_id`` as submitted in the events Redis (``forget``: unmark it, best
+    effort, after the broker refused the task)."""
+    client = redis.Redis.from_url(events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S)
+    key = submitted_key(invocation_id, _prefix(None))
+    try:
+        if forget:
+            client.delete(key)
+        else:
+            client.set(key, "1", ex=SUBMITTED_TTL_S)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        if not forget:
+            raise unavailable(client, exc) from exc
+    except redis.exceptions.RedisError as exc:
+        if not forget:
+            raise EventBusError(f"Redis at {describe_redis(client)} failed: {exc}") from exc
+    finally:
+        client.close()
 
 
 # --- reading events ------------------------------------------------------------------------
@@ -192,6 +231,40 @@ class _StreamCursor:
         )
 
 
+class _Presence:
+    """Whether the invocation is known yet; gives up ``wait`` seconds after the start.
+
+    ``wait=None`` never checks (the reader waits as long as its ``timeout`` says).
+    """
+
+    def __init__(self, invocation_id: str, prefix: str, wait: float | None) -> None:
+        if wait is not None and (isinstance(wait, bool) or not wait >= 0):
+            raise InvalidRequestError(
+                f"known_wait must be a number of seconds >= 0 (or None not to check), got {wait!r}."
+            )
+        self.invocation_id = invocation_id
+        self.keys = known_keys(invocation_id, prefix)
+        self.wait = wait
+        self.known = wait is None
+        self.deadline = time.monotonic() + (wait or 0)
+
+    def settle(self, exists: int) -> None:
+        """Take the answer of ``EXISTS`` on :attr:`keys`.
+
+        Raises:
+            UnknownInvocationError: still unknown and the wait is over.
+        """
+        if exists:
+            self.known = True
+        elif time.monotonic() >= self.deadline:
+            raise unknown_invocation(self.invocation_id, waited_s=self.wait)
+
+    def block_ms(self, block: int) -> int:
+        """The XREAD BLOCK to use: short while unknown, since what makes a run known need not
+        be a stream entry."""
+        return block if self.known else min(block, int(_KNOWN_POLL_S * 1000))
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -211,6 +284,7 @@ def stream_events(
     *,
     after_seq: int | None = None,
     timeout: float | None = None,
+    known_wait: float | None = None,
     redis_url: str | None = None,
     prefix: str | None = None,
 ) -> Generator[Event, None, None]:
@@ -220,17 +294,23 @@ def stream_events(
         invocation_id: what :func:`submit` returned.
         after_seq: the ``seq`` of the last event already processed; later ones are yielded.
         timeout: seconds to wait for each next event (None waits as long as it takes).
+        known_wait: seconds to wait for the invocation to be known before giving up with
+            :class:`UnknownInvocationError` (0 checks once; None, the default, never checks).
         redis_url: the events Redis (default: :func:`events_redis_url`).
         prefix: the channel/key prefix (default ``agent-runner``).
 
     Raises:
         EventStreamTimeout: (a ``TimeoutError``) no next event within ``timeout``.
+        UnknownInvocationError: (an ``InvalidRequestError``) with ``known_wait``, no run with
+            this ID became known within that many seconds.
         EventGapError: events between the last yielded one and the next stored one are gone.
         EventBusUnavailableError: Redis cannot be reached (the message names host and port).
-        InvalidRequestError: a malformed ``invocation_id`` or ``after_seq``.
+        InvalidRequestError: a malformed ``invocation_id``, ``after_seq`` or ``known_wait``.
     """
     validate_invocation_id(invocation_id)
-    cursor = _StreamCursor(invocation_id, stream_key(invocation_id, _prefix(prefix)), after_seq)
+    actual_prefix = _prefix(prefix)
+    cursor = _StreamCursor(invocation_id, stream_key(invocation_id, actual_prefix), after_seq)
+    presence = _Presence(invocation_id, actual_prefix, known_wait)
     client = redis.Redis.from_url(redis_url or events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -239,14 +319,20 @@ def stream_events(
             if block is None:
                 raise cursor.timeout_error(timeout or 0)
             try:
+                if not presence.known:
+                    presence.settle(client.exists(*presence.keys))
                 response = client.xread(
-                    {cursor.key: cursor.last_entry_id}, count=_READ_COUNT, block=block
+                    {cursor.key: cursor.last_entry_id},
+                    count=_READ_COUNT,
+                    block=presence.block_ms(block),
                 )
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 raise unavailable(client, exc) from exc
             events = cursor.feed(response)
-            if events and timeout is not None:
-                deadline = time.monotonic() + timeout
+            if events:
+                presence.known = True
+                if timeout is not None:
+                    deadline = time.monotonic() + timeout
             yield from events
     finally:
         client.close()
@@ -257,12 +343,15 @@ async def astream_events(
     *,
     after_seq: int | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 (per-event idle timeout, as in the sync twin)
+    known_wait: float | None = None,
     redis_url: str | None = None,
     prefix: str | None = None,
 ) -> AsyncIterator[Event]:
     """The async twin of :func:`stream_events`; same arguments, same guarantees."""
     validate_invocation_id(invocation_id)
-    cursor = _StreamCursor(invocation_id, stream_key(invocation_id, _prefix(prefix)), after_seq)
+    actual_prefix = _prefix(prefix)
+    cursor = _StreamCursor(invocation_id, stream_key(invocation_id, actual_prefix), after_seq)
+    presence = _Presence(invocation_id, actual_prefix, known_wait)
     client = aioredis.Redis.from_url(
         redis_url or events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S
     )
@@ -273,14 +362,20 @@ async def astream_events(
             if block is None:
                 raise cursor.timeout_error(timeout or 0)
             try:
+                if not presence.known:
+                    presence.settle(await client.exists(*presence.keys))
                 response = await client.xread(
-                    {cursor.key: cursor.last_entry_id}, count=_READ_COUNT, block=block
+                    {cursor.key: cursor.last_entry_id},
+                    count=_READ_COUNT,
+                    block=presence.block_ms(block),
                 )
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 raise unavailable(client, exc) from exc
             events = cursor.feed(response)
-            if events and timeout is not None:
-                deadline = time.monotonic() + timeout
+            if events:
+                presence.known = True
+                if timeout is not None:
+                    deadline = time.monotonic() + timeout
             for event in events:
                 yield event
     finally:
@@ -290,12 +385,30 @@ async def astream_events(
 # --- cancelling ----------------------------------------------------------------------------
 
 
-def cancel(invocation_id: str, *, redis_url: str | None = None, prefix: str | None = None) -> None:
+def cancel(
+    invocation_id: str,
+    *,
+    require_known: bool = False,
+    redis_url: str | None = None,
+    prefix: str | None = None,
+) -> Event | None:
     """Ask a run to stop at its next await; it ends with a ``cancelled`` completion.
 
-    Works before the run starts too: the request is remembered for an hour.
+    Works before the run starts too: the request is remembered for an hour. In one atomic
+    step, it also finds out whether the run already finished (then nothing is recorded).
+
+    Args:
+        invocation_id: what :func:`submit` returned.
+        require_known: refuse an invocation that is not known (see
+            :func:`workers.bus.known_keys`) instead of remembering a request for it.
+        redis_url, prefix: as for :func:`stream_events`.
+
+    Returns:
+        None when the request was made; the run's ``runner.completion`` if it had already
+        finished (its ``status`` says how).
 
     Raises:
+        UnknownInvocationError: with ``require_known``, no run with this ID is known.
         InvalidRequestError: a malformed ``invocation_id``.
         EventBusUnavailableError: Redis cannot be reached.
     """
@@ -303,25 +416,32 @@ def cancel(invocation_id: str, *, redis_url: str | None = None, prefix: str | No
     actual_prefix = _prefix(prefix)
     client = redis.Redis.from_url(redis_url or events_redis_url())
     try:
-        with client.pipeline(transaction=True) as pipe:
-            pipe.set(cancel_key(invocation_id, actual_prefix), CANCEL_MESSAGE, ex=CANCEL_TTL_S)
-            pipe.publish(control_channel(invocation_id, actual_prefix), CANCEL_MESSAGE)
-            pipe.execute()
+        script = client.register_script(CancelScript.source)
+        reply = script(
+            keys=CancelScript.keys(invocation_id, actual_prefix),
+            args=CancelScript.args(invocation_id, actual_prefix, require_known=require_known),
+        )
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise unavailable(client, exc) from exc
     except redis.exceptions.RedisError as exc:
         raise EventBusError(f"Redis at {describe_redis(client)} failed: {exc}") from exc
     finally:
         client.close()
+    return CancelScript.outcome(reply, invocation_id, actual_prefix)
 
 
 async def acancel(
-    invocation_id: str, *, redis_url: str | None = None, prefix: str | None = None
-) -> None:
+    invocation_id: str,
+    *,
+    require_known: bool = False,
+    redis_url: str | None = None,
+    prefix: str | None = None,
+) -> Event | None:
     """The async twin of :func:`cancel`."""
     validate_invocation_id(invocation_id)
     client = aioredis.Redis.from_url(redis_url or events_redis_url())
     try:
-        await EventBus(client, prefix=_prefix(prefix)).request_cancel(invocation_id)
+        bus = EventBus(client, prefix=_prefix(prefix))
+        return await bus.request_cancel(invocation_id, require_known=require_known)
     finally:
         await client.aclose()

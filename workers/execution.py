@@ -9,7 +9,9 @@ What a delivery of invocation ``I`` does, in order:
      ended), return it: nothing runs, nothing is published;
    - if the session's live lease is ``I``'s own, this is a duplicate delivery of a run that is
      still going: wait for it to finish (or die) instead of starting it twice. Another run's
-     lease is handled by ``multitask_strategy``;
+     lease is handled by ``multitask_strategy``; with ``enqueue`` the waiting run publishes one
+     ``run.queued`` event (``waiting_for`` names the run ahead of it), so readers know why
+     nothing happens yet;
    - else take the session and count the attempt. Past ``AGENT_RUNNER_MAX_ATTEMPTS`` (a run
      that keeps killing its workers) the run ends ``failed`` without running again.
 2. Run the Runner with ``invocation_id=I`` and ``first_seq`` after the last published event: a
@@ -341,6 +343,7 @@ async def _take_session(
     """The claimed session, or the completion to return instead (see module doc, step 1)."""
     strategy = request.multitask_strategy
     interrupted: set[str] = set()
+    announced = False
     polls = 0
     while True:
         claimed = await _redis_retrying(
@@ -359,8 +362,39 @@ async def _take_session(
             with contextlib.suppress(Exception):
                 await rt.locks.leave(key, invocation_id)
             return outcome
+        if not announced and strategy == "enqueue" and claimed.holder != invocation_id:
+            await _announce_queued(rt, request, key, invocation_id, claimed.holder)
+            announced = True
         await asyncio.sleep(_POLL_S[min(polls, len(_POLL_S) - 1)])
         polls += 1
+
+
+async def _announce_queued(
+    rt: WorkerRuntime, request: RunRequest, key: SessionKey, invocation_id: str, holder: str
+) -> None:
+    """Tell subscribers that the run waits behind ``holder``: one ``run.queued`` event, the
+    next ``seq`` of the invocation (the claim reports it, so the run continues after it).
+
+    Not published if a delivery of the run started meanwhile (:meth:`EventBus.publish_before_start`
+    checks that atomically), so it can never take a ``seq`` the run itself will use.
+    """
+    labels = _labels(request, key.session_id)
+    last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
+    seq = 0 if last is None else last + 1
+    event = Event(
+        id=f"{invocation_id}:{seq}",
+        invocation_id=invocation_id,
+        seq=seq,
+        type="run.queued",
+        author=AUTHOR,
+        app_name=labels.app_name,
+        user_id=labels.user_id,
+        session_id=labels.session_id,
+        request_id=labels.request_id,
+        waiting_for=holder,
+    )
+    if await _retrying(rt, partial(rt.bus.publish_before_start, event)):
+        logger.info("run %s waits behind run %s on its session", invocation_id, holder)
 
 
 async def _while_busy(
