@@ -152,7 +152,13 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
     invocation_id = str(uuid.uuid4())
     _record_submission(invocation_id)
     try:
-        result = app.send_task(SUBMIT_TASK_NAME, args=args, kwargs=kwargs, task_id=invocation_id)
+        # The queue is named explicitly, as any other Celery client must name it: a client
+        # without this app's routes would otherwise send to Celery's default queue, which no
+        # run worker consumes.
+        queue = Settings.from_env().queue
+        result = app.send_task(
+            SUBMIT_TASK_NAME, args=args, kwargs=kwargs, queue=queue, task_id=invocation_id
+        )
     except OperationalError as exc:
         _record_submission(invocation_id, forget=True)
         raise BrokerUnavailableError(
