@@ -92,7 +92,7 @@ def test_dev_chats_through_the_local_stack_and_cleans_up() -> None:
     # Then it says it uses the demo model, shows the tool call and the answer, and exits 0
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "no OPENAI_API_KEY: using the offline demo model" in out
+    assert "no OPENAI_API_KEY or OPENAI_BASE_URL: using the offline demo model" in out
     assert '[tool call] calculator({"expression": "6*7"})' in out
     assert "[tool result] calculator: 42" in out
     assert "assistant> 6*7 = 42." in out

@@ -43,7 +43,7 @@ __all__ = ["EventPrinter", "main"]
 DEFAULT_KNOWN_WAIT_S = 5.0
 #: Exit status when standard output is a pipe whose reader went away: 128 + SIGPIPE.
 BROKEN_PIPE_STATUS = 128 + signal.SIGPIPE
-DEMO_NOTICE = "no OPENAI_API_KEY: using the offline demo model"
+DEMO_NOTICE = "no OPENAI_API_KEY or OPENAI_BASE_URL: using the offline demo model"
 CHAT_HELP = "Type a message, or /history, /new, /exit (Ctrl-D also exits)."
 
 

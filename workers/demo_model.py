@@ -34,8 +34,9 @@ CURRENT_TIME_TOOL = "current_time"
 OFFLINE_REPLY = (
     "Hello! I am the offline demo model of agent-runner: no LLM is connected, so I can only do "
     'arithmetic (try "what is 12*7") and tell the time, both through tools. To talk to a real '
-    "model, set OPENAI_API_KEY (plus OPENAI_BASE_URL for any OpenAI-compatible endpoint and "
-    "AGENT_RUNNER_MODEL for the model name) and start again."
+    "model, set OPENAI_API_KEY for the OpenAI API, or OPENAI_BASE_URL for any OpenAI-compatible "
+    "endpoint (with OPENAI_API_KEY if it needs one), and AGENT_RUNNER_MODEL for the model name, "
+    "then start again."
 )
 
 _NUMBER = r"\(*\s*-?\d+(?:\.\d+)?\s*\)*"
