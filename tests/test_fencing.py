@@ -187,6 +187,25 @@ async def test_an_expired_lease_granted_meanwhile_is_never_taken_back(
     assert await locks.heartbeat(stale.lease) is False
 
 
+@pytest.mark.redis
+async def test_a_stale_delivery_never_frees_the_session_of_the_run_s_new_owner(
+    locks: SessionLocks, aio: aioredis.Redis
+) -> None:
+    # Given a run taken over by a redelivery (same invocation, newer token)
+    run, newer_run = str(uuid.uuid4()), str(uuid.uuid4())
+    stale = await claimed(locks, KEY, run)
+    lease_key = f"agent-runner:session:{stale.lease.digest}:lease"
+    await aio.delete(lease_key)
+    await claimed(locks, KEY, run)
+
+    # When the stale delivery releases as if the run had finished, and the owner then dies
+    await locks.release(stale.lease, finished=True)
+    await aio.delete(lease_key)
+
+    # Then the session still waits for the run's recovery: newer runs do not go ahead of it
+    assert await locks.claim(KEY, newer_run, wait=True) == Busy(run, "claimed")
+
+
 # --- the Runner ------------------------------------------------------------------------------
 
 

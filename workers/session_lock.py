@@ -176,13 +176,18 @@ redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[5])
 return 1
 """
 
-# KEYS: lease, claim. ARGV: invocation id, token, "1" if the run finished.
+# KEYS: lease, claim, fence. ARGV: invocation id, token ('-': no lease), "1" if the run finished.
+# The claim goes only with the session's last grant: a stale delivery never frees the session
+# under the delivery that took its run over (same invocation, newer token).
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] .. '\\n' .. ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
 if ARGV[3] == '1' and redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('DEL', KEYS[2])
+  local fence = redis.call('GET', KEYS[3])
+  if ARGV[2] == '-' or not fence or fence == ARGV[2] then
+    redis.call('DEL', KEYS[2])
+  end
 end
 return 1
 """
@@ -350,8 +355,9 @@ class SessionLocks:
         return bool(await self._heartbeat(keys=keys, args=args))
 
     async def release(self, lease: Lease, *, finished: bool) -> None:
-        """Give the lease back; with ``finished`` also the claim (the run is over)."""
-        keys = self._keys(lease.digest)[:2]
+        """Give the lease back; with ``finished`` also the claim (the run is over), unless the
+        session was granted to another delivery since."""
+        keys = [*self._keys(lease.digest)[:2], self._fence_key(lease.digest)]
         await self._release(
             keys=keys, args=[lease.invocation_id, str(lease.token), "1" if finished else "0"]
         )
@@ -363,4 +369,6 @@ class SessionLocks:
 
     async def finish_claim(self, key: SessionKey, invocation_id: str) -> None:
         """Drop ``invocation_id``'s claim without holding the lease (it ended elsewhere)."""
-        await self._release(keys=self._keys(self.digest(key))[:2], args=[invocation_id, "-", "1"])
+        digest = self.digest(key)
+        keys = [*self._keys(digest)[:2], self._fence_key(digest)]
+        await self._release(keys=keys, args=[invocation_id, "-", "1"])
