@@ -139,6 +139,14 @@ def assert_exactly_once(redis_url: str, session_url: str, invocation_ids: list[s
         assert executions.get(f"run-{n}", 0) >= 1
 
 
+def assert_stopped_as_stale(worker: CeleryWorker, invocation_ids: list[str]) -> None:
+    """Each of the worker's runs ended as a stale delivery, logged with the reason (so the
+    fault really happened: its writes came after the takeover and were refused)."""
+    log = worker.log_tail(200_000)
+    for invocation_id in invocation_ids:
+        assert f"run {invocation_id}: delivery refused (stale delivery)" in log, invocation_id
+
+
 def test_a_worker_cut_off_from_redis_past_the_recovery_timeout_never_writes_again(
     producer: Any,
     start_worker: StartWorker,
@@ -170,6 +178,7 @@ def test_a_worker_cut_off_from_redis_past_the_recovery_timeout_never_writes_agai
         # Then every run finished exactly once: what the cut-off worker sent late was refused
         assert_exactly_once(redis_url, session_url, ids)
         assert stale.is_alive()
+        assert_stopped_as_stale(stale, ids)
 
 
 def test_a_worker_paused_past_the_recovery_timeout_never_writes_again(
@@ -197,6 +206,7 @@ def test_a_worker_paused_past_the_recovery_timeout_never_writes_again(
     # Then every run finished exactly once: nothing the resumed worker did was written
     assert_exactly_once(redis_url, session_url, ids)
     assert stale.is_alive()
+    assert_stopped_as_stale(stale, ids)
 
 
 # --- hijack ----------------------------------------------------------------------------------
