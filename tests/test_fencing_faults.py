@@ -111,8 +111,11 @@ def submit_streaming_runs(producer: Any, model_server: ScriptedModelServer) -> l
     return ids
 
 
-def assert_exactly_once(redis_url: str, session_url: str, invocation_ids: list[str]) -> None:
-    """Per run: one completion, last; gap-free seq; each stored event and tool result once."""
+def assert_exactly_once(
+    producer: Any, redis_url: str, session_url: str, invocation_ids: list[str]
+) -> None:
+    """Per run: one completion, last; gap-free seq; each stored event and tool result once;
+    the task's result is that completion (the stale delivery did not overwrite it)."""
     tools = redis.Redis.from_url(redis_url)
     try:
         executions = {k.decode(): int(v) for k, v in tools.hgetall(TOOL_COUNTER_KEY).items()}
@@ -137,6 +140,8 @@ def assert_exactly_once(redis_url: str, session_url: str, invocation_ids: list[s
         assert results[0].message is not None
         assert results[0].message.content == f"recorded run-{n} (1)"
         assert executions.get(f"run-{n}", 0) >= 1
+        result = producer.AsyncResult(invocation_id)
+        assert (result.state, result.result) == ("SUCCESS", events[-1])
 
 
 def assert_stopped_as_stale(worker: CeleryWorker, invocation_ids: list[str]) -> None:
@@ -176,7 +181,7 @@ def test_a_worker_cut_off_from_redis_past_the_recovery_timeout_never_writes_agai
         wait_until(lambda: idle(producer, stale), "the cut-off worker to stop its runs")
 
         # Then every run finished exactly once: what the cut-off worker sent late was refused
-        assert_exactly_once(redis_url, session_url, ids)
+        assert_exactly_once(producer, redis_url, session_url, ids)
         assert stale.is_alive()
         assert_stopped_as_stale(stale, ids)
 
@@ -204,7 +209,7 @@ def test_a_worker_paused_past_the_recovery_timeout_never_writes_again(
     wait_until(lambda: idle(producer, stale), "the resumed worker to stop its runs")
 
     # Then every run finished exactly once: nothing the resumed worker did was written
-    assert_exactly_once(redis_url, session_url, ids)
+    assert_exactly_once(producer, redis_url, session_url, ids)
     assert stale.is_alive()
     assert_stopped_as_stale(stale, ids)
 
