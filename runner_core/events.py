@@ -14,6 +14,9 @@ Types:
 - ``run.paused``         the run waits for tool confirmations (``actions.requested_confirmations``)
 - ``run.queued``         the run has not started: its session is busy with another run
                          (``waiting_for``); published by a worker, never stored
+- ``run.restarted``      a new attempt at the run starts after its worker died (``attempt``);
+                         the ``message.delta`` text published after ``discard_after_seq`` is
+                         void; never stored
 - ``runner.completion``  always the last event of a run (``status``, ``final_text``, ``usage``,
                          ``cost``, ``state``)
 
@@ -50,6 +53,7 @@ EventType = Literal[
     "error",
     "run.paused",
     "run.queued",
+    "run.restarted",
     "runner.completion",
 ]
 RunStatus = Literal["completed", "failed", "cancelled", "timeout", "paused"]
@@ -124,6 +128,23 @@ class Event(BaseModel):
     waiting_for: str | None = Field(
         default=None,
         description="On run.queued only: the invocation ID of the run this one waits behind.",
+    )
+    attempt: int | None = Field(
+        default=None,
+        ge=2,
+        description=(
+            "On run.restarted only: which attempt at the run starts here (2 for the first "
+            "redelivery after its worker died)."
+        ),
+    )
+    discard_after_seq: int | None = Field(
+        default=None,
+        ge=-1,
+        description=(
+            "On run.restarted only: the message.delta events published before this one with a "
+            "greater seq are void (a reply the dead attempt never finished); drop their text. "
+            "The new attempt streams that reply again."
+        ),
     )
     # Set on runner.completion only.
     status: RunStatus | None = None

@@ -246,6 +246,7 @@ class Runner:
         first_seq: int = 0,
         timeout_s: float | None = None,
         fence: int | None = None,
+        attempt: int = 1,
     ) -> RunStream:
         """Start a run; returns its event stream at once.
 
@@ -268,6 +269,11 @@ class Runner:
                 with ``take_fence`` before the session is read, and checked by every append.
                 When a newer owner holds the session, the run stops without a completion and
                 the stream raises :class:`~runner_core.errors.FencedError`.
+            attempt: which attempt at this invocation this is (a worker's delivery count).
+                From the second on, the run hands out one ``run.restarted`` event (never
+                stored) once it has handed out the stored events readers may have missed and
+                before it goes on: readers drop the partial text published after its
+                ``discard_after_seq`` (docs/events.md, "Redelivery").
 
         Raises:
             InvalidRequestError: a bad ID, message, confirmation or timeout, naming the field.
@@ -297,6 +303,8 @@ class Runner:
             raise InvalidRequestError("timeout_s must be a positive number of seconds.")
         if first_seq < 0:
             raise InvalidRequestError("first_seq must be >= 0.")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise InvalidRequestError("attempt must be an int >= 1 (1 for a first attempt).")
         if fence is not None and (isinstance(fence, bool) or not isinstance(fence, int)):
             raise InvalidRequestError("fence must be an int (a lease's fencing token).")
         invocation_id = invocation_id or uuid.uuid4().hex
@@ -314,6 +322,7 @@ class Runner:
             next_seq=first_seq,
             timeout_s=timeout_s,
             fence=fence,
+            attempt=attempt,
         )
         return RunStream(plan.execute, invocation_id)
 
@@ -365,6 +374,7 @@ class _RunPlan:
         next_seq: int,
         timeout_s: float | None,
         fence: int | None,
+        attempt: int = 1,
     ) -> None:
         self.runner = runner
         self.agent = runner.agent
@@ -380,6 +390,7 @@ class _RunPlan:
         self.next_seq = next_seq
         self.timeout_s = timeout_s
         self.fence = fence
+        self.attempt = attempt
         self.usage = Usage()
         self.ctx: InvocationContext | None = None
         self.handoff = _Handoff()
@@ -442,6 +453,7 @@ class _RunPlan:
         prior = [e for e in session.events if e.invocation_id == self.invocation_id]
         if prior:
             return await self._continue(ctx, prior)
+        await self._announce_restart(discard_after_seq=self.next_seq - 1)
 
         pending_ids = {call.id for call in pending_tool_calls(session.events)}
         unknown = sorted(set(self.decisions) - pending_ids)
@@ -476,6 +488,7 @@ class _RunPlan:
             if event.seq >= first_unseen:
                 await self.handoff.turn()
                 self.handoff.put(event)
+        await self._announce_restart(discard_after_seq=prior[-1].seq)
         last = prior[-1]
         if last.is_final_response() and last.type == "message" and last.message is not None:
             return RunOutcome(status="completed", final_text=last.message.content or "")
@@ -550,6 +563,24 @@ class _RunPlan:
     def _stamp_and_emit(self, event: Event) -> None:
         """Hand out an event that is not stored, without waiting for the reader."""
         self.handoff.put(self._stamp(event))
+
+    async def _announce_restart(self, *, discard_after_seq: int) -> None:
+        """On a later attempt, hand out its ``run.restarted`` marker (not stored).
+
+        It comes after every stored event of the invocation, so the only events it voids are
+        the ``message.delta``s of the reply the dead attempt never finished.
+        """
+        if self.attempt < 2:
+            return
+        assert self.ctx is not None
+        await self.handoff.turn()
+        marker = self.ctx.event(
+            "run.restarted",
+            self.runner.app_name,
+            attempt=self.attempt,
+            discard_after_seq=discard_after_seq,
+        )
+        self.handoff.put(self._stamp(marker))
 
     async def _record(self, event: Event) -> None:
         """Number the event, store it if it is complete, then hand it out."""

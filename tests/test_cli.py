@@ -2,11 +2,13 @@
 
 ``dev`` starts its own Redis and worker; ``submit``/``tail``/``cancel`` talk to the test Redis
 and a real ``celery worker`` serving the built-in ``assistant`` app, with the offline demo model
-or, where a run must stay busy until the test lets it go, the scripted model server.
+or, where a run must stay busy until the test lets it go, the scripted model server. The
+printer's rendering of a restarted run is checked in process, on events built by hand.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -21,7 +23,8 @@ from typing import Any
 import pytest
 import redis
 
-from runner_core.events import render_event_json_schema
+from runner_core.events import Event, render_event_json_schema
+from runner_core.messages import Message
 from runner_core.testing import ScriptedModelServer
 from tests.celery_workers import read_events, wait_for_completion
 from tests.services import free_port
@@ -382,6 +385,58 @@ def test_a_run_waiting_for_its_session_says_so(
     assert "[completed;" in lines[-1]
     events = read_events(redis_url, second)
     assert [e["seq"] for e in events] == list(range(len(events)))
+
+
+# --- the printer: a run restarted mid-reply ------------------------------------------------
+
+RUN = {"invocation_id": "inv-1", "app_name": "assistant", "user_id": "u", "session_id": "s"}
+
+
+def printed(events: list[Event]) -> list[str]:
+    from workers.cli import EventPrinter
+
+    out = io.StringIO()
+    printer = EventPrinter(out, show_user=True)
+    for event in events:
+        printer(event)
+    return out.getvalue().splitlines()
+
+
+def text_delta(seq: int, text: str) -> Event:
+    return Event(type="message.delta", author="a", partial=True, delta=text, seq=seq, **RUN)
+
+
+def test_printer_ends_the_partial_reply_says_it_is_discarded_and_prints_the_new_one() -> None:
+    story = Message.assistant("Once upon a time.")
+    lines = printed(
+        [
+            Event(type="message", author="user", message=Message.user("a story"), seq=0, **RUN),
+            text_delta(1, "Once "),
+            text_delta(2, "upon"),
+            Event(type="run.restarted", author="a", attempt=2, discard_after_seq=0, seq=3, **RUN),
+            text_delta(4, "Once upon a time."),
+            Event(type="message", author="a", message=story, seq=5, **RUN),
+            Event(type="runner.completion", author="a", status="completed", **RUN),
+        ]
+    )
+    assert lines == [
+        "user> a story",
+        "assistant> Once upon",
+        "  [restarted: attempt 2; the partial reply above is discarded]",
+        "assistant> Once upon a time.",
+        "  [completed]",
+    ]
+
+
+def test_printer_notes_a_restart_with_no_partial_reply_without_claiming_one() -> None:
+    lines = printed(
+        [
+            Event(type="message", author="user", message=Message.user("hi"), seq=0, **RUN),
+            Event(type="run.restarted", author="a", attempt=3, discard_after_seq=0, seq=1, **RUN),
+            Event(type="message", author="a", message=Message.assistant("hello"), seq=2, **RUN),
+        ]
+    )
+    assert lines == ["user> hi", "  [restarted: attempt 3]", "assistant> hello"]
 
 
 # --- bad input --------------------------------------------------------------------------------

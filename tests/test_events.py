@@ -48,6 +48,7 @@ def one_of_each_type() -> list[Event]:
             **IDS,
         ),
         Event(type="run.queued", author="agent-runner", waiting_for="inv-0", **IDS),
+        Event(type="run.restarted", author="app", attempt=2, discard_after_seq=3, seq=6, **IDS),
         Event(
             type="runner.completion",
             author="app",
@@ -103,6 +104,18 @@ def test_unknown_type_and_unknown_fields_are_rejected() -> None:
         Event.from_json("{not json")
     with pytest.raises(pydantic.ValidationError, match="seq"):
         Event.model_validate({**good, "seq": -1})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("attempt", 1), ("attempt", "two"), ("discard_after_seq", -2)]
+)
+def test_run_restarted_fields_are_checked(field: str, value: object) -> None:
+    # attempt counts from 2 (the first redelivery); discard_after_seq is a seq, or -1 for none
+    marker = json.loads(
+        Event(type="run.restarted", author="app", attempt=2, discard_after_seq=-1, **IDS).to_json()
+    )
+    with pytest.raises(pydantic.ValidationError, match=field):
+        Event.model_validate({**marker, field: value})
 
 
 def test_published_json_schema_is_current() -> None:

@@ -125,6 +125,14 @@ class EventPrinter:
             f"{event.waiting_for or '(unknown)'} to finish first"
         )
 
+    def _on_run_restarted(self, event: Event) -> None:
+        # The worker died and a new attempt starts the unfinished reply over: text on the
+        # current line is the void part (deltas since the last complete event end one line).
+        note = f"  [restarted: attempt {event.attempt}"
+        if self.in_text:
+            note += "; the partial reply above is discarded"
+        self._line(note + "]")
+
     def _on_run_paused(self, event: Event) -> None:
         calls = event.actions.requested_confirmations
         waiting = ", ".join(f"{c.function.name} (call {c.id})" for c in calls)

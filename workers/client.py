@@ -12,6 +12,11 @@ meanwhile); the stream keeps every event until it expires, so one loop covers al
 
 It stops after ``runner.completion``, which every run ends with.
 
+A worker that dies mid-reply has its run redelivered, and the new attempt calls the model
+again: its first event is ``run.restarted``, after which the ``message.delta`` text published
+after its ``discard_after_seq`` is void. :class:`ReplyText` assembles replies by those rules
+(docs/events.md, "Redelivery") for readers that want each reply once.
+
 A mistyped ID would otherwise be waited for forever: with ``known_wait`` the readers give up
 with :class:`UnknownInvocationError` unless the invocation becomes *known* within that many
 seconds (a worker took it or published for it, or :func:`submit` recorded sending it; see
@@ -26,6 +31,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -57,6 +63,7 @@ __all__ = [
     "BrokerUnavailableError",
     "EventGapError",
     "EventStreamTimeout",
+    "ReplyText",
     "UnknownInvocationError",
     "acancel",
     "astream_events",
@@ -296,6 +303,9 @@ def stream_events(
 ) -> Generator[Event, None, None]:
     """Yield the events of an invocation exactly once, in ``seq`` order, up to its completion.
 
+    Every event is yielded, ``run.restarted`` included: after it, the reply the dead attempt
+    was streaming starts over (drop its ``message.delta`` text, or use :class:`ReplyText`).
+
     Args:
         invocation_id: what :func:`submit` returned.
         after_seq: the ``seq`` of the last event already processed; later ones are yielded.
@@ -386,6 +396,49 @@ async def astream_events(
                 yield event
     finally:
         await asyncio.shield(client.aclose())
+
+
+# --- assembling replies --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ReplyText:
+    """The assistant's text, assembled from a run's events by the rules of docs/events.md
+    ("Redelivery"), so that a worker dying mid-reply never shows any text twice.
+
+    Feed it every event in ``seq`` order (what :func:`stream_events` yields)::
+
+        reply = ReplyText()
+        for event in stream_events(invocation_id):
+            if (text := reply.feed(event)) is not None:
+                print(text)  # each reply once, never the part of one that was discarded
+
+    :attr:`partial` is the text of the turn being streamed so far (what a live display
+    shows): ``message.delta`` text since the turn's last complete event, minus what a
+    ``run.restarted`` event voided (the dead attempt's unfinished reply).
+    """
+
+    #: ``(seq, text)`` of the current turn's ``message.delta`` events.
+    deltas: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def partial(self) -> str:
+        return "".join(text for _, text in self.deltas)
+
+    def feed(self, event: Event) -> str | None:
+        """Take the next event; return the complete text of a reply when one ends (an
+        assistant ``message`` with text and no tool calls), else None."""
+        if event.type == "message.delta":
+            self.deltas.append((event.seq, event.delta or ""))
+            return None
+        if event.type == "run.restarted":
+            void_after = -1 if event.discard_after_seq is None else event.discard_after_seq
+            self.deltas = [(seq, text) for seq, text in self.deltas if seq <= void_after]
+            return None
+        self.deltas = []  # any complete event ends the turn; its message is the truth
+        if event.type == "message" and event.is_final_response() and event.message is not None:
+            return event.message.content or ""
+        return None
 
 
 # --- cancelling ----------------------------------------------------------------------------

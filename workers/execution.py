@@ -16,8 +16,11 @@ What a delivery of invocation ``I`` does, in order:
      that keeps killing its workers) the run ends ``failed`` without running again.
 2. Run the Runner with ``invocation_id=I`` and ``first_seq`` after the last published event: a
    redelivered run continues where it was (no event appended twice, completed tools not re-run)
-   and subscribers see a gap-free ``seq``. Every event is published as it comes; a heartbeat
-   keeps the lease and the broker message alive; a cancel request stops the run.
+   and subscribers see a gap-free ``seq``. A later attempt (the previous delivery died)
+   publishes one ``run.restarted`` event before it goes on, so subscribers drop the partial
+   reply of the dead attempt (docs/events.md, "Redelivery"). Every event is published as it
+   comes; a heartbeat keeps the lease and the broker message alive; a cancel request stops
+   the run.
 3. Every write is fenced by the lease's token: publishes check the lease in their script, the
    session store checks its own fence (docs/workers.md, "Ownership and fencing"). When a write
    is refused or the heartbeat finds the lease granted to another delivery, this delivery is
@@ -259,6 +262,10 @@ async def _run_with_lease(
         first_seq=0 if last is None else last + 1,
         timeout_s=request.run_timeout_s or settings.run_timeout_s,
         fence=claimed.lease.token,
+        # From the second attempt on, the run hands out run.restarted before it goes on (after
+        # any stored event the dead attempt did not publish), so readers drop its partial reply.
+        # Published by _pump like every other event, so it is fenced like them.
+        attempt=claimed.attempt,
     )
     return await _pump(rt, stream, claimed.lease, cancelled)
 
