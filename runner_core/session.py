@@ -31,6 +31,7 @@ from .events import Event
 __all__ = [
     "APP_PREFIX",
     "DEFAULT_EVENT_LIMIT",
+    "ID_RE",
     "MAX_ID_LENGTH",
     "TEMP_PREFIX",
     "USER_PREFIX",
@@ -50,7 +51,9 @@ USER_PREFIX = "user:"
 TEMP_PREFIX = "temp:"
 DEFAULT_EVENT_LIMIT = 1000
 MAX_ID_LENGTH = 128
-_ID_RE = re.compile(r"^[A-Za-z0-9._:@+=-]+$")
+#: Every ID (app name, user ID, session ID, invocation ID): the one owner of this rule. Always
+#: used with ``fullmatch``: ``$`` would let a trailing newline through ("alice\n" != "alice").
+ID_RE = re.compile(rf"[A-Za-z0-9._:@+=-]{{1,{MAX_ID_LENGTH}}}")
 
 
 def validate_identifier(value: object, field: str) -> str:
@@ -71,7 +74,7 @@ def validate_identifier(value: object, field: str) -> str:
             f"{field} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}. "
             f"Use a shorter {field} (a hash of a long one works)."
         )
-    if not _ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise InvalidRequestError(
             f"{field} {value!r} has characters outside letters, digits and '._:@+=-'. "
             f"Use only those in {field}."

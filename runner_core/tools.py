@@ -50,7 +50,7 @@ from .errors import (
 
 __all__ = ["FunctionTool", "ToolContext", "ToolState", "tool"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ToolState(MutableMapping[str, Any]):
@@ -186,7 +186,7 @@ class FunctionTool:
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
-        if not _NAME_RE.match(self.name):
+        if not _NAME_RE.fullmatch(self.name):
             raise InvalidRequestError(
                 f"tool name {self.name!r} is invalid: use 1-64 letters, digits, '_' or '-'."
             )

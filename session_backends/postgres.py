@@ -89,8 +89,8 @@ __all__ = ["PostgresSessionService"]
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
-_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,29}$")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,29}")
 _HINT = "is PostgreSQL running and reachable there? Check AGENT_RUNNER_SESSION_URL"
 _LIVE = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
 _KEY = "app_name = %s AND user_id = %s AND session_id = %s"
@@ -105,7 +105,7 @@ def _live(alias: str) -> str:
 
 
 def _check_name(value: object, option: str, pattern: re.Pattern[str], longest: int) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ConfigurationError(
             f"{option} {value!r} is not allowed: use letters, digits and '_', starting with a "
             f"letter or '_', at most {longest} characters."

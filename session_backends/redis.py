@@ -81,7 +81,7 @@ from runner_core.store_support import (
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisSessionService"]
 
 DEFAULT_KEY_PREFIX = "agent-runner"
-_KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _HINT = "is redis-server running and reachable there? Check AGENT_RUNNER_SESSION_URL"
 
 # KEYS: session, state, events, event_ids, summaries, summary_counts, user_state, app_state,
@@ -259,7 +259,7 @@ class RedisSessionService:
         # cleanup_interval is accepted so one set of options fits every backend; Redis expires
         # keys itself and needs no sweep.
         check_ttl(cleanup_interval, "cleanup_interval")
-        if not isinstance(key_prefix, str) or not _KEY_PREFIX_RE.match(key_prefix):
+        if not isinstance(key_prefix, str) or not _KEY_PREFIX_RE.fullmatch(key_prefix):
             raise ConfigurationError(
                 f"key_prefix {key_prefix!r} is not allowed: use 1-64 letters, digits or '._:-'."
             )

@@ -14,7 +14,7 @@ EXPECTED = {
         "EventActions", "EventError", "EventType", "FunctionCall", "FunctionTool",
         "GenerationConfig", "InvalidRequestError", "LLMAgent", "Message", "Model",
         "ModelConnectionError", "ModelError", "ModelHTTPError", "ModelPrice", "ModelRequest",
-        "ModelResponse", "ModelTimeoutError", "OpenAIModel", "RunStatus",
+        "ModelResponse", "ModelTimeoutError", "OpenAIModel", "RunFailedError", "RunStatus",
         "RunStream", "Runner", "Session", "SessionBackendError", "SessionKey",
         "SessionNotFoundError", "SessionService", "Summarizer", "Summary", "SummaryCheck",
         "TextDelta", "ToolArgumentsError", "ToolCall", "ToolContext", "ToolError",
@@ -45,3 +45,16 @@ def test_runner_core_imports_no_infrastructure() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("bad", ["alice\n", "alice\r\n", "\nalice", "al ice", "a" * 129])
+def test_ids_are_matched_in_full(bad: str) -> None:
+    """A trailing newline is not a distinct ID: every ID check matches the whole string."""
+    from runner_core.errors import InvalidRequestError
+    from runner_core.session import validate_identifier
+    from workers.client import validate_invocation_id
+
+    with pytest.raises(InvalidRequestError):
+        validate_identifier(bad, "user_id")
+    with pytest.raises(InvalidRequestError):
+        validate_invocation_id(bad)

@@ -27,7 +27,6 @@ sends the task, so a run still waiting in the queue is known.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Generator
@@ -42,6 +41,7 @@ from kombu.exceptions import OperationalError
 from runner_core.errors import AgentRunnerError, InvalidRequestError
 from runner_core.events import Event
 from runner_core.messages import Message
+from runner_core.session import ID_RE
 
 from .bus import (
     SUBMITTED_TTL_S,
@@ -83,7 +83,6 @@ _READ_COUNT = 500
 _SOCKET_TIMEOUT_S = _BLOCK_SLICE_S + 10.0
 #: While an invocation is not known yet, how often to look again (``known_wait``).
 _KNOWN_POLL_S = 0.25
-_INVOCATION_ID_RE = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
 
 
 class BrokerUnavailableError(AgentRunnerError, ConnectionError):
@@ -117,7 +116,7 @@ def validate_invocation_id(invocation_id: object) -> str:
     Raises:
         InvalidRequestError: naming ``invocation_id`` and what a valid one looks like.
     """
-    if not isinstance(invocation_id, str) or not _INVOCATION_ID_RE.match(invocation_id):
+    if not isinstance(invocation_id, str) or not ID_RE.fullmatch(invocation_id):
         raise InvalidRequestError(
             f"invocation_id {invocation_id!r} is not a valid invocation ID. Pass the ID that "
             "submit() returned (the Celery task ID, e.g. 3f2b6c1e-...)."

@@ -30,8 +30,8 @@ __all__ = [
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 _SESSION_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql")
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_FACTORY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_QUEUE_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 def mask_url(url: str) -> str:
@@ -136,7 +136,7 @@ def parse_agents(raw: str | None, *, variable: str = "AGENT_RUNNER_AGENTS") -> d
             validate_identifier(name, "app name")
         except ValueError as exc:
             raise ConfigurationError(f"{variable} entry {entry!r}: {exc}") from None
-        if not _FACTORY_RE.match(target):
+        if not _FACTORY_RE.fullmatch(target):
             raise ConfigurationError(
                 f"{variable} entry {entry!r}: {target!r} is not module:function "
                 "(e.g. myapp.agents:build_support)."
@@ -197,12 +197,12 @@ class Settings:
                 "(e.g. https://api.openai.com/v1)."
             )
         queue = _text(env, "AGENT_RUNNER_QUEUE", "runs") or "runs"
-        if not _QUEUE_RE.match(queue):
+        if not _QUEUE_RE.fullmatch(queue):
             raise ConfigurationError(
                 f"AGENT_RUNNER_QUEUE={queue!r}: use letters, digits and '._-' only."
             )
         prefix = _text(env, "AGENT_RUNNER_EVENTS_PREFIX", "agent-runner") or "agent-runner"
-        if not _QUEUE_RE.match(prefix):
+        if not _QUEUE_RE.fullmatch(prefix):
             raise ConfigurationError(
                 f"AGENT_RUNNER_EVENTS_PREFIX={prefix!r}: use letters, digits and '._-' only."
             )
