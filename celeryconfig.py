@@ -55,6 +55,9 @@ task_acks_on_failure = True  # failures are terminal; no requeue loops
 task_acks_on_timeout = True
 worker_prefetch_multiplier = 1  # hold only what is running
 worker_cancel_long_running_tasks_on_connection_loss = True
+# Celery's consumer, made to survive a Redis restart while it holds messages (celery/kombu 5.7
+# would exit with "'NoneType' object has no attribute 'hostname'"): workers/resilience.py.
+worker_consumer = "workers.resilience:Consumer"
 worker_soft_shutdown_timeout = _settings.soft_shutdown_s
 worker_enable_soft_shutdown_on_idle = _settings.soft_shutdown_s > 0
 

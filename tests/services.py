@@ -7,6 +7,8 @@ fixtures:
 - ``redis_server``     the session's :class:`RedisServer` (``.url``, ``.host``, ``.port``,
                        ``.stop()``, ``.start()``)
 - ``redis_url``        that server's URL with DB 0 flushed before the test
+- ``aof_redis_server`` a :class:`RedisServer` of this test only, with ``appendonly yes``: its
+                       ``restart()`` keeps the data, like a production Redis
 - ``postgres_server``  the session's :class:`PostgresServer`
 - ``postgres_dsn``     a DSN of a database created for this test only (dropped afterwards)
 
@@ -96,10 +98,12 @@ def find_redis_server() -> str | None:
 
 
 class RedisServer:
-    """A redis-server process on 127.0.0.1 without persistence.
+    """A redis-server process on 127.0.0.1, without persistence unless ``appendonly=True``.
 
-    ``stop()`` then ``start()`` brings it back on the same port (with an empty dataset), which is
-    what the fault tests need.
+    ``stop()`` then ``start()`` brings it back on the same port, which is what the fault tests
+    need: with an empty dataset by default, or, with ``appendonly=True`` (``appendonly yes`` as
+    docs/workers.md asks of production, plus ``appendfsync always``), with every write it
+    acknowledged before it stopped, read back from its append-only file in the same directory.
     """
 
     def __init__(
@@ -108,10 +112,12 @@ class RedisServer:
         port: int | None = None,
         executable: str | None = None,
         unix_socket: bool = False,
+        appendonly: bool = False,
     ) -> None:
         self.host = LOOPBACK
         self.port = port or free_port()
         self.executable = executable or find_redis_server()
+        self.appendonly = appendonly
         self._dir = tempfile.mkdtemp(prefix="agent-runner-redis-")
         #: Also listen on this Unix socket (``unix_socket=True``).
         self.unix_socket = os.path.join(self._dir, "redis.sock") if unix_socket else None
@@ -141,12 +147,14 @@ class RedisServer:
             "--port", str(self.port),
             "--dir", self._dir,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no",
             "--protected-mode", "no",
             "--databases", "32",
             "--loglevel", "warning",
         ]  # fmt: skip
+        if self.appendonly:
+            args += ["--appendfsync", "always"]
         if self.unix_socket:
             args += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
         with open(os.path.join(self._dir, "redis.log"), "ab") as log:
@@ -173,6 +181,13 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+    def restart(self, down_s: float = 0.0) -> RedisServer:
+        """Stop (SIGTERM: an append-only server writes its file first), stay down ``down_s``
+        seconds, and start again on the same port and directory."""
+        self.stop()
+        time.sleep(down_s)
+        return self.start()
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), like a crashed server."""
@@ -447,6 +462,22 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture
+def aof_redis_server() -> Iterator[RedisServer]:
+    """A redis-server for this test only, with its append-only file on: ``stop()``/``start()``
+    or ``restart()`` bring the data back, as a production Redis does (docs/workers.md)."""
+    server = RedisServer(appendonly=True)
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.close()
+        _missing(str(exc))
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,11 @@ Everything listens on 127.0.0.1 on free ports, lives in one temporary directory,
 (``pip install 'agent-runner[embedded]'``); it runs without persistence. The run worker is a real
 ``celery -A workers.app worker -Q runs -P threads`` subprocess whose broker, event bus and
 session store are that Redis, so a chat through this stack takes the whole distributed path.
+
+The stack supervises what it started, as systemd or Docker would in production
+(docs/workers.md, "Redis restarts"): a run worker or Flower that exits while the stack runs is
+started again after 1 s, then 2, 4, ... up to 30 s while it keeps exiting at once, and each
+exit and restart is said on stderr with the process's last log line.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +39,13 @@ __all__ = ["LocalStack", "LocalStackError", "find_redis_server", "free_port"]
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+#: How often the supervisor looks at the processes.
+SUPERVISE_INTERVAL_S = 0.5
+#: Wait before restarting a process that exited; doubled per exit in a row, up to the maximum.
+RESTART_FIRST_DELAY_S = 1.0
+RESTART_MAX_DELAY_S = 30.0
+#: A process that ran at least this long before exiting is restarted after the first delay again.
+RESTART_RESET_AFTER_S = 60.0
 
 
 class LocalStackError(AgentRunnerError):
@@ -77,6 +90,20 @@ def _log_tail(path: Path, chars: int = 3000) -> str:
         return "(no log)"
 
 
+def _last_log_line(path: Path) -> str:
+    return _log_tail(path, 2000).splitlines()[-1].strip()
+
+
+def _how_it_ended(status: int) -> str:
+    """``exited with status 1`` or ``was killed by SIGKILL`` (Popen's negative status)."""
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
+        return f"was killed by {signal.Signals(-status).name}"
+    except ValueError:
+        return f"was killed by signal {-status}"
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
     if sys.platform.startswith("linux"):
@@ -85,14 +112,26 @@ def _die_with_parent() -> None:
 
 
 class _Process:
-    """A subprocess in its own process group, logging to a file."""
+    """A subprocess in its own process group, logging to a file (appending across restarts)."""
 
     def __init__(
-        self, name: str, args: list[str], log: Path, env: Mapping[str, str], *, label: str
+        self,
+        name: str,
+        args: list[str],
+        log: Path,
+        env: Mapping[str, str],
+        *,
+        label: str,
+        restart: bool = False,
     ) -> None:
         self.name = name
+        self.args = args
+        self.env = env
         self.label = label
         self.log = log
+        #: Whether the supervisor starts it again when it exits.
+        self.restart = restart
+        self.started_at = time.monotonic()
         with open(log, "ab") as log_file:
             self.popen = subprocess.Popen(
                 args,
@@ -108,6 +147,12 @@ class _Process:
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def respawn(self) -> _Process:
+        """The same command again, as a new process logging to the same file."""
+        return _Process(
+            self.name, self.args, self.log, self.env, label=self.label, restart=self.restart
+        )
 
     def check_alive(self) -> None:
         code = self.popen.poll()
@@ -166,6 +211,8 @@ class LocalStack:
         self.redis_port: int | None = None
         self.flower_port: int | None = None
         self.processes: list[_Process] = []
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # --- what a producer needs ---------------------------------------------------------
 
@@ -211,10 +258,20 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+        self._stopping.clear()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="agent-runner-dev-supervisor", daemon=True
+        )
+        self._supervisor.start()
         return self
 
     def stop(self) -> None:
-        """Stop every process (newest first) and remove the temporary directory."""
+        """Stop the supervisor, then every process (newest first), and remove the temporary
+        directory."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=STOP_TIMEOUT_S)
+            self._supervisor = None
         while self.processes:
             self.processes.pop().stop()
         if self.directory is not None:
@@ -234,11 +291,55 @@ class LocalStack:
 
     # --- parts -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: Mapping[str, str], label: str) -> _Process:
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: Mapping[str, str],
+        label: str,
+        *,
+        restart: bool = False,
+    ) -> _Process:
         assert self.directory is not None
-        process = _Process(name, args, self.directory / f"{name}.log", env, label=label)
+        log = self.directory / f"{name}.log"
+        process = _Process(name, args, log, env, label=label, restart=restart)
         self.processes.append(process)
         return process
+
+    # --- supervision -------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """Restart a run worker or Flower that exited, with backoff; say when Redis is gone."""
+        exits_in_a_row: dict[str, int] = {}
+        reported: set[int] = set()
+        while not self._stopping.wait(SUPERVISE_INTERVAL_S):
+            for index, process in enumerate(self.processes):
+                status = process.popen.poll()
+                if status is None or process.pid in reported or self._stopping.is_set():
+                    continue
+                if not process.restart:
+                    reported.add(process.pid)
+                    self.say(
+                        f"{process.name}: pid {process.pid} {_how_it_ended(status)}; the stack "
+                        "cannot go on without it: stop it and start `agent-runner dev` again. "
+                        f"Its log: {process.log}"
+                    )
+                    continue
+                ran_s = time.monotonic() - process.started_at
+                if ran_s >= RESTART_RESET_AFTER_S:
+                    exits_in_a_row[process.name] = 0
+                count = exits_in_a_row.get(process.name, 0)
+                exits_in_a_row[process.name] = count + 1
+                delay = min(RESTART_FIRST_DELAY_S * 2**count, RESTART_MAX_DELAY_S)
+                self.say(
+                    f"{process.name}: {process.label} (pid {process.pid}) "
+                    f"{_how_it_ended(status)} after {ran_s:.0f} s; restarting it in {delay:g} s. "
+                    f"Last log line: {_last_log_line(process.log)} (log: {process.log})"
+                )
+                if self._stopping.wait(delay):
+                    return
+                self.processes[index] = replacement = process.respawn()
+                self.say(f"{process.name}: restarted (pid {replacement.pid})")
 
     def _wait(self, process: _Process, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -298,7 +399,9 @@ class LocalStack:
         ]  # fmt: skip
 
     def _start_worker(self) -> None:
-        process = self._spawn("worker", self.worker_command(), self.env, "the run worker")
+        process = self._spawn(
+            "worker", self.worker_command(), self.env, "the run worker", restart=True
+        )
         self._wait(process, self._worker_answers)
         self.say(
             f"worker: {self._worker_name()} on queue {self.queue!r} (threads x "
@@ -328,7 +431,7 @@ class LocalStack:
             sys.executable, "-m", "celery", "-A", "workers.app", "flower",
             f"--address={LOOPBACK}", f"--port={self.flower_port}",
         ]  # fmt: skip
-        process = self._spawn("flower", args, self.env, "Flower")
+        process = self._spawn("flower", args, self.env, "Flower", restart=True)
 
         def listening() -> bool:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
