@@ -13,6 +13,7 @@
     │   ├── ModelHTTPError           the endpoint answered 4xx/5xx
     │   ├── ModelTimeoutError        no answer in time
     │   └── ModelConnectionError     the endpoint could not be reached
+    ├── RunFailedError               a worker's run ended failed, timeout or cancelled
     ├── ToolError                    a tool call could not be carried out (shown to the model)
     │   ├── ToolNotFoundError
     │   ├── ToolArgumentsError
@@ -25,6 +26,8 @@ boundary with ``raise ... from exc`` so the original stays in ``__cause__``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -39,6 +42,7 @@ __all__ = [
     "ModelError",
     "ModelHTTPError",
     "ModelTimeoutError",
+    "RunFailedError",
     "SessionBackendError",
     "SessionNotFoundError",
     "ToolArgumentsError",
@@ -115,6 +119,59 @@ class ModelTimeoutError(ModelError):
 
 class ModelConnectionError(ModelError):
     error_type = "model_connection_error"
+
+
+class RunFailedError(AgentRunnerError):
+    """A run ended ``failed``, ``timeout`` or ``cancelled``.
+
+    The run task (``agent_runner.submit_run``) raises it after publishing the run's
+    ``runner.completion``, so the task's state in Flower and in the result backend follows the
+    run; ``AsyncResult.get()`` re-raises it in the producer. The arguments are plain JSON, so
+    Celery's JSON result backend rebuilds the same exception.
+
+    Attributes:
+        status: the run's status: ``failed``, ``timeout`` or ``cancelled``.
+        error_type: the completion's ``error.type`` (``model_http_error``, ``timeout``,
+            ``cancelled``, ...), or the status when the completion carries no error.
+        message: the completion's ``error.message``.
+        completion: the ``runner.completion`` event as published, as a JSON dict.
+    """
+
+    def __init__(
+        self,
+        status: str,
+        error_type: str,
+        message: str,
+        completion: dict[str, Any] | None = None,
+    ) -> None:
+        completion = completion or {}
+        super().__init__(status, error_type, message, completion)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.completion = completion
+
+    @classmethod
+    def from_completion(cls, completion: dict[str, Any]) -> RunFailedError:
+        """The error for a ``runner.completion`` event's JSON dict."""
+        status = str(completion.get("status"))
+        error = completion.get("error") or {}
+        return cls(
+            status,
+            str(error.get("type") or status),
+            str(error.get("message") or f"the run ended {status}."),
+            completion,
+        )
+
+    def __str__(self) -> str:
+        return f"run {self.status}: {self.error_type}: {self.message}"
+
+    def __repr__(self) -> str:
+        # What Flower and the worker log show: the completion is left out (it can be long).
+        return (
+            f"{type(self).__name__}(status={self.status!r}, error_type={self.error_type!r}, "
+            f"message={self.message!r})"
+        )
 
 
 class ToolError(AgentRunnerError):

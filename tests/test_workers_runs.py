@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runner_core.errors import ConfigurationError, InvalidRequestError
+from runner_core.errors import ConfigurationError, InvalidRequestError, RunFailedError
 from runner_core.session import Session
 from runner_core.testing import ScriptedModelServer
 from session_backends import from_url
@@ -173,7 +173,11 @@ def test_cancel_stops_a_run(
     events = wait_for_completion(redis_url, result.id)
     assert len(completions(events)) == 1
     assert events[-1]["status"] == "cancelled"
-    assert result.get(timeout=30)["status"] == "cancelled"
+    # And the task is REVOKED; .get() raises the run's outcome, completion included
+    with pytest.raises(RunFailedError) as raised:
+        result.get(timeout=30)
+    assert raised.value.status == "cancelled" and raised.value.completion == events[-1]
+    assert result.state == "REVOKED"
 
 
 def test_run_timeout_ends_the_run_with_timeout(

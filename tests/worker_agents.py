@@ -49,6 +49,16 @@ def crash_worker() -> str:
     return "unreachable"
 
 
+@tool(requires_confirmation=True)
+def refund(amount: int) -> str:
+    """Refund an amount; pauses the run until the caller confirms.
+
+    Args:
+        amount: how much to refund.
+    """
+    return f"refunded {amount}"
+
+
 def build_testkit() -> LLMAgent:
     model = OpenAIModel(
         os.environ.get("AGENT_RUNNER_MODEL", "scripted"),
@@ -56,4 +66,6 @@ def build_testkit() -> LLMAgent:
         api_key="sk-test",
         max_retries=0,
     )
-    return LLMAgent("testkit", model=model, instruction="test agent", tools=[record, crash_worker])
+    return LLMAgent(
+        "testkit", model=model, instruction="test agent", tools=[record, crash_worker, refund]
+    )

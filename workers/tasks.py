@@ -6,10 +6,23 @@ run_timeout_s=None)`` (or ``send_task("agent_runner.submit_run", ...)`` from any
 The returned ``AsyncResult.id`` is the invocation ID; the events are on
 ``agent-runner:stream:{invocation_id}`` (see docs/events.md).
 
-The task returns the ``runner.completion`` event as a JSON dict (``.get()`` works when a result
-backend is configured). An invalid request, or an app name no agent is configured for, still
-publishes an ``error`` event and a ``failed`` completion, then fails the task with
-:class:`~runner_core.errors.InvalidRequestError` at once, without retry.
+The task's state follows the run, set only after the run's ``runner.completion`` is published
+(Flower and the result backend, when ``AGENT_RUNNER_RESULT_BACKEND`` is set, agree):
+
+=================== =========== ==========================================================
+run status          task state  ``AsyncResult.get()``
+=================== =========== ==========================================================
+completed, paused   SUCCESS     returns the ``runner.completion`` event as a JSON dict
+failed, timeout     FAILURE     raises :class:`~runner_core.errors.RunFailedError`
+cancelled           REVOKED     raises :class:`~runner_core.errors.RunFailedError`
+invalid request     FAILURE     raises :class:`~runner_core.errors.InvalidRequestError`
+=================== =========== ==========================================================
+
+``RunFailedError`` carries ``status``, ``error_type``, ``message`` and the ``completion`` dict.
+An invalid request, or an app name no agent is configured for, still publishes an ``error``
+event and a ``failed`` completion first. Whatever the state, the message is acknowledged once:
+nothing is retried or redelivered, and a redelivery of a finished run (which returns the
+stored completion without running) ends in the same state.
 """
 
 from __future__ import annotations
@@ -19,7 +32,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from celery import Task
+from celery import Task, states
+from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore
 
 from runner_core.errors import (
@@ -27,6 +41,7 @@ from runner_core.errors import (
     FencedError,
     InvalidRequestError,
     InvocationOwnedError,
+    RunFailedError,
 )
 from runner_core.events import Event, EventError
 from runner_core.session import MAX_ID_LENGTH
@@ -90,6 +105,23 @@ def _validate(rt: WorkerRuntime, args: Sequence[Any], kwargs: Mapping[str, Any])
     return request
 
 
+def _revoke(self: Task, error: RunFailedError) -> None:
+    """Mark the task REVOKED for a cancelled run, as the worker's own revoke tells monitors.
+
+    Sends the ``task-revoked`` event (what Flower shows) and stores REVOKED with ``error`` in
+    the result backend, if any, so ``.get()`` raises it. The caller then raises ``Ignore``: the
+    worker acknowledges the message and sends no other state.
+    """
+    request = self.request
+    try:
+        self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+    except Exception as exc:  # the broker is down: the backend and the stream still say it
+        logger.warning("run %s: no task-revoked event sent (%s)", request.id, exc)
+    # Stored exactly when Celery would store a FAILURE for this request.
+    if not get_actual_ignore_result(self, request) or self.store_errors_even_if_ignored:
+        self.backend.store_result(request.id, error, states.REVOKED, request=request)
+
+
 def _refuse(self: Task, exc: AgentRunnerError) -> Ignore:
     """A delivery that must leave no trace: a stale one (``FencedError``: another delivery
     owns the run) or one for an invocation ID bound to another identity
@@ -115,9 +147,17 @@ def _submit_run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     ``messages``, ``resume``, ``tool_confirmations``, ``request_id``, ``multitask_strategy``
     (``enqueue`` | ``reject`` | ``interrupt``), ``run_timeout_s``.
 
+    Returns:
+        The ``runner.completion`` event as a JSON dict, for a run that ended ``completed`` or
+        ``paused`` (task state SUCCESS).
+
     Raises:
         InvalidRequestError: the request is invalid or names an unknown app (after publishing
-            an ``error`` event and a ``failed`` completion). Never retried.
+            an ``error`` event and a ``failed`` completion). Task state FAILURE.
+        RunFailedError: the run ended ``failed`` or ``timeout`` (task state FAILURE), or
+            ``cancelled`` (task state REVOKED; the task itself raises ``Ignore`` and
+            ``.get()`` raises the stored ``RunFailedError``). Raised after the completion is
+            published; never retried.
     """
     rt = get_runtime()
     invocation_id = str(self.request.id)
@@ -138,13 +178,21 @@ def _submit_run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise _refuse(self, refused) from refused
     maybe_enqueue_after_run(rt, completion)  # a summary job when the app's checks pass
     result: dict[str, Any] = json.loads(completion.to_json())
-    return result
+    if completion.status in ("completed", "paused"):
+        return result
+    error = RunFailedError.from_completion(result)
+    if completion.status == "cancelled":
+        _revoke(self, error)
+        raise Ignore(f"run {invocation_id} cancelled; task marked REVOKED")
+    raise error
 
 
 submit_run: Task = app.task(
     name=SUBMIT_RUN,
     bind=True,
     acks_late=True,
+    # A run's outcome is final: a failed task's message is acknowledged, never requeued.
+    acks_on_failure=True,
     reject_on_worker_lost=True,
-    throws=(InvalidRequestError,),
+    throws=(InvalidRequestError, RunFailedError),
 )(_submit_run)
