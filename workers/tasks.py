@@ -2,7 +2,8 @@
 
 Producers call ``submit_run.delay(app_name, user_id, session_id, message, *, messages=None,
 resume=False, tool_confirmations=None, request_id=None, multitask_strategy="enqueue",
-run_timeout_s=None)`` (or ``send_task("agent_runner.submit_run", ...)`` from any Celery client).
+run_timeout_s=None)`` (or ``send_task("agent_runner.submit_run", ..., queue="runs")`` from any
+Celery client: name the queue, ``AGENT_RUNNER_QUEUE``, or the task lands on Celery's default one).
 The returned ``AsyncResult.id`` is the invocation ID; the events are on
 ``agent-runner:stream:{invocation_id}`` (see docs/events.md).
 
