@@ -208,10 +208,19 @@ def producer(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Ite
         task_ignore_result=False,
     )
     app._local.__dict__.pop("backend", None)
+    _forget_producer_pool(app)
     try:
         yield app
     finally:
         app.close()
+        _forget_producer_pool(app)
+
+
+def _forget_producer_pool(app: Any) -> None:
+    """Unbind the app's producer pool: ``app.close()`` keeps it, bound to the broker URL of its
+    first use, so a test with a Redis of its own would leave the next test sending there. (Not
+    closed: kombu keeps pools per URL, and the next test on that URL gets the same one back.)"""
+    app.amqp._producer_pool = None
 
 
 # --- reading events the way any Redis client can --------------------------------------------
