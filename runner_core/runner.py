@@ -6,7 +6,10 @@ out (the user message first), and always ends with one ``runner.completion`` eve
 happened: completed, failed, cancelled, timeout or paused.
 
 Runs execute in their own asyncio task, so :meth:`RunStream.cancel` (or cancelling the task that
-iterates) stops the run at its next await and still delivers a ``cancelled`` completion.
+iterates) stops the run at its next await and still delivers a ``cancelled`` completion; a run
+past its ``timeout_s`` ends ``timeout`` the same way. Both always win, whatever the code the run
+awaits does with a cancellation (:mod:`runner_core.stopping`): an append in flight lands first,
+and what the store holds is what the stream handed out.
 
 A run given a ``fence`` (a worker's lease token) takes the session's fence before it reads the
 session and stores every event with it. If a newer owner took the session, the store refuses
@@ -37,9 +40,9 @@ from .events import Event, EventError, RunStatus, Usage
 from .invocation import InvocationContext, RunOutcome, ToolDecision
 from .messages import Message, coerce_message
 from .session import Session, SessionService, validate_identifier
+from .stopping import RunStop, call_store
 
 __all__ = ["RunStream", "Runner"]
-
 
 
 class _Handoff:
@@ -78,21 +81,24 @@ class RunStream:
     """
 
     def __init__(
-        self, body: Callable[[_Handoff], Coroutine[Any, Any, None]], invocation_id: str
+        self,
+        body: Callable[[_Handoff], Coroutine[Any, Any, None]],
+        invocation_id: str,
+        stop: RunStop,
     ) -> None:
         self.invocation_id = invocation_id
         self._body = body
+        self._stop = stop
         self._handoff = _Handoff()
         self._task: asyncio.Task[None] | None = None
-        self._cancel_requested = False
         self._completion: Event | None = None
         self._fenced: FencedError | None = None
 
     def _start(self) -> asyncio.Task[None]:
         if self._task is None:
+            # Never cancelled before it runs: a cancel asked for already is taken in by the
+            # run's first check, so the stream still ends with a completion.
             self._task = asyncio.get_running_loop().create_task(self._body(self._handoff))
-            if self._cancel_requested:
-                self._task.cancel()
         return self._task
 
     def __aiter__(self) -> RunStream:
@@ -124,10 +130,13 @@ class RunStream:
         return event
 
     def cancel(self) -> None:
-        """Stop the run at its next await; the stream still ends with a completion."""
-        self._cancel_requested = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        """Stop the run; the stream still ends with a ``cancelled`` completion.
+
+        The run stops at the await it is in (the model, a tool, the store, its reader), or at
+        its next step if that code swallows the cancellation; an append already sent lands
+        first. Before the run started, it starts only to end ``cancelled``.
+        """
+        self._stop.request("cancelled")
 
     async def completion(self) -> Event:
         """Run to the end (consuming the remaining events) and return the completion."""
@@ -264,7 +273,9 @@ class Runner:
                 invocation (a redelivered run), the run continues it: stored events with
                 ``seq >= first_seq`` are handed out again, completed tools are not re-run.
             first_seq: the first ``seq`` to use (events below it were already delivered).
-            timeout_s: end the run with status ``timeout`` after this many seconds.
+            timeout_s: end the run with status ``timeout`` after this many seconds (counted
+                from its start), whatever the code it is awaiting then does with the
+                cancellation.
             fence: the caller's fencing token for the session (a worker's lease token): taken
                 with ``take_fence`` before the session is read, and checked by every append.
                 When a newer owner holds the session, the run stops without a completion and
@@ -324,7 +335,7 @@ class Runner:
             fence=fence,
             attempt=attempt,
         )
-        return RunStream(plan.execute, invocation_id)
+        return RunStream(plan.execute, invocation_id, plan.stop)
 
     def run_sync(
         self,
@@ -389,6 +400,7 @@ class _RunPlan:
         self.invocation_id = invocation_id
         self.next_seq = next_seq
         self.timeout_s = timeout_s
+        self.stop = RunStop(timeout_s)
         self.fence = fence
         self.attempt = attempt
         self.usage = Usage()
@@ -399,45 +411,58 @@ class _RunPlan:
 
     async def execute(self, handoff: _Handoff) -> None:
         self.handoff = handoff
+        self.stop.begin()
         try:
             outcome = await self._outcome()
         except FencedError as exc:
             handoff.stop(exc)  # not ours any more: nothing more is stored or handed out
             return
+        finally:
+            self.stop.settle()
         self._stamp_and_emit(self._completion_event(outcome))
 
     async def _outcome(self) -> RunOutcome:
-        """Run the agent; how it ended. Raises FencedError when the run lost its session."""
-        outcome: RunOutcome
+        """Run the agent; how it ended. Raises FencedError when the run lost its session.
+
+        A stop asked for before the run ended is how it ended, however it got there: the
+        code it awaited may have swallowed the cancellation, or turned it into an error.
+        """
+        failure: Exception | None = None
         try:
-            async with asyncio.timeout(self.timeout_s):
-                outcome = await self._run()
+            self.stop.check()  # cancelled before it started
+            outcome = await self._run()
         except FencedError:
             raise
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            self.stop.note_cancelled()  # also when the task itself was cancelled
             outcome = RunOutcome(status="cancelled")
-        except TimeoutError:
+        except Exception as exc:
+            failure = exc
+        stop = self.stop.settle()
+        if stop == "cancelled":
+            return RunOutcome(status="cancelled")
+        if stop == "timeout":
             error = EventError(
                 type="timeout", message=f"the run did not finish within {self.timeout_s} s."
             )
-            outcome = RunOutcome(status="timeout", error=error)
             await self._emit_error(error)
-        except InvalidRequestError as exc:
-            error = EventError(type="invalid_request", message=str(exc))
-            outcome = RunOutcome(status="failed", error=error)
-            await self._emit_error(error)
-        except SessionBackendError as exc:
-            error = EventError(type="session_backend_error", message=str(exc))
-            outcome = RunOutcome(status="failed", error=error)
-            self._stamp_and_emit(self._error_event(error))
-        except Exception as exc:
-            error = EventError(type="internal_error", message=f"{type(exc).__name__}: {exc}")
-            outcome = RunOutcome(status="failed", error=error)
-            await self._emit_error(error)
+            return RunOutcome(status="timeout", error=error)
+        if failure is not None:
+            return await self._fail(failure)
         return outcome
+
+    async def _fail(self, exc: Exception) -> RunOutcome:
+        """End the run ``failed`` with an error event for ``exc``."""
+        if isinstance(exc, SessionBackendError):
+            error = EventError(type="session_backend_error", message=str(exc))
+            self._stamp_and_emit(self._error_event(error))  # the store is failing: not stored
+        else:
+            if isinstance(exc, InvalidRequestError):
+                error = EventError(type="invalid_request", message=str(exc))
+            else:
+                error = EventError(type="internal_error", message=f"{type(exc).__name__}: {exc}")
+            await self._emit_error(error)
+        return RunOutcome(status="failed", error=error)
 
     async def _run(self) -> RunOutcome:
         session = await self._load_session()
@@ -487,6 +512,7 @@ class _RunPlan:
                 self.usage = self.usage + event.usage
             if event.seq >= first_unseen:
                 await self.handoff.turn()
+                self.stop.check()
                 self.handoff.put(event)
         await self._announce_restart(discard_after_seq=prior[-1].seq)
         last = prior[-1]
@@ -510,17 +536,21 @@ class _RunPlan:
     # --- sessions ------------------------------------------------------------------------
 
     async def _load_session(self) -> Session:
-        app_name = self.runner.app_name
+        app_name, user_id = self.runner.app_name, self.user_id
+        stop, service = self.stop, self.service
         if self.session_id is None:
-            created = await self.service.create_session(app_name, self.user_id)
+            created = await call_store(stop, service.create_session(app_name, user_id))
             if self.fence is not None:
-                await self.service.take_fence(app_name, self.user_id, created.id, self.fence)
+                await call_store(
+                    stop, service.take_fence(app_name, user_id, created.id, self.fence)
+                )
             return created
+        session_id = self.session_id
         if self.fence is not None:
             # Before reading: from here on an older owner's appends are refused, so the
             # session read next holds everything it will ever have stored.
-            await self.service.take_fence(app_name, self.user_id, self.session_id, self.fence)
-        session = await self.service.get_session(app_name, self.user_id, self.session_id)
+            await call_store(stop, service.take_fence(app_name, user_id, session_id, self.fence))
+        session = await call_store(stop, service.get_session(app_name, user_id, session_id))
         if session is not None:
             return session
         if self.resume:
@@ -529,10 +559,10 @@ class _RunPlan:
                 "start it with a message instead."
             )
         try:
-            return await self.service.create_session(app_name, self.user_id, self.session_id)
+            return await call_store(stop, service.create_session(app_name, user_id, session_id))
         except InvalidRequestError:
             # Another run created it between our get and create.
-            session = await self.service.get_session(app_name, self.user_id, self.session_id)
+            session = await call_store(stop, service.get_session(app_name, user_id, session_id))
             if session is None:
                 raise
             return session
@@ -574,6 +604,7 @@ class _RunPlan:
             return
         assert self.ctx is not None
         await self.handoff.turn()
+        self.stop.check()
         marker = self.ctx.event(
             "run.restarted",
             self.runner.app_name,
@@ -583,13 +614,23 @@ class _RunPlan:
         self.handoff.put(self._stamp(marker))
 
     async def _record(self, event: Event) -> None:
-        """Number the event, store it if it is complete, then hand it out."""
+        """Number the event, store it if it is complete, then hand it out.
+
+        A step boundary: a stop asked for is taken in before the event is numbered and after
+        it is handed out. An append is never cut short: it lands or fails, so what is stored is
+        exactly what is handed out (``call_store(land=True)``).
+        """
         assert self.ctx is not None
         await self.handoff.turn()
+        self.stop.check()
         self._stamp(event)
         if not event.partial:
             try:
-                await self.service.append_event(self.ctx.session, event, fence=self.fence)
+                await call_store(
+                    self.stop,
+                    self.service.append_event(self.ctx.session, event, fence=self.fence),
+                    land=True,
+                )
             except BaseException:
                 self.next_seq -= 1  # not stored and not handed out: keep seq gap-free
                 raise
@@ -598,6 +639,7 @@ class _RunPlan:
             if event.usage is not None:
                 self.usage = self.usage + event.usage
         self.handoff.put(event)
+        self.stop.check()
 
     def _error_event(self, error: EventError) -> Event:
         return Event(
