@@ -369,8 +369,18 @@ async def _take_session(
             with contextlib.suppress(Exception):
                 await rt.locks.leave(key, invocation_id)
             return outcome
-        if not announced and strategy == "enqueue" and claimed.holder != invocation_id:
-            await _announce_queued(rt, request, key, invocation_id, claimed.holder)
+        if not announced and claimed.holder != invocation_id:
+            # The worker's record of the run's place in the line, which goes by ticket
+            # (docs/workers.md, "Order of runs waiting on one session").
+            logger.info(
+                "run %s waits for its session behind run %s (%s); line ticket %s",
+                invocation_id,
+                claimed.holder,
+                claimed.reason,
+                claimed.ticket,
+            )
+            if strategy == "enqueue":
+                await _announce_queued(rt, request, key, invocation_id, claimed.holder)
             announced = True
         await asyncio.sleep(_POLL_S[min(polls, len(_POLL_S) - 1)])
         polls += 1
@@ -400,8 +410,7 @@ async def _announce_queued(
         request_id=labels.request_id,
         waiting_for=holder,
     )
-    if await _retrying(rt, partial(rt.bus.publish_before_start, event)):
-        logger.info("run %s waits behind run %s on its session", invocation_id, holder)
+    await _retrying(rt, partial(rt.bus.publish_before_start, event))
 
 
 async def _while_busy(

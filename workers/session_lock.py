@@ -8,10 +8,14 @@ Per session (keys under ``{prefix}:session:{digest}:``, the digest of app, user 
 - ``claim``    the invocation that owns the session until it *finishes*. It outlives the lease,
                so a killed run's redelivery gets the session back before any newer run:
                two runs never interleave in the session, even across a crash.
-- ``waiters``  runs waiting (``enqueue``), oldest first, from their first try while the
-               session is busy; each refreshes its entry while it waits, so a waiter that
-               died is dropped instead of blocking the line. When the session frees up, the
-               oldest live waiter gets it; a ``reject`` run never goes ahead of one.
+- ``waiters``  the line: runs waiting (``enqueue``, ``interrupt``), scored by their *ticket*,
+               drawn from the token counter at the delivery's first claim, i.e. when the run
+               first reached a worker (not when it was submitted: runs sent together are
+               fetched by several workers, or several threads of one, whose claims race).
+               Each refreshes its entry while it waits, so a waiter that died is dropped
+               (after ``WAITER_TTL_MS``) instead of blocking the line. When the session frees
+               up, the live waiter with the lowest ticket gets it; a ``reject`` run never
+               goes ahead of one.
 
 - ``fence``    the token of the session's last grant (kept a day): a holder whose lease expired
                may take it back only while this is still its own token.
@@ -39,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -76,8 +80,8 @@ FENCE_TTL_S = 86_400
 #       stream field, identity, owner ttl s.
 # Returns {4, owner} if the invocation ID belongs to another identity (nothing is read or
 # written); {2, event json} if the run already completed; {3, entry id, raw} if the stream's
-# last entry is unreadable; {0, holder, reason, cancel} when the session is not ours;
-# {1, token, attempt, last seq or -1, cancel} when it is.
+# last entry is unreadable; {0, holder, reason, cancel, ticket or false} when the session is
+# not ours; {1, token, attempt, last seq or -1, cancel} when it is.
 # Tokens are formatted with %d: Lua would write a large number as 1.7e+15.
 _CLAIM = """
 local inv = ARGV[1]
@@ -120,11 +124,12 @@ if ARGV[5] == 'wait' and holder ~= inv and claim ~= inv then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
+local ticket = redis.call('ZSCORE', KEYS[3], inv)
 if lease then
-  return {0, holder, 'running', cancel}
+  return {0, holder, 'running', cancel, ticket}
 end
 if claim and claim ~= inv then
-  return {0, claim, 'claimed', cancel}
+  return {0, claim, 'claimed', cancel, ticket}
 end
 if not claim then
   for _, waiter in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
@@ -133,7 +138,7 @@ if not claim then
       redis.call('ZREM', KEYS[3], waiter)
       redis.call('HDEL', KEYS[4], waiter)
     elseif waiter ~= inv then
-      return {0, waiter, 'queued', cancel}
+      return {0, waiter, 'queued', cancel, ticket}
     else
       break
     end
@@ -228,11 +233,14 @@ class Busy:
     ``reason``: ``running`` (``holder`` holds the live lease), ``claimed`` (``holder`` started
     and has not finished: it is being recovered) or ``queued`` (``holder`` waits ahead of us).
     ``cancel_requested``: a cancel was requested for the waiting run.
+    ``ticket``: the run's place in the session's line (claims with ``wait``), fixed at its
+    first claim; the line goes by ticket, lowest first. Informational: not compared.
     """
 
     holder: str
     reason: str
     cancel_requested: bool = False
+    ticket: int | None = field(default=None, compare=False)
 
 
 def _text(value: bytes | str) -> str:
@@ -334,7 +342,13 @@ class SessionLocks:
                 cancel_requested=bool(int(reply[4])),
             )
         if code == 0:
-            return Busy(_text(reply[1]), _text(reply[2]), bool(int(reply[3])))
+            ticket = reply[4] if len(reply) > 4 else None
+            return Busy(
+                _text(reply[1]),
+                _text(reply[2]),
+                bool(int(reply[3])),
+                None if ticket is None else int(float(_text(ticket))),
+            )
         where = keys[5] if code == 2 else f"{keys[5]} {_text(reply[1])}"
         event = decode_entry({STREAM_FIELD: reply[-1]}, where=where)
         if not event.is_runner_completion():  # pragma: no cover - the script checked
