@@ -28,7 +28,8 @@ transaction-scoped advisory lock, so many workers can start at once. ``schema`` 
 :class:`psycopg.sql.Identifier`; IDs and values only ever travel as query parameters.
 
 The connection pool opens on first use (never at import) and :meth:`close` closes it unless it
-was passed in.
+was passed in. A pool of ours that lost its server is replaced by a fresh one as soon as the
+server answers again, so the first call after an outage succeeds (``_reconnect``).
 """
 
 from __future__ import annotations
@@ -474,6 +475,17 @@ class PostgresSessionService:
         self._initialized = self.skip_db_init
         self._cleanup_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._connect_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(2, round(self.connect_timeout)),
+        }
+        #: Connections of ours out of a pool now: a pool that gives none while this is 0 is
+        #: not busy, it cannot reach its server.
+        self._lent = 0
+        #: The server was unreachable: the next call checks it before using the pool.
+        self._server_lost = False
+        self._probe: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _describe(dsn: str) -> str:
@@ -496,40 +508,39 @@ class PostgresSessionService:
     def _backend_error(self, action: str, exc: BaseException) -> SessionBackendError:
         return SessionBackendError(
             f"PostgreSQL session store at {self._where} failed while {action}: "
-            f"{type(exc).__name__}: {str(exc).strip()}. {_HINT}."
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}. {_HINT}."
         )
 
-    async def _ready(self) -> psycopg_pool.AsyncConnectionPool[Any]:
-        """The pool, opened and the schema created on first use."""
+    async def _ready(self) -> None:
+        """Open the pool and create the schema on first use."""
         if self._closed:
             raise SessionBackendError(
                 f"PostgresSessionService for {self._where} is closed; build a new one."
             )
         if self._pool is not None and self._initialized:
-            return self._pool
+            return
         if self._ready_lock is None:
             self._ready_lock = asyncio.Lock()
         async with self._ready_lock:
             if self._pool is None:
-                assert self._dsn is not None
-                self._pool = psycopg_pool.AsyncConnectionPool(
-                    self._dsn,
-                    min_size=1,
-                    max_size=self._max_pool_size,
-                    open=False,
-                    timeout=self.connect_timeout,
-                    kwargs={
-                        "autocommit": True,
-                        "connect_timeout": max(2, round(self.connect_timeout)),
-                    },
-                    name="agent-runner-sessions",
-                )
+                self._pool = self._new_pool()
                 await self._pool.open(wait=False)
             if not self._initialized:
-                await self._attempt(self._pool, "creating the session tables", self._create_schema)
+                await self._attempt("creating the session tables", self._create_schema)
                 self._initialized = True
         self._start_cleanup()
-        return self._pool
+
+    def _new_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        assert self._dsn is not None
+        return psycopg_pool.AsyncConnectionPool(
+            self._dsn,
+            min_size=1,
+            max_size=self._max_pool_size,
+            open=False,
+            timeout=self.connect_timeout,
+            kwargs=self._connect_kwargs,
+            name="agent-runner-sessions",
+        )
 
     async def _create_schema(self, conn: Conn) -> None:
         """Create what is missing, once, however many workers start together.
@@ -556,37 +567,90 @@ class PostgresSessionService:
             for statement in self._sql.ddl:
                 await conn.execute(statement)
 
-    async def _attempt(
-        self,
-        pool: psycopg_pool.AsyncConnectionPool[Any],
-        action: str,
-        work: Callable[[Conn], Awaitable[T]],
-    ) -> T:
+    async def _attempt(self, action: str, work: Callable[[Conn], Awaitable[T]]) -> T:
         """Run ``work`` on a pooled connection, translating driver errors.
 
-        A connection the server dropped (a restart) fails at its first statement; the pool is
-        then checked and ``work`` runs once more on a fresh connection. Everything ``work``
-        does is safe to repeat: appends are deduplicated by event ID.
+        - A connection the server dropped (a restart) fails at its first statement: the pool's
+          idle connections are checked and ``work`` runs once more on a fresh one.
+        - A pool of ours that gives no connection while none of ours is out is not busy: it
+          cannot reach its server. From then on each call first checks the server itself
+          (:meth:`_reconnect`) and fails at once with the reason while it is unreachable; the
+          first call that finds it back runs ``work`` on a fresh pool.
+
+        Everything ``work`` does is safe to repeat: appends are deduplicated by event ID.
         """
-        for attempt in (1, 2):
+        checked = reconnected = moved = False
+        while True:
+            if self._server_lost:
+                await self._reconnect(action)
+                reconnected = True
+            pool = self._pool
+            assert pool is not None
             try:
                 async with pool.connection() as conn:
-                    return await work(conn)
+                    self._lent += 1
+                    try:
+                        return await work(conn)
+                    finally:
+                        self._lent -= 1
             except psycopg_pool.PoolTimeout as exc:
-                raise self._backend_error(action, exc) from exc
+                if reconnected or self._lent or not self._owns_pool:
+                    raise self._backend_error(action, exc) from exc
+                self._server_lost = True
+            except psycopg_pool.PoolClosed as exc:
+                if moved or pool is self._pool:
+                    raise self._backend_error(action, exc) from exc
+                moved = True  # replaced by a fresh pool while we waited: use that one
             except psycopg.OperationalError as exc:
-                if attempt == 1 and not isinstance(exc, psycopg.errors.QueryCanceled):
-                    with contextlib.suppress(psycopg.Error, OSError):
-                        await pool.check()
-                    continue
+                if checked or isinstance(exc, psycopg.errors.QueryCanceled):
+                    raise self._backend_error(action, exc) from exc
+                checked = True
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await pool.check()
+            except (psycopg.Error, OSError) as exc:
                 raise self._backend_error(action, exc) from exc
-            except (psycopg.Error, psycopg_pool.PoolClosed, OSError) as exc:
-                raise self._backend_error(action, exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _reconnect(self, action: str) -> None:
+        """Replace the pool by a fresh one once the server answers a connection of our own.
+
+        Why: psycopg_pool reconnects in the background, waiting 1, 2, 4, 8, ... s between
+        attempts, and a caller cannot make it try sooner. After an outage of 20 s its next
+        attempt can come many seconds after the server is back, and every call meanwhile
+        would fail with ``PoolTimeout``. One probe runs at a time; every call that needs it
+        waits for the same one.
+
+        Raises:
+            SessionBackendError: the server is still unreachable (with the connection error).
+        """
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(
+                self._replace_pool(), name="agent-runner-postgres-probe"
+            )
+            self._probe.add_done_callback(_consume_result)
+        try:
+            await asyncio.shield(self._probe)
+        except (psycopg.Error, OSError) as exc:
+            raise self._backend_error(action, exc) from exc
+
+    async def _replace_pool(self) -> None:
+        assert self._dsn is not None
+        probe = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs)
+        await probe.close()
+        if self._closed or not self._server_lost:
+            return
+        old, self._pool = self._pool, self._new_pool()
+        await self._pool.open(wait=False)
+        self._server_lost = False
+        if old is not None:
+            # Its waiting callers get PoolClosed and move to the new pool; connections still
+            # out of it are closed when given back.
+            retiring = asyncio.get_running_loop().create_task(old.close())
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
 
     async def _run(self, action: str, work: Callable[[Conn], Awaitable[T]]) -> T:
-        pool = await self._ready()
-        return await self._attempt(pool, action, work)
+        await self._ready()
+        return await self._attempt(action, work)
 
     def _start_cleanup(self) -> None:
         if self._closed or not (self.session_ttl or self.app_state_ttl or self.user_state_ttl):
@@ -962,8 +1026,22 @@ class PostgresSessionService:
             if task.get_loop() is asyncio.get_running_loop():
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        loop = asyncio.get_running_loop()
+        probe, self._probe = self._probe, None
+        if probe is not None and not probe.done():
+            probe.cancel()
+        for pending in [probe, *self._retiring]:
+            if pending is not None and pending.get_loop() is loop:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await pending
         if self._owns_pool and self._pool is not None:
             await self._pool.close()
+
+
+def _consume_result(task: asyncio.Task[None]) -> None:
+    """Mark a probe's failure as seen even if every caller waiting for it went away."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _columns(delta: dict[str, Any]) -> tuple[list[str], list[str]]:
