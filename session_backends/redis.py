@@ -4,7 +4,8 @@ Key layout (``P`` is ``key_prefix``, default ``agent-runner``; ``{A/U}`` is the 
 of the app name and user ID joined by ``/``, a character IDs cannot hold, so no two users share
 a tag and one user's keys share a cluster slot)::
 
-    P:session:{A/U}/S          hash   created_at, updated_at, event_count, last_user
+    P:session:{A/U}/S          hash   created_at, updated_at, event_count, last_user, call_id,
+                                      summary_call_id
     P:state:{A/U}/S            hash   session state: key -> JSON value
     P:events:{A/U}/S           list   event JSON, in append order
     P:event_ids:{A/U}/S        zset   event ID -> append position (dedupe, eviction)
@@ -22,23 +23,39 @@ and app scopes, enforce the event limit, bump ``event_count`` and refresh TTLs; 
 first checks the fence key in the same script. TTLs are
 Redis's own (``PEXPIRE``), refreshed on writes. A read is one MULTI/EXEC pipeline.
 
+Outages: every call rides out a Redis restart or failover for ``retry_for_s`` seconds
+(connection refused or reset, timeouts, ``LOADING`` while the server reads its append-only
+file, ``READONLY`` from a demoted primary), retrying with backoff through redis-py's own
+:class:`~redis.asyncio.retry.Retry`. A write whose reply was lost may have landed, so every
+write is safe to send twice: appends are deduplicated by event ID, and each create, append and
+summary call carries a call ID the script stores beside its write (``call_id``,
+``summary_call_id``), so a retried call that finds its own write reports it as its own success
+instead of "already there". State deltas are applied in the append script, after the dedupe,
+so they are never applied twice; the fence is checked before anything else on every attempt.
+
 The app-state hash has its own slot (``{A}``). The service talks to one Redis server (or a
 proxy that allows multi-slot scripts); it does not speak the Redis Cluster protocol.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runner_core.errors import (
     ConfigurationError,
@@ -78,22 +95,40 @@ from runner_core.store_support import (
     utcnow,
 )
 
-__all__ = ["DEFAULT_KEY_PREFIX", "RedisSessionService"]
+__all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_RETRY_FOR_S", "RedisSessionService"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_KEY_PREFIX = "agent-runner"
+#: How long a call rides out an outage by default (seconds): a restart of an append-only
+#: Redis, or a failover, takes a few seconds.
+DEFAULT_RETRY_FOR_S = 20.0
 _KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _HINT = "is redis-server running and reachable there? Check AGENT_RUNNER_SESSION_URL"
+#: Errors of a server that is restarting, loading its data (``LOADING`` is a
+#: BusyLoadingError, a ConnectionError) or failing over (``READONLY``): worth trying again.
+_TRANSIENT: tuple[type[RedisError], ...] = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
+#: Between attempts: 50 ms, 100, 200, 400, then 400-800 ms, half of it random so that the
+#: runs of a worker do not knock on the server in step.
+_BACKOFF = EqualJitterBackoff(cap=0.8, base=0.05)
 
 # KEYS: session, state, events, event_ids, summaries, summary_counts, user_state, app_state,
 #       sessions
 # ARGV: created_at, session_id, created_score, session_ttl_ms, user_ttl_ms, app_ttl_ms,
-#       n_session, n_user, n_app, then the key/value pairs of the three deltas
+#       n_session, n_user, n_app, call_id, then the key/value pairs of the three deltas
+# Returns {0} when the session exists (unless this very call created it: a retry after a lost
+# reply), else {1, user state, app state}.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'call_id') ~= ARGV[10] then return {0} end
+  return {1, redis.call('HGETALL', KEYS[7]), redis.call('HGETALL', KEYS[8])}
+end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'updated_at', ARGV[1],
-           'event_count', 0, 'last_user', -1)
-local i = 10
+           'event_count', 0, 'last_user', -1, 'call_id', ARGV[10])
+local i = 11
 local function put(key, n, ttl)
   if n > 0 then
     redis.call('HSET', key, unpack(ARGV, i, i + 2 * n - 1))
@@ -117,10 +152,11 @@ return {1, redis.call('HGETALL', KEYS[7]), redis.call('HGETALL', KEYS[8])}
 # KEYS: session, state, events, event_ids, summaries, summary_counts, user_state, app_state,
 #       sessions, fence
 # ARGV: event_id, event_json, is_user, updated_at, event_limit, session_ttl_ms, user_ttl_ms,
-#       app_ttl_ms, n_session, n_user, n_app, fence token ('' for an unfenced append), then the
-#       key/value pairs of the three deltas
-# Returns {1, event_count} when appended, {0, event_count} for a known event ID, {-1} when the
-# session does not exist, {-2, fence holder} when the fence is not the given token.
+#       app_ttl_ms, n_session, n_user, n_app, fence token ('' for an unfenced append), call_id,
+#       then the key/value pairs of the three deltas
+# Returns {1, event_count} when appended (or when this very call appended it: a retry after a
+# lost reply), {0, event_count} for a known event ID, {-1} when the session does not exist,
+# {-2, fence holder} when the fence is not the given token.
 _APPEND = """
 if ARGV[12] ~= '' then
   local holder = redis.call('GET', KEYS[10])
@@ -128,17 +164,19 @@ if ARGV[12] ~= '' then
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) then
-  return {0, tonumber(redis.call('HGET', KEYS[1], 'event_count'))}
+  local count = tonumber(redis.call('HGET', KEYS[1], 'event_count'))
+  if redis.call('HGET', KEYS[1], 'call_id') == ARGV[13] then return {1, count} end
+  return {0, count}
 end
 local position = redis.call('HINCRBY', KEYS[1], 'event_count', 1) - 1
 local length = redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], position, ARGV[1])
 if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], 'last_user', position)
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], 'last_user', position, 'call_id', ARGV[13])
 else
-  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], 'call_id', ARGV[13])
 end
-local i = 13
+local i = 14
 local function put(key, n, ttl)
   if n > 0 then
     redis.call('HSET', key, unpack(ARGV, i, i + 2 * n - 1))
@@ -179,18 +217,23 @@ if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
-# KEYS: session, summaries, summary_counts.  ARGV: filter_key, summary_json, event_count
-# Returns 1 stored, 0 an equal or newer one is there, -1 no session, -2 corrupt stored count.
+# KEYS: session, summaries, summary_counts.  ARGV: filter_key, summary_json, event_count,
+# call_id. Returns 1 stored (or stored by this very call: a retry after a lost reply), 0 an
+# equal or newer one is there, -1 no session, -2 corrupt stored count.
 _PUT_SUMMARY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local current = redis.call('HGET', KEYS[3], ARGV[1])
 if current then
   local n = tonumber(current)
   if n == nil then return -2 end
-  if n >= tonumber(ARGV[3]) then return 0 end
+  if n >= tonumber(ARGV[3]) then
+    if redis.call('HGET', KEYS[1], 'summary_call_id') == ARGV[4] then return 1 end
+    return 0
+  end
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[1], 'summary_call_id', ARGV[4])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
@@ -213,6 +256,25 @@ def _delta_args(parts: StateDeltaParts) -> list[str | int]:
     return args
 
 
+def _retry_option(url: str) -> tuple[str, float | None]:
+    """``url`` without its ``retry_for_s`` query parameter (not one redis-py knows), and the
+    parameter's value if it has one."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    values = [value for name, value in query if name == "retry_for_s"]
+    if not values:
+        return url, None
+    try:
+        seconds = float(values[-1])
+    except ValueError:
+        raise ConfigurationError(
+            f"retry_for_s={values[-1]!r} in the Redis session store URL is not a number of "
+            "seconds; use e.g. ?retry_for_s=20 (0: no retries)."
+        ) from None
+    rest = urlencode([(name, value) for name, value in query if name != "retry_for_s"])
+    return urlunsplit(parts._replace(query=rest)), seconds
+
+
 def _where_of(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
@@ -225,14 +287,20 @@ class RedisSessionService:
 
     Args:
         url: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
-            ``unix:///path/to/socket?db=0``.
+            ``unix:///path/to/socket?db=0``; a ``retry_for_s`` query parameter sets that
+            option (``redis://host:6379/0?retry_for_s=30``).
         key_prefix: the first part of every key (letters, digits and ``._:-``).
         event_limit: events kept per session (oldest evicted first, never the latest user
             message); None or 0 keeps all. Default 1000.
         session_ttl, app_state_ttl, user_state_ttl: seconds (or timedelta) after the last write;
             None or 0 never expires.
-        socket_timeout, socket_connect_timeout: seconds; they bound how long a call to an
-            unreachable or stuck server can take.
+        socket_timeout, socket_connect_timeout: seconds; they bound how long one attempt of
+            a call to an unreachable or stuck server can take.
+        retry_for_s: seconds a call keeps trying while the server is unreachable, restarting,
+            loading its data or failing over, with backoff (0: one attempt only). Writes are
+            safe to retry: a write whose reply was lost is never applied twice. None: the
+            URL's ``retry_for_s`` parameter, else :data:`DEFAULT_RETRY_FOR_S` (20 s). A call
+            whose server stays away longer fails with SessionBackendError.
         client: an existing ``redis.asyncio.Redis`` to use instead of ``url`` (not closed by
             :meth:`close`; it must not decode responses).
         cleanup_interval: accepted for parity with the other stores and ignored: Redis
@@ -252,6 +320,7 @@ class RedisSessionService:
         user_state_ttl: float | timedelta | None = None,
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 2.0,
+        retry_for_s: float | None = None,
         client: aioredis.Redis | None = None,
         cleanup_interval: float | timedelta | None = None,
         max_connections: int = 256,
@@ -262,6 +331,18 @@ class RedisSessionService:
         if not isinstance(key_prefix, str) or not _KEY_PREFIX_RE.fullmatch(key_prefix):
             raise ConfigurationError(
                 f"key_prefix {key_prefix!r} is not allowed: use 1-64 letters, digits or '._:-'."
+            )
+        url, url_retry_for_s = _retry_option(url)
+        if retry_for_s is None:
+            retry_for_s = DEFAULT_RETRY_FOR_S if url_retry_for_s is None else url_retry_for_s
+        if (
+            isinstance(retry_for_s, bool)
+            or not isinstance(retry_for_s, int | float)
+            or not (0 <= retry_for_s < float("inf"))
+        ):
+            raise ConfigurationError(
+                f"retry_for_s must be a number of seconds >= 0 (0: no retries), got "
+                f"{retry_for_s!r}."
             )
         for option, value in (
             ("socket_timeout", socket_timeout),
@@ -282,6 +363,9 @@ class RedisSessionService:
         self.session_ttl = check_ttl(session_ttl, "session_ttl")
         self.app_state_ttl = check_ttl(app_state_ttl, "app_state_ttl")
         self.user_state_ttl = check_ttl(user_state_ttl, "user_state_ttl")
+        self.retry_for_s = float(retry_for_s)
+        # Retries forever as far as redis-py is concerned; _call stops it after retry_for_s.
+        self._retry = Retry(_BACKOFF, -1, supported_errors=_TRANSIENT)
         if client is None:
             self._where = _where_of(url)
         else:
@@ -300,7 +384,10 @@ class RedisSessionService:
                     timeout=socket_timeout,
                     socket_timeout=socket_timeout,
                     socket_connect_timeout=socket_connect_timeout,
-                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+                    # One attempt per command here: the store retries whole calls (_call), so
+                    # the retries do not nest. On a transient error the connection is dropped,
+                    # so the next attempt connects afresh (to the new primary after a failover).
+                    retry=Retry(NoBackoff(), 0, supported_errors=_TRANSIENT),
                     decode_responses=False,
                 )
                 client = aioredis.Redis.from_pool(pool)
@@ -351,19 +438,51 @@ class RedisSessionService:
 
     # --- plumbing ----------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _guard(self, action: str) -> AsyncIterator[None]:
-        """Translate driver errors into SessionBackendError naming the server and the fix."""
+    async def _call(self, action: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` (one try of a store call) until it succeeds, retrying transient
+        errors with backoff for ``retry_for_s``; translate driver errors into
+        SessionBackendError naming the server, what failed and the fix.
+
+        ``attempt`` must be safe to run twice: its first try may have landed with its reply
+        lost. A cancellation stops the retries: it propagates from the backoff's sleep, and one
+        that redis-py swallowed (``asyncio.wait_for`` on Python 3.11 can) is raised again
+        before the next try.
+        """
         if self._closed:
             raise SessionBackendError(
                 f"RedisSessionService for {self._where} is closed; build a new one."
             )
+        started = time.monotonic()
+
+        def within_time(error: Exception) -> bool:
+            return time.monotonic() - started < self.retry_for_s
+
+        async def note(error: Exception, failures: int) -> None:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # the caller gave up: no more tries
+            if failures == 1:
+                logger.warning(
+                    "Redis session store at %s unavailable while %s (%s: %s); retrying for "
+                    "up to %.0f s",
+                    self._where, action, type(error).__name__, error, self.retry_for_s,
+                )  # fmt: skip
+
         try:
-            yield
+            return await self._retry.call_with_retry(
+                attempt, note, is_retryable=within_time, with_failure_count=True
+            )
         except (RedisError, OSError) as exc:
+            retried = ""
+            if isinstance(exc, _TRANSIENT) and self.retry_for_s > 0:
+                retried = (
+                    f" (still failing after {time.monotonic() - started:.1f} s of retries; "
+                    f"retry_for_s={self.retry_for_s:g})"
+                )
             raise SessionBackendError(
                 f"Redis session store at {self._where} failed while {action}: "
-                f"{type(exc).__name__}: {exc}. {_HINT}."
+                f"{type(exc).__name__}: {exc}{retried}. {_HINT}"
+                + ("; raise retry_for_s to ride out longer outages." if retried else ".")
             ) from exc
 
     def _decode_hash(self, raw: Mapping[Any, Any], where: str) -> dict[str, Any]:
@@ -399,6 +518,7 @@ class RedisSessionService:
         parts = route_initial_state(state)
         now = utcnow()
         keys = self._session_keys(key)
+        deltas = _delta_args(parts)
         args: list[str | int | float] = [
             now.isoformat(),
             key.session_id,
@@ -406,10 +526,13 @@ class RedisSessionService:
             _ms(self.session_ttl),
             _ms(self.user_state_ttl),
             _ms(self.app_state_ttl),
-            *_delta_args(parts),
+            *deltas[:3],  # how many keys of each scope
+            uuid.uuid4().hex,  # call_id: a retry after a lost reply finds its own session
+            *deltas[3:],
         ]
-        async with self._guard("creating a session"):
-            result = await self._create_script(keys=keys, args=args)
+        result = await self._call(
+            "creating a session", lambda: self._create_script(keys=keys, args=args)
+        )
         if int(result[0]) == 0:
             raise InvalidRequestError(
                 f"session {key.session_id!r} of user {key.user_id!r} in app {key.app_name!r} "
@@ -439,7 +562,8 @@ class RedisSessionService:
         key = SessionKey(app_name, user_id, session_id)
         check_num_events(num_events)
         keys = self._session_keys(key)
-        async with self._guard("reading a session"):
+
+        async def read() -> list[Any]:
             pipe = self._client.pipeline(transaction=True)
             pipe.hgetall(keys[0])
             pipe.hgetall(keys[1])
@@ -447,7 +571,10 @@ class RedisSessionService:
             pipe.hgetall(keys[4])
             pipe.hgetall(keys[6])
             pipe.hgetall(keys[7])
-            meta, state, raw_events, summaries, user_state, app_state = await pipe.execute()
+            return await pipe.execute()
+
+        replies = await self._call("reading a session", read)
+        meta, state, raw_events, summaries, user_state, app_state = replies
         if not meta:
             return None
         created_at, updated_at, event_count = self._meta(meta, keys[0])
@@ -474,7 +601,8 @@ class RedisSessionService:
         validate_identifier(app_name, "app_name")
         validate_identifier(user_id, "user_id")
         index_key = self._index_key(app_name, user_id)
-        async with self._guard("listing sessions"):
+
+        async def read() -> tuple[list[str], list[Any]]:
             session_ids = [_text(sid) for sid in await self._client.zrange(index_key, 0, -1)]
             pipe = self._client.pipeline(transaction=True)
             for sid in session_ids:
@@ -483,7 +611,9 @@ class RedisSessionService:
                 pipe.hgetall(keys[1])
             pipe.hgetall(self._user_state_key(app_name, user_id))
             pipe.hgetall(self._app_state_key(app_name))
-            replies = await pipe.execute()
+            return session_ids, await pipe.execute()
+
+        session_ids, replies = await self._call("listing sessions", read)
         user_state = self._decode_hash(replies[-2], self._user_state_key(app_name, user_id))
         app_state = self._decode_hash(replies[-1], self._app_state_key(app_name))
         sessions: list[Session] = []
@@ -507,26 +637,31 @@ class RedisSessionService:
                 )
             )
         if gone:  # expired sessions leave their ID in the index; drop them from it
-            async with self._guard("listing sessions"):
-                await self._client.zrem(index_key, *gone)
+            await self._call("listing sessions", lambda: self._client.zrem(index_key, *gone))
         return sessions
 
     async def delete_session(self, app_name: str, user_id: str, session_id: str) -> None:
         key = SessionKey(app_name, user_id, session_id)
         keys = self._session_keys(key)
-        async with self._guard("deleting a session"):
+
+        async def delete() -> None:
             pipe = self._client.pipeline(transaction=True)
             pipe.delete(*keys[:6], self._fence_key(key))
             pipe.zrem(keys[8], key.session_id)
             await pipe.execute()
 
+        await self._call("deleting a session", delete)
+
     async def take_fence(self, app_name: str, user_id: str, session_id: str, token: int) -> None:
         key = SessionKey(app_name, user_id, session_id)
         check_fence(token, "token")
-        async with self._guard("taking a session's fence"):
-            result = await self._take_fence_script(
+        # Safe to retry: taking the fence one holds already takes it again.
+        result = await self._call(
+            "taking a session's fence",
+            lambda: self._take_fence_script(
                 keys=[self._fence_key(key)], args=[token, _ms(self.session_ttl)]
-            )
+            ),
+        )
         if int(result) != 1:
             raise fenced(key, token, _text(result))
 
@@ -550,11 +685,13 @@ class RedisSessionService:
             _ms(self.app_state_ttl),
             *deltas[:3],  # how many keys of each scope
             "" if fence is None else fence,
+            uuid.uuid4().hex,  # call_id: a retry after a lost reply finds its own append
             *deltas[3:],
         ]
         keys = [*self._session_keys(key), self._fence_key(key)]
-        async with self._guard("appending an event"):
-            result = await self._append_script(keys=keys, args=args)
+        result = await self._call(
+            "appending an event", lambda: self._append_script(keys=keys, args=args)
+        )
         status = int(result[0])
         if status == -2:
             assert fence is not None
@@ -579,8 +716,7 @@ class RedisSessionService:
     # --- app and user state ------------------------------------------------------------------
 
     async def _get_scope(self, redis_key: str, action: str) -> dict[str, Any]:
-        async with self._guard(action):
-            raw = await self._client.hgetall(redis_key)
+        raw = await self._call(action, lambda: self._client.hgetall(redis_key))
         return self._decode_hash(raw, redis_key)
 
     async def _update_scope(
@@ -590,12 +726,15 @@ class RedisSessionService:
         if not delta:
             return
         mapping = {k: encode_json(v, f"state value {k!r}") for k, v in delta.items()}
-        async with self._guard(action):
+
+        async def write() -> None:  # safe to retry: it sets the same values again
             pipe = self._client.pipeline(transaction=True)
             pipe.hset(redis_key, mapping=mapping)  # type: ignore[arg-type]
             if ttl is not None:
                 pipe.pexpire(redis_key, _ms(ttl))
             await pipe.execute()
+
+        await self._call(action, write)
 
     async def get_app_state(self, app_name: str) -> dict[str, Any]:
         validate_identifier(app_name, "app_name")
@@ -628,11 +767,14 @@ class RedisSessionService:
         self, app_name: str, user_id: str, session_id: str, *, filter_key: str = ""
     ) -> Summary | None:
         keys = self._session_keys(SessionKey(app_name, user_id, session_id))
-        async with self._guard("reading a summary"):
+
+        async def read() -> list[Any]:
             pipe = self._client.pipeline(transaction=True)
             pipe.exists(keys[0])
             pipe.hget(keys[4], filter_key)
-            exists, raw = await pipe.execute()
+            return await pipe.execute()
+
+        exists, raw = await self._call("reading a summary", read)
         if not exists or raw is None:
             return None
         return decode_summary(raw, f"{keys[4]} {filter_key!r}")
@@ -642,13 +784,18 @@ class RedisSessionService:
     ) -> bool:
         key = SessionKey(app_name, user_id, session_id)
         keys = self._session_keys(key)
-        async with self._guard("storing a summary"):
-            result = int(
-                await self._put_summary_script(
-                    keys=[keys[0], keys[4], keys[5]],
-                    args=[summary.filter_key, summary.model_dump_json(), summary.event_count],
-                )
+        args: list[str | int] = [
+            summary.filter_key,
+            summary.model_dump_json(),
+            summary.event_count,
+            uuid.uuid4().hex,  # call_id: a retry after a lost reply finds its own summary
+        ]
+        result = int(
+            await self._call(
+                "storing a summary",
+                lambda: self._put_summary_script(keys=[keys[0], keys[4], keys[5]], args=args),
             )
+        )
         if result == -1:
             raise SessionNotFoundError(
                 f"cannot store a summary: session {key.session_id!r} of user {key.user_id!r} "
@@ -663,8 +810,7 @@ class RedisSessionService:
 
     async def ping(self) -> None:
         """Check that the server answers (raises SessionBackendError if not)."""
-        async with self._guard("pinging"):
-            await self._client.ping()
+        await self._call("pinging", self._client.ping)
 
     async def close(self) -> None:
         if self._closed:

@@ -178,7 +178,9 @@ async def test_unix_socket_url() -> None:
 
 async def test_unreachable_server_fails_in_bounded_time_naming_the_server() -> None:
     port = free_port()
-    svc = RedisSessionService(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
+    svc = RedisSessionService(
+        f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1, retry_for_s=0
+    )
     try:
         with pytest.raises(SessionBackendError) as info:
             # The guard only stops a hang from blocking the suite; it is not a speed check.
@@ -193,7 +195,9 @@ async def test_unreachable_server_fails_in_bounded_time_naming_the_server() -> N
 
 async def test_server_stopped_mid_use_then_restarted() -> None:
     with RedisServer() as server:
-        svc = RedisSessionService(server.url, socket_timeout=2, socket_connect_timeout=1)
+        svc = RedisSessionService(
+            server.url, socket_timeout=2, socket_connect_timeout=1, retry_for_s=0
+        )
         try:
             session = await svc.create_session(APP, USER, "s1")
             await svc.append_event(session, user_event(session, "before the outage"))
