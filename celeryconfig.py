@@ -54,7 +54,11 @@ task_reject_on_worker_lost = True  # a killed prefork child requeues its run (at
 task_acks_on_failure = True  # failures are terminal; no requeue loops
 task_acks_on_timeout = True
 worker_prefetch_multiplier = 1  # hold only what is running
-worker_cancel_long_running_tasks_on_connection_loss = True
+# Runs go on through a lost broker connection (Celery's default until 6.0, kept on purpose): a
+# run owns its session by a fenced lease, not by its message, so a copy redelivered meanwhile
+# waits for the live run or returns its completion; cancelling would kill prefork runs on every
+# Redis blip and make them call the model (and a tool cut off mid-call) again.
+worker_cancel_long_running_tasks_on_connection_loss = False
 # Celery's consumer, made to survive a Redis restart while it holds messages (celery/kombu 5.7
 # would exit with "'NoneType' object has no attribute 'hostname'"): workers/resilience.py.
 worker_consumer = "workers.resilience:Consumer"
