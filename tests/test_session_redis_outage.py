@@ -31,9 +31,9 @@ HANG_GUARD_S = 60
 class FaultyProxy:
     """Forwards ``127.0.0.1:<port>`` to a Redis server, with faults the test switches on.
 
-    - :meth:`lose_next_reply`: the next reply from the server is dropped and the connection
-      closed: the command ran, its caller never hears so (and with ``then_refuse``, the
-      proxy refuses connections from then on).
+    - :meth:`lose_next_reply`: the reply to the next script call (``EVALSHA``) is dropped and
+      its connection closed: the script ran, its caller never hears so (and with
+      ``then_refuse``, the proxy refuses connections from then on).
     - :meth:`refuse`: every connection is closed and new ones are closed on arrival, until
       :meth:`forward` (a server that is down, seen through the proxy).
     - :meth:`answer`: every command is answered with ``error`` (a RESP error line) without
@@ -44,8 +44,9 @@ class FaultyProxy:
         self.target_port = target_port
         self.port = 0
         self.reply_lost = asyncio.Event()
-        #: Set once a connection was refused or a command answered with the error.
-        self.faulted = asyncio.Event()
+        #: Connections refused and commands answered with the error so far.
+        self.faults = 0
+        self._fault_seen = asyncio.Event()
         self._lose_reply = False
         self._then_refuse = False
         self._mode = "forward"
@@ -73,17 +74,23 @@ class FaultyProxy:
         self._then_refuse = then_refuse
 
     def refuse(self) -> None:
-        self.faulted.clear()
         self._mode = "refuse"
         self._close_all()
 
     def answer(self, error: str) -> None:
-        self.faulted.clear()
         self._mode = "answer"
         self._error = f"-{error}\r\n".encode()
 
     def forward(self) -> None:
         self._mode = "forward"
+
+    async def faulted(self, times: int = 3) -> None:
+        """Wait until ``times`` more faults: the caller has retried meanwhile."""
+        target = self.faults + times
+        async with asyncio.timeout(HANG_GUARD_S):
+            while self.faults < target:
+                self._fault_seen.clear()
+                await self._fault_seen.wait()
 
     def _close_all(self) -> None:
         for writer in list(self._writers):
@@ -92,7 +99,8 @@ class FaultyProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._mode == "refuse":
-            self.faulted.set()
+            self.faults += 1
+            self._fault_seen.set()
             writer.close()
             return
         self._writers.add(writer)
@@ -102,9 +110,10 @@ class FaultyProxy:
             writer.close()
             return
         self._writers.add(up_writer)
+        lose = asyncio.Event()  # set: the next reply on this connection is lost
         await asyncio.gather(
-            self._requests(reader, up_writer, writer),
-            self._replies(up_reader, writer, up_writer),
+            self._requests(reader, up_writer, writer, lose),
+            self._replies(up_reader, writer, up_writer, lose),
             return_exceptions=True,
         )
         for each in (writer, up_writer):
@@ -113,26 +122,29 @@ class FaultyProxy:
 
     async def _requests(
         self, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter,
-        client: asyncio.StreamWriter,
+        client: asyncio.StreamWriter, lose: asyncio.Event,
     ) -> None:  # fmt: skip
         while data := await reader.read(65536):
             if self._mode == "answer":
                 # one error per command: a command is a RESP array, a line starting with '*'
                 commands = sum(1 for line in data.split(b"\r\n") if line.startswith(b"*"))
                 client.write(self._error * commands)
-                self.faulted.set()
+                self.faults += commands
+                self._fault_seen.set()
                 continue
+            if self._lose_reply and b"EVALSHA" in data:
+                self._lose_reply = False
+                lose.set()
             upstream.write(data)
             await upstream.drain()
         upstream.close()
 
     async def _replies(
         self, upstream: asyncio.StreamReader, client: asyncio.StreamWriter,
-        upstream_writer: asyncio.StreamWriter,
+        upstream_writer: asyncio.StreamWriter, lose: asyncio.Event,
     ) -> None:  # fmt: skip
         while data := await upstream.read(65536):
-            if self._lose_reply:
-                self._lose_reply = False
+            if lose.is_set():
                 self.reply_lost.set()
                 if self._then_refuse:
                     self.refuse()
@@ -235,6 +247,11 @@ async def test_writes_whose_reply_was_lost_are_retried_and_stored_once(
 ) -> None:
     """Given a create, an append and a summary whose replies never come back, when the store
     retries them, then each reports its own success and the server holds each write once."""
+    # (the server loads each script on its first call; the faults below hit scripts that ran)
+    warm = await service.create_session(APP, USER, "warm-up")
+    await service.append_event(warm, user_event(warm, "warm-up"))
+    await service.put_summary(APP, USER, "warm-up", summary_of(warm, 1))
+
     proxy.lose_next_reply()
     session = await service.create_session(APP, USER, "s1", state={"k": 1})
     assert proxy.reply_lost.is_set()  # the create ran; its reply was lost
@@ -273,7 +290,7 @@ async def test_a_retried_append_of_a_stale_owner_is_refused(
     # The first try lands, its reply is lost, and the server is out of reach for the retries.
     proxy.lose_next_reply(then_refuse=True)
     append = asyncio.create_task(service.append_event(session, landed, fence=1))
-    await asyncio.wait_for(proxy.faulted.wait(), HANG_GUARD_S)
+    await proxy.faulted()
     assert proxy.reply_lost.is_set()
     await direct.take_fence(APP, USER, "s1", 2)
     proxy.forward()
@@ -284,7 +301,7 @@ async def test_a_retried_append_of_a_stale_owner_is_refused(
     proxy.refuse()
     never = assistant_event(session, "never stored")
     append = asyncio.create_task(service.append_event(session, never, fence=1))
-    await asyncio.wait_for(proxy.faulted.wait(), HANG_GUARD_S)
+    await proxy.faulted()
     await direct.take_fence(APP, USER, "s1", 3)
     proxy.forward()
     with pytest.raises(FencedError, match="fenced by token 3"):
@@ -311,7 +328,7 @@ async def test_loading_and_readonly_are_waited_out(
     proxy.answer(error)
     event = user_event(session, "while the server could not take it")
     append = asyncio.create_task(service.append_event(session, event))
-    await asyncio.wait_for(proxy.faulted.wait(), HANG_GUARD_S)
+    await proxy.faulted()
     proxy.forward()
     assert await asyncio.wait_for(append, HANG_GUARD_S) is True
     assert ids(await stored(direct, "s1")) == [event.id]
@@ -347,7 +364,7 @@ async def test_a_cancel_stops_the_retries(proxy: FaultyProxy, service: RedisSess
     session = await service.create_session(APP, USER, "s1")
     proxy.refuse()
     call = asyncio.create_task(service.get_session(APP, USER, session.id))
-    await asyncio.wait_for(proxy.faulted.wait(), HANG_GUARD_S)
+    await proxy.faulted()
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(call, HANG_GUARD_S)  # well before retry_for_s (20 s) is over
