@@ -27,6 +27,8 @@ boundary with ``raise ... from exc`` so the original stays in ``__cause__``.
 
 from __future__ import annotations
 
+import re
+import reprlib
 from typing import Any
 
 from pydantic import ValidationError
@@ -51,14 +53,57 @@ __all__ = [
     "ToolNotFoundError",
     "UnknownToolCallError",
     "describe_validation_error",
+    "lone_surrogate",
+    "safe_text",
+    "shown",
 ]
 
 
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxdict, _SHOWN.maxlist = 2, 4, 4
+_SHOWN.maxstring = _SHOWN.maxother = 60
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message may quote it: a ``repr`` cut short (long text, deep or
+    large containers), with lone surrogates and control characters escaped, so the message is
+    always short, printable and valid UTF-8."""
+    return safe_text(_SHOWN.repr(value))
+
+
+def lone_surrogate(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (so it can be neither stored nor sent as JSON):
+    ``"a lone surrogate (U+DFFF) at position 1"``, or None when it can. JSON decoders accept
+    an escaped ``"\\udfff"`` without its pair, so such text does reach the workers."""
+    found = _SURROGATE_RE.search(text)
+    if found is None:
+        return None
+    return f"a lone surrogate (U+{ord(found.group()):04X}) at position {found.start()}"
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every lone surrogate written as its escape (``\\udfff``): valid UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def describe_validation_error(exc: ValidationError, *, whole: str) -> str:
-    """``field.path: problem; ...`` for a pydantic error; ``whole`` names an error on the root."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg'].removeprefix('Value error, ')}"
-        for e in exc.errors()
+    """``field.path: problem; ...`` for a pydantic error; ``whole`` names an error on the root.
+
+    Path parts that are not plain names (the keys of a caller's dict, an unknown argument's
+    name) are quoted with :func:`shown`, so the message never echoes unencodable or huge text.
+    """
+
+    def part(item: object) -> str:
+        return str(item) if isinstance(item, int) or _NAME_RE.fullmatch(str(item)) else shown(item)
+
+    return safe_text(
+        "; ".join(
+            f"{'.'.join(part(p) for p in e['loc']) or whole}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
     )
 
 

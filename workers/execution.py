@@ -40,23 +40,26 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from runner_core.errors import FencedError
+from runner_core.errors import FencedError, lone_surrogate, safe_text
 from runner_core.events import Event, EventError, EventType, RunStatus, Usage
 from runner_core.runner import Runner, RunStream
-from runner_core.session import SessionKey
+from runner_core.session import ID_RE, MAX_ID_LENGTH, SessionKey
 
-from .bus import EventBusUnavailableError, Fence
-from .requests import RunRequest
+from .bus import EventBusUnavailableError, Fence, attempts_key
+from .requests import RunRequest, TaskID
 from .runtime import WorkerRuntime
 from .session_lock import Busy, Claimed, Lease
 
-__all__ = ["RunLabels", "execute_run", "publish_failure"]
+__all__ = ["RunLabels", "execute_run", "failure_events", "publish_failure"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AUTHOR = "agent-runner"
 _POLL_S = (0.05, 0.1, 0.2, 0.3, 0.5)
+#: How often a failure published before the run starts is tried again after a twin delivery
+#: took its seq.
+_BEFORE_START_ROUNDS = 5
 
 
 async def _retrying(rt: WorkerRuntime, operation: Callable[[], Awaitable[T]]) -> T:
@@ -99,6 +102,75 @@ class RunLabels:
     session_id: str
     request_id: str | None = None
 
+    @classmethod
+    def of(
+        cls, app_name: object, user_id: object, session_id: object, request_id: object = None
+    ) -> RunLabels:
+        """Labels from the fields of any request, valid or not, that an event can always carry:
+        each ID only if it is a valid ID (else ``""``), ``request_id`` only if it is text UTF-8
+        can encode, of at most 128 characters (else None). An invalid value is never echoed."""
+
+        def valid(value: object) -> str:
+            return value if isinstance(value, str) and ID_RE.fullmatch(value) else ""
+
+        request = (
+            request_id
+            if isinstance(request_id, str)
+            and len(request_id) <= MAX_ID_LENGTH
+            and lone_surrogate(request_id) is None
+            else None
+        )
+        return cls(valid(app_name), valid(user_id), valid(session_id), request)
+
+
+def _publishable(invocation_id: str) -> str:
+    """``invocation_id``, or where a task ID that cannot name a stream publishes instead."""
+    return TaskID.read(invocation_id).invocation_id
+
+
+def failure_events(
+    invocation_id: str,
+    labels: RunLabels,
+    error: EventError,
+    *,
+    status: RunStatus = "failed",
+    first_seq: int = 0,
+) -> list[Event]:
+    """The events that end a run that could not run: an ``error`` and a ``status`` completion
+    (only the completion for ``cancelled``), from ``first_seq`` on.
+
+    Always JSON-encodable, whatever it is given: labels are kept only where valid
+    (:meth:`RunLabels.of`), lone surrogates in the error are escaped, and an invocation ID
+    that cannot name a stream is replaced as :class:`~workers.requests.TaskID` says.
+    """
+    invocation_id = _publishable(invocation_id)
+    labels = RunLabels.of(labels.app_name, labels.user_id, labels.session_id, labels.request_id)
+    error = EventError(
+        type=safe_text(error.type),
+        message=safe_text(error.message),
+        code=None if error.code is None else safe_text(error.code),
+    )
+    kinds: list[tuple[EventType, RunStatus | None]] = [("runner.completion", status)]
+    if status != "cancelled":
+        kinds.insert(0, ("error", None))
+    return [
+        Event(
+            id=f"{invocation_id}:{seq}",
+            invocation_id=invocation_id,
+            seq=seq,
+            type=kind,
+            author=AUTHOR,
+            app_name=labels.app_name,
+            user_id=labels.user_id,
+            session_id=labels.session_id,
+            request_id=labels.request_id,
+            error=error,
+            status=run_status,
+            usage=Usage() if run_status else None,
+        )
+        for seq, (kind, run_status) in enumerate(kinds, start=first_seq)
+    ]
+
 
 async def publish_failure(
     rt: WorkerRuntime,
@@ -108,43 +180,51 @@ async def publish_failure(
     *,
     status: RunStatus = "failed",
     fence: Fence | None = None,
+    before_start: bool = False,
 ) -> Event:
     """Publish an ``error`` event and a ``failed`` completion (only the completion for
-    ``cancelled``) for a run that could not run, continuing the invocation's ``seq``; with
-    ``fence`` (the delivery holds the session), only while its lease holds.
+    ``cancelled``) for a run that could not run (:func:`failure_events`), continuing the
+    invocation's ``seq``; with ``fence`` (the delivery holds the session), only while its
+    lease holds. With ``before_start`` (a request that never gets to claim a session, such as
+    an invalid one), each event is published only while no delivery of the invocation took a
+    session, checked atomically with the write, so such a request never writes into the stream
+    of a run of the same invocation ID that is under way.
 
-    Returns the completion. Nothing is appended to the session: the run never had it.
+    Returns the completion (with ``before_start``, the run's own if it already has one).
+    Nothing is appended to the session: the run never had it.
 
     Raises:
-        FencedError: ``fence`` no longer holds; InvocationOwnedError: the ID is another's.
+        FencedError: ``fence`` no longer holds, or (``before_start``) a delivery of the
+            invocation took a session: the run is that delivery's. InvocationOwnedError: the
+            ID is another's. Nothing more was written.
     """
-    last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
-    seq = 0 if last is None else last + 1
-    events: list[Event] = []
-    kinds: list[tuple[EventType, RunStatus | None]] = [("runner.completion", status)]
-    if status != "cancelled":
-        kinds.insert(0, ("error", None))
-    for kind, run_status in kinds:
-        events.append(
-            Event(
-                id=f"{invocation_id}:{seq}",
-                invocation_id=invocation_id,
-                seq=seq,
-                type=kind,
-                author=AUTHOR,
-                app_name=labels.app_name,
-                user_id=labels.user_id,
-                session_id=labels.session_id,
-                request_id=labels.request_id,
-                error=error,
-                status=run_status,
-                usage=Usage() if run_status else None,
-            )
+    invocation_id = _publishable(invocation_id)
+    attempts = attempts_key(invocation_id, rt.bus.prefix)
+    for _round in range(_BEFORE_START_ROUNDS if before_start else 1):
+        last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
+        events = failure_events(
+            invocation_id, labels, error, status=status, first_seq=0 if last is None else last + 1
         )
-        seq += 1
-    for event in events:
-        await _retrying(rt, partial(rt.bus.publish, event, fence=fence))
-    return events[-1]
+        if not before_start:
+            for event in events:
+                await _retrying(rt, partial(rt.bus.publish, event, fence=fence))
+            return events[-1]
+        for event in events:
+            if not await _retrying(rt, partial(rt.bus.publish_before_start, event)):
+                break
+        else:
+            return events[-1]
+        # Not published: the run has ended, a delivery of it started, or a twin of this
+        # delivery took the next seq first (then go round again).
+        done = await _retrying(rt, lambda: rt.bus.completion(invocation_id))
+        if done is not None:
+            return done
+        if await _redis_retrying(rt, partial(rt.redis.exists, attempts)):
+            break
+    raise FencedError(
+        f"run {invocation_id}: a delivery of this invocation ID has started; this delivery "
+        "(which could not run) leaves the run to it and publishes nothing more."
+    )
 
 
 async def _release(rt: WorkerRuntime, lease: Lease, *, finished: bool) -> None:

@@ -21,7 +21,10 @@ invalid request     FAILURE     raises :class:`~runner_core.errors.InvalidReques
 
 ``RunFailedError`` carries ``status``, ``error_type``, ``message`` and the ``completion`` dict.
 An invalid request, or an app name no agent is configured for, still publishes an ``error``
-event and a ``failed`` completion first. Whatever the state, the message is acknowledged once:
+event and a ``failed`` completion first, whatever the message held: arguments of any type,
+text UTF-8 cannot encode, a task ID that is no valid invocation ID (published where
+:class:`~workers.requests.TaskID` says), a message Celery could not take as sent (the stand-in
+of :mod:`workers.task_messages`). Whatever the state, the message is acknowledged once:
 nothing is retried or redelivered, and a redelivery of a finished run (which returns the
 stored completion without running) ends in the same state.
 """
@@ -43,16 +46,17 @@ from runner_core.errors import (
     InvalidRequestError,
     InvocationOwnedError,
     RunFailedError,
+    safe_text,
 )
 from runner_core.events import Event, EventError
-from runner_core.session import MAX_ID_LENGTH
 
 from .app import app
 from .bus import invocation_owned, owner_identity
 from .execution import RunLabels, execute_run, publish_failure
-from .requests import POSITIONAL_FIELDS, RunRequest
+from .requests import POSITIONAL_FIELDS, RunRequest, TaskID
 from .runtime import WorkerRuntime, get_runtime
 from .summaries import maybe_enqueue_after_run
+from .task_messages import PROBLEM_HEADER
 
 __all__ = ["SUBMIT_RUN", "submit_run"]
 
@@ -61,26 +65,29 @@ logger = logging.getLogger(__name__)
 SUBMIT_RUN = "agent_runner.submit_run"
 
 
-def _label(value: Any) -> str:
-    """A field of an invalid request as an event can carry it."""
-    return value[:MAX_ID_LENGTH] if isinstance(value, str) else ""
-
-
 async def _reject_invalid(
     rt: WorkerRuntime,
-    invocation_id: str,
+    task_id: TaskID,
     args: Sequence[Any],
-    kwargs: Mapping[str, Any],
+    kwargs: Mapping[Any, Any],
     error: InvalidRequestError,
 ) -> Event:
-    fields = dict(zip(POSITIONAL_FIELDS, args, strict=False)) | dict(kwargs)
-    request_id = fields.get("request_id")
-    labels = RunLabels(
-        app_name=_label(fields.get("app_name")),
-        user_id=_label(fields.get("user_id")),
-        session_id=_label(fields.get("session_id")),
-        request_id=request_id[:MAX_ID_LENGTH] if isinstance(request_id, str) else None,
+    """Publish the failure of an invalid request under ``task_id``'s invocation ID (the
+    request's fields kept as labels only where valid), or return the completion it already has.
+
+    Raises:
+        InvocationOwnedError: the invocation ID is bound to another identity.
+        FencedError: a delivery of the invocation ID took a session: the run is that one's.
+    """
+    fields = dict(zip(POSITIONAL_FIELDS, args, strict=False))
+    fields.update((name, value) for name, value in kwargs.items() if name not in fields)
+    labels = RunLabels.of(
+        fields.get("app_name"),
+        fields.get("user_id"),
+        fields.get("session_id"),
+        fields.get("request_id"),
     )
+    invocation_id = task_id.invocation_id
     done = await rt.bus.completion(invocation_id)
     if done is not None:
         if (done.app_name, done.user_id, done.session_id) != (
@@ -92,17 +99,46 @@ async def _reject_invalid(
             raise invocation_owned(invocation_id, "", identity)
         return done
     error_event = EventError(type="invalid_request", message=str(error))
-    return await publish_failure(rt, invocation_id, labels, error_event)
+    return await publish_failure(rt, invocation_id, labels, error_event, before_start=True)
 
 
-def _validate(rt: WorkerRuntime, args: Sequence[Any], kwargs: Mapping[str, Any]) -> RunRequest:
-    request = RunRequest.from_task_arguments(args, kwargs)
-    if request.app_name not in rt.agents.app_names:
-        raise InvalidRequestError(
-            f"unknown app_name {request.app_name!r}; the workers serve "
-            f"{', '.join(rt.agents.app_names)}. Add {request.app_name}=module:function to "
-            "AGENT_RUNNER_AGENTS on the workers."
+def _validate(
+    rt: WorkerRuntime, task: Task, task_id: TaskID, args: Sequence[Any], kwargs: Mapping[Any, Any]
+) -> RunRequest:
+    """The run request of one delivery, with its task ID and the message it came in checked.
+
+    Raises:
+        InvalidRequestError: naming everything wrong: what :mod:`workers.task_messages` found
+            in the message, else the task ID, then the arguments; never echoing text that
+            cannot be encoded.
+    """
+    found = getattr(task.request, PROBLEM_HEADER, None)
+    problems = [safe_text(str(found))] if found else []
+    if task_id.problem and not (found and task_id.is_fallback):  # else found says why
+        problems.append(task_id.problem)
+    if task_id.problem and task_id.is_fallback:
+        problems.append(f"its events are under the invocation ID {task_id.invocation_id}")
+    summary = f"invalid run message: {'; '.join(problems)}." if problems else ""
+    if summary and not args and not kwargs:  # nothing was readable: nothing more to say
+        raise InvalidRequestError(summary)
+    try:
+        request = RunRequest.from_task_arguments(
+            args, kwargs, max_message_chars=rt.settings.max_message_chars
         )
+        if request.app_name not in rt.agents.app_names:
+            raise InvalidRequestError(
+                f"unknown app_name {request.app_name!r}; the workers serve "
+                f"{', '.join(rt.agents.app_names)}. Add {request.app_name}=module:function to "
+                "AGENT_RUNNER_AGENTS on the workers."
+            )
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(" ".join(filter(None, [summary, safe_text(str(exc))]))) from None
+    except Exception as exc:  # a request nothing above foresaw must still fail, not hang
+        logger.exception("run %s: the request could not be checked", task_id.invocation_id)
+        unreadable = f"the request could not be read ({type(exc).__name__})."
+        raise InvalidRequestError(" ".join(filter(None, [summary, unreadable]))) from None
+    if summary:
+        raise InvalidRequestError(summary)
     return request
 
 
@@ -139,7 +175,7 @@ def _refuse(self: Task, exc: AgentRunnerError) -> Ignore:
     return Ignore(f"run {self.request.id}: delivery refused ({reason})")
 
 
-def _submit_run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+def _submit_run(self: Task, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run an agent on a session; return the ``runner.completion`` event as a dict.
 
     Arguments (positional or keyword): ``app_name``, ``user_id``, ``session_id`` (``""``: a
@@ -161,13 +197,14 @@ def _submit_run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             published; never retried.
     """
     rt = get_runtime()
-    invocation_id = str(self.request.id)
+    task_id = TaskID.read(self.request.id)
+    invocation_id = task_id.invocation_id
     try:
-        request = _validate(rt, args, kwargs)
+        request = _validate(rt, self, task_id, args, kwargs)
     except InvalidRequestError as exc:
         logger.warning("run %s rejected: %s", invocation_id, exc)
         try:
-            rt.run(_reject_invalid(rt, invocation_id, args, kwargs, exc))
+            rt.run(_reject_invalid(rt, task_id, args, kwargs, exc))
         except (FencedError, InvocationOwnedError) as refused:
             raise _refuse(self, refused) from refused
         raise
@@ -196,4 +233,6 @@ submit_run: Task = app.task(
     acks_on_failure=True,
     reject_on_worker_lost=True,
     throws=(InvalidRequestError, RunFailedError),
+    # Celery's strategy, but a message it cannot take as it is becomes a run that fails.
+    Strategy="workers.task_messages:run_strategy",
 )(_submit_run)
