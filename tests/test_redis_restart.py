@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,6 +180,56 @@ def test_redis_restart_with_aof_under_load_loses_no_run_and_runs_none_twice(
         assert events[-1]["status"] == "completed"
         assert events[-1]["final_text"] == f"after {i}"
     assert all(worker.is_alive() for worker in workers)
+
+
+def test_runs_that_finish_a_turn_while_redis_is_down_complete(
+    producer: Any,
+    start_worker: StartWorker,
+    model_server: ScriptedModelServer,
+    aof_redis_server: RedisServer,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    # Given runs whose tool is running (it waits for the test's word)
+    labels = [f"turn-{i}" for i in range(4)]
+    for label in labels:
+        model_server.add_tool_calls(
+            [(f"call-{label}", "hold", {"label": label})], match=f"please hold {label}."
+        )
+        model_server.add_text(f"done {label}", match=f"released {label}")
+    start_worker(concurrency=4, OPENAI_BASE_URL=model_server.url,
+                 AGENT_RUNNER_TEST_HOLD_DIR=str(tmp_path))  # fmt: skip
+    from workers.tasks import submit_run
+
+    runs = {
+        label: submit_run.delay("testkit", "kim", f"s-{label}", f"please hold {label}.").id
+        for label in labels
+    }
+    wait_for(
+        lambda: all((tmp_path / f"{label}.held").exists() for label in labels),
+        "every run to be in its tool",
+    )
+
+    # When Redis goes away and the tools return meanwhile: each run stores its tool result,
+    # asks the model and stores the answer while Redis is down or just back
+    aof_redis_server.stop()
+    for label in labels:
+        (tmp_path / label).touch()
+    time.sleep(1.5)
+    aof_redis_server.start()
+
+    # Then every run completes, and its session holds each turn once
+    for label, invocation_id in runs.items():
+        events = wait_for_completion(redis_url, invocation_id, timeout=90)
+        kept = events_as_subscribers_keep_them(events)
+        assert kept[-1]["status"] == "completed", (label, kept[-2:])
+        assert kept[-1]["final_text"] == f"done {label}", label
+        assert session_event_types(redis_url, f"s-{label}") == [
+            "message",
+            "message",
+            "tool.result",
+            "message",
+        ], label
 
 
 def test_dev_stack_restarts_a_run_worker_that_exits() -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import redis
 
@@ -49,6 +51,22 @@ def crash_worker() -> str:
     return "unreachable"
 
 
+@tool
+def hold(label: str) -> str:
+    """Wait until the test lets ``label`` go: the file ``label`` appears in the directory
+    ``AGENT_RUNNER_TEST_HOLD_DIR``. The file ``label.held`` says the tool is waiting.
+
+    Args:
+        label: what to wait for.
+    """
+    folder = Path(os.environ["AGENT_RUNNER_TEST_HOLD_DIR"])
+    (folder / f"{label}.held").touch()
+    deadline = time.monotonic() + 120
+    while not (folder / label).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return f"released {label}"
+
+
 @tool(requires_confirmation=True)
 def refund(amount: int) -> str:
     """Refund an amount; pauses the run until the caller confirms.
@@ -67,5 +85,5 @@ def build_testkit() -> LLMAgent:
         max_retries=0,
     )
     return LLMAgent(
-        "testkit", model=model, instruction="test agent", tools=[record, crash_worker, refund]
+        "testkit", model=model, instruction="test agent", tools=[record, crash_worker, hold, refund]
     )
