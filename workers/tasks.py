@@ -38,7 +38,7 @@ from typing import Any
 
 from celery import Task, states
 from celery.app.task import get_actual_ignore_result
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from runner_core.errors import (
     AgentRunnerError,
@@ -159,14 +159,26 @@ def _revoke(self: Task, error: RunFailedError) -> None:
         self.backend.store_result(request.id, error, states.REVOKED, request=request)
 
 
-def _refuse(self: Task, exc: AgentRunnerError) -> Ignore:
-    """A delivery that must leave no trace: a stale one (``FencedError``: another delivery
-    owns the run) or one for an invocation ID bound to another identity
-    (``InvocationOwnedError``). Logged with the reason and sent as ``task-rejected`` (Flower
-    shows it; it never outranks the owner's own state there); the caller raises the returned
-    ``Ignore``, so no state or result of the task ID, which is the owner's, is written.
+def _refuse(self: Task, exc: AgentRunnerError) -> Ignore | Reject:
+    """A delivery that must leave no trace of its own: a stale one (``FencedError``: another
+    delivery owns the run) or one for an invocation ID bound to another identity
+    (``InvocationOwnedError``). Logged with the reason; the caller raises the returned
+    exception, so no state or result of the task ID, which is the owner's, is written.
+
+    - Stale: ``Reject(requeue=True)``. Celery sends ``task-rejected`` (Flower shows it; it never
+      outranks the owner's state) and puts the message back. Kombu's Redis transport keys an
+      unacknowledged message by its delivery tag, which the owner's redelivered copy shares:
+      acknowledging here would drop the owner's copy from the unacked index, and a run whose
+      owner then died too would never be delivered again. Requeued, the copy is taken by a
+      worker that waits for the live run (and takes it over if that owner dies) or answers with
+      its completion; if the owner already acknowledged, there is nothing to put back.
+    - Another identity's ID: ``Ignore`` after a ``task-rejected`` event. That message is the
+      intruder's own; it is acknowledged and never runs.
     """
-    reason = "stale delivery" if isinstance(exc, FencedError) else "invocation ID of another"
+    if isinstance(exc, FencedError):
+        logger.warning("run %s: delivery refused (stale delivery): %s", self.request.id, exc)
+        return Reject(f"run {self.request.id}: delivery refused (stale delivery)", requeue=True)
+    reason = "invocation ID of another"
     logger.warning("run %s: delivery refused (%s): %s", self.request.id, reason, exc)
     try:
         self.send_event("task-rejected", requeue=False, reason=f"{reason}: {exc}")
