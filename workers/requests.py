@@ -36,6 +36,7 @@ __all__ = [
     "MultitaskStrategy",
     "RunRequest",
     "TaskID",
+    "json_kind",
 ]
 
 MultitaskStrategy = Literal["enqueue", "reject", "interrupt"]
@@ -51,17 +52,20 @@ _MAX_PROBLEMS = 5
 _LIMIT = "max_message_chars"
 
 
-def _json_type(value: object) -> str:
+def json_kind(value: object) -> str:
+    """What kind of JSON value ``value`` is, for error messages that must not echo it."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
         return "a number"
+    if isinstance(value, str):
+        return "a string"
     if isinstance(value, Mapping):
         return "an object"
-    if isinstance(value, Sequence):
-        return "an array"
+    if isinstance(value, list | tuple):
+        return f"an array of {len(value)}"
     return f"a {type(value).__name__}"
 
 
@@ -114,7 +118,7 @@ def fallback_invocation_id(task_id: object) -> str:
 def _task_id_problem(task_id: object) -> str:
     fix = f"send task IDs of {_ID_RULE} (Celery's default UUIDs are), or let Celery make them"
     if not isinstance(task_id, str):
-        return f"the task ID is not a string but {_json_type(task_id)}; {fix}"
+        return f"the task ID is not a string but {json_kind(task_id)}; {fix}"
     if not task_id:
         return f"the task ID is empty; {fix}"
     surrogate = lone_surrogate(task_id)

@@ -38,6 +38,7 @@ from kombu.message import Message
 from runner_core.errors import lone_surrogate, safe_text
 
 from .requests import TaskID
+from .requests import json_kind as _kind
 
 __all__ = ["PROBLEM_HEADER", "Inspection", "inspect_message", "run_strategy", "stand_in"]
 
@@ -60,22 +61,6 @@ class Inspection:
     task_id: object
     args: list[Any]
     kwargs: dict[str, Any]
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return f"an array of {len(value)}"
-    return f"a {type(value).__name__}"
 
 
 def _fields_problem(fields: Mapping[str, Any]) -> str | None:
