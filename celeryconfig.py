@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.requests import SUBMIT_RUN
 from workers.settings import Settings
 
 _settings = Settings.from_env()
@@ -67,7 +68,7 @@ worker_enable_soft_shutdown_on_idle = _settings.soft_shutdown_s > 0
 
 # --- routing -----------------------------------------------------------------------------
 task_default_queue = _settings.queue
-task_routes = {"agent_runner.submit_run": {"queue": _settings.queue}}
+task_routes = {SUBMIT_RUN: {"queue": _settings.queue}}
 
 # --- monitoring (Flower) -----------------------------------------------------------------
 worker_send_task_events = True

@@ -47,10 +47,11 @@ from runner_core.testing import ScriptedModelServer
 from tests.celery_workers import ROOT, CeleryWorker
 from tests.services import RedisServer
 from workers.celery_config import load_celeryconfig
+from workers.requests import SUBMIT_RUN
 
 NAME = "distributed"
 LATENCY_S = 1.0
-RUN_TASK = "agent_runner.submit_run"
+RUN_TASK = SUBMIT_RUN
 NOOP_TASK = "bench.noop"
 READY_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
 

@@ -74,7 +74,6 @@ __all__ = [
     "validate_invocation_id",
 ]
 
-SUBMIT_TASK_NAME = "agent_runner.submit_run"
 #: Longest single XREAD BLOCK; waiting longer is done in several blocks.
 _BLOCK_SLICE_S = 10.0
 #: Entries read per XREAD.
@@ -147,7 +146,7 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
         BrokerUnavailableError: the broker cannot be reached; nothing was sent.
     """
     from .app import app
-    from .requests import RunRequest
+    from .requests import SUBMIT_RUN, RunRequest
 
     if isinstance(message, Message):
         message = message.to_openai()
@@ -163,7 +162,7 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
         # run worker consumes.
         queue = Settings.from_env().queue
         result = app.send_task(
-            SUBMIT_TASK_NAME, args=args, kwargs=kwargs, queue=queue, task_id=invocation_id
+            SUBMIT_RUN, args=args, kwargs=kwargs, queue=queue, task_id=invocation_id
         )
     except OperationalError as exc:
         _record_submission(invocation_id, forget=True)

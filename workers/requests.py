@@ -33,12 +33,15 @@ from .settings import Settings
 __all__ = [
     "INVALID_TASK_ID_PREFIX",
     "POSITIONAL_FIELDS",
+    "SUBMIT_RUN",
     "MultitaskStrategy",
     "RunRequest",
     "TaskID",
     "json_kind",
 ]
 
+#: The run task's registered name: what ``send_task`` names (the one owner of this string).
+SUBMIT_RUN = "agent_runner.submit_run"
 MultitaskStrategy = Literal["enqueue", "reject", "interrupt"]
 #: The order of ``submit_run``'s positional arguments.
 POSITIONAL_FIELDS = ("app_name", "user_id", "session_id", "message")

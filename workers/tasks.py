@@ -53,7 +53,7 @@ from runner_core.events import Event, EventError
 from .app import app
 from .bus import invocation_owned, owner_identity
 from .execution import RunLabels, execute_run, publish_failure
-from .requests import POSITIONAL_FIELDS, RunRequest, TaskID
+from .requests import POSITIONAL_FIELDS, SUBMIT_RUN, RunRequest, TaskID
 from .runtime import WorkerRuntime, get_runtime
 from .summaries import maybe_enqueue_after_run
 from .task_messages import PROBLEM_HEADER
@@ -62,7 +62,6 @@ __all__ = ["SUBMIT_RUN", "submit_run"]
 
 logger = logging.getLogger(__name__)
 
-SUBMIT_RUN = "agent_runner.submit_run"
 
 
 async def _reject_invalid(
