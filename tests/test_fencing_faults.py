@@ -7,8 +7,11 @@
 In both, another worker takes the runs over and finishes them; the stale worker's writes,
 delivered late, must all be refused. For every run, on the Redis and on the PostgreSQL session
 store: exactly one completion, gap-free ``seq``, no event stored twice, no stored tool result
-produced twice. And the hijack case: a run sent with another user's invocation ID, while that
-run is live and after it ended, is refused without touching the owner's run.
+produced twice. And a double failure: the worker that took a paused worker's run over dies
+too, after the resumed worker was refused; a third worker finishes the run, because the
+refused delivery put its broker message back instead of acknowledging it. And the hijack
+case: a run sent with another user's invocation ID, while that run is live and after it
+ended, is refused without touching the owner's run.
 
 docs/workers.md ("Ownership and fencing") names these tests for each guarantee.
 """
@@ -212,6 +215,119 @@ def test_a_worker_paused_past_the_recovery_timeout_never_writes_again(
     assert_exactly_once(producer, redis_url, session_url, ids)
     assert stale.is_alive()
     assert_stopped_as_stale(stale, ids)
+
+
+# --- a double failure ------------------------------------------------------------------------
+
+
+def delivery_tag_of(redis_url: str, invocation_id: str) -> str | None:
+    """The delivery tag under which kombu's Redis transport keeps the run's message while a
+    worker holds it (the ``unacked`` hash: delivery tag -> message)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        held = {str(tag): str(message) for tag, message in client.hgetall("unacked").items()}
+    finally:
+        client.close()
+    return next((tag for tag, message in held.items() if invocation_id in message), None)
+
+
+def left_in_broker(redis_url: str, invocation_id: str, delivery_tag: str) -> dict[str, int]:
+    """What kombu's Redis transport still holds: messages waiting in the ``runs`` queue, and
+    the run's message in ``unacked`` and its tag in ``unacked_index`` (the sweep delivers again
+    what has been unacknowledged too long there)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return {
+            "runs": client.llen("runs"),
+            "unacked": sum(invocation_id in str(message) for message in client.hvals("unacked")),
+            "unacked_index": int(client.zscore("unacked_index", delivery_tag) is not None),
+        }
+    finally:
+        client.close()
+
+
+def as_subscribers_read(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """docs/events.md: by ``seq``, the first of a repeated ``seq`` kept. A repeat (a publish
+    retried after a lost reply) must be the very same event, never another one."""
+    kept: dict[int, dict[str, Any]] = {}
+    for event in events:
+        first = kept.setdefault(event["seq"], event)
+        assert first == event, f"two different events with seq {event['seq']}"
+    return [kept[seq] for seq in sorted(kept)]
+
+
+def rejections(events: list[dict[str, Any]], task_id: str) -> list[tuple[str, bool]]:
+    """(worker, requeue) of each ``task-rejected`` event of the task, as Flower receives them."""
+    return [
+        (event["hostname"], event["requeue"])
+        for event in events
+        if event["type"] == "task-rejected" and event.get("uuid") == task_id
+    ]
+
+
+def test_a_run_survives_its_paused_worker_and_then_the_death_of_its_new_owner(
+    producer: Any,
+    start_worker: StartWorker,
+    model_server: ScriptedModelServer,
+    redis_url: str,
+    task_events: list[dict[str, Any]],
+) -> None:
+    from workers.tasks import submit_run
+
+    # Given a run streaming its answer on worker A after its tool call. A and B have one slot
+    # each: while they hold the run they take no message, so a copy put back goes to C.
+    model_server.add_tool_calls([("call-0", "record", {"label": "run-0"})])
+    model_server.add(LONG_ANSWER)  # A's answer: A is paused while it streams
+    model_server.add(LONG_ANSWER)  # B's answer: B is killed while it streams
+    model_server.add(SHORT_ANSWER)  # the answer of whoever finishes the run
+    stale = start_worker(concurrency=1, OPENAI_BASE_URL=model_server.url)
+    run_id = submit_run.delay("testkit", "una", "s-part-0", "run-0 please").id
+    wait_until(lambda: len(model_server.requests) == 2, "A to stream its answer")
+    tag = delivery_tag_of(redis_url, run_id)
+    assert tag is not None
+    owner = start_worker(concurrency=1, OPENAI_BASE_URL=model_server.url)
+
+    # When A is paused past the recovery timeout, so that B takes the run over (its copy of
+    # the message keeps A's delivery tag), and a third worker C starts
+    os.killpg(stale.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: len(model_server.requests) == 3, "B to take the run over")
+        assert delivery_tag_of(redis_url, run_id) == tag
+        finisher = start_worker(OPENAI_BASE_URL=model_server.url)
+    finally:
+        os.killpg(stale.pid, signal.SIGCONT)
+    # and A, resumed, is refused and answers its message
+    wait_until(lambda: rejections(task_events, run_id), "A to answer its message")
+    # and then B is killed before it finishes
+    assert not completions(read_events(redis_url, run_id))
+    owner.kill()
+
+    # Then C finishes the run, once, continuing its seq
+    events = as_subscribers_read(wait_for_completion(redis_url, run_id, timeout=SETTLE_TIMEOUT_S))
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert completions(events) == [events[-1]]
+    assert (events[-1]["status"], events[-1]["final_text"]) == ("completed", SHORT_ANSWER.content)
+    assert f"agent_runner.submit_run[{run_id}] succeeded" in finisher.log_tail(200_000)
+    result = producer.AsyncResult(run_id)
+    assert (result.state, result.result) == ("SUCCESS", events[-1])
+    # And the session holds each turn once, as published; the tool ran once
+    session = load_session(redis_url, "testkit", "una", "s-part-0")
+    assert session is not None
+    assert [e.type for e in session.events] == ["message", "message", "tool.result", "message"]
+    published = {e["id"]: e["seq"] for e in events if not e.get("partial")}
+    assert all(published.get(e.id) == e.seq for e in session.events)
+    tools = redis.Redis.from_url(redis_url)
+    try:
+        assert tools.hgetall(TOOL_COUNTER_KEY) == {b"run-0": b"1"}
+    finally:
+        tools.close()
+    # And no copy of the message is left: none queued, none waiting to be delivered again
+    nothing = {"runs": 0, "unacked": 0, "unacked_index": 0}
+    wait_until(lambda: left_in_broker(redis_url, run_id, tag) == nothing, "C's acknowledgement")
+    # And A stopped as a stale delivery that put its message back (Flower: rejected, requeued)
+    assert stale.is_alive()
+    assert_stopped_as_stale(stale, [run_id])
+    assert rejections(task_events, run_id) == [(stale.hostname, True)]
 
 
 # --- hijack ----------------------------------------------------------------------------------
