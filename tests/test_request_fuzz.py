@@ -672,3 +672,6 @@ def test_an_invalid_twin_never_ends_a_run_under_way(
         "runner.completion"
     ]
     assert events[-1]["status"] == "cancelled"
+    # And the twin was refused once and acknowledged, never put back to come round again
+    received = worker.log_tail(10**7).count(f"agent_runner.submit_run[{owner.id}] received")
+    assert received == 2  # her run and the twin

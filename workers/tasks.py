@@ -158,7 +158,7 @@ def _revoke(self: Task, error: RunFailedError) -> None:
         self.backend.store_result(request.id, error, states.REVOKED, request=request)
 
 
-def _refuse(self: Task, exc: AgentRunnerError) -> Ignore | Reject:
+def _refuse(self: Task, exc: AgentRunnerError, *, run_copy: bool = True) -> Ignore | Reject:
     """A delivery that must leave no trace of its own: a stale one (``FencedError``: another
     delivery owns the run) or one for an invocation ID bound to another identity
     (``InvocationOwnedError``). Logged with the reason; the caller raises the returned
@@ -171,13 +171,17 @@ def _refuse(self: Task, exc: AgentRunnerError) -> Ignore | Reject:
       owner then died too would never be delivered again. Requeued, the copy is taken by a
       worker that waits for the live run (and takes it over if that owner dies) or answers with
       its completion; if the owner already acknowledged, there is nothing to put back.
-    - Another identity's ID: ``Ignore`` after a ``task-rejected`` event. That message is the
-      intruder's own; it is acknowledged and never runs.
+    - Not a copy of the run's message (``run_copy=False``: an invalid request with the ID of a
+      run under way), or another identity's ID: ``Ignore`` after a ``task-rejected`` event.
+      That message is its sender's own (its own delivery tag); it is acknowledged and never
+      runs. Put back, an invalid twin would come straight back to be refused again for as long
+      as the run lasts, and then fail the owner's task.
     """
-    if isinstance(exc, FencedError):
+    if isinstance(exc, FencedError) and run_copy:
         logger.warning("run %s: delivery refused (stale delivery): %s", self.request.id, exc)
         return Reject(f"run {self.request.id}: delivery refused (stale delivery)", requeue=True)
-    reason = "invocation ID of another"
+    owned = isinstance(exc, InvocationOwnedError)
+    reason = "invocation ID of another" if owned else "invalid twin of a run under way"
     logger.warning("run %s: delivery refused (%s): %s", self.request.id, reason, exc)
     try:
         self.send_event("task-rejected", requeue=False, reason=f"{reason}: {exc}")
@@ -217,7 +221,7 @@ def _submit_run(self: Task, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
             rt.run(_reject_invalid(rt, task_id, args, kwargs, exc))
         except (FencedError, InvocationOwnedError) as refused:
-            raise _refuse(self, refused) from refused
+            raise _refuse(self, refused, run_copy=False) from refused
         raise
     properties = getattr(self.request, "properties", None) or {}
     delivery_tag = properties.get("delivery_tag")
