@@ -109,11 +109,13 @@ def model_server() -> Iterator[ScriptedModelServer]:
 def examples_env(redis_server: RedisServer, model_server: ScriptedModelServer) -> dict[str, str]:
     """The environment of every example and of the worker: this suite's services only."""
     url = redis_server.url_for_db(EXAMPLES_DB)
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
+    results_url = redis_server.url_for_db(EXAMPLES_DB + 1)
+    for db_url in (url, results_url):
+        client = redis.Redis.from_url(db_url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
     env = {
         name: value
         for name, value in os.environ.items()
@@ -124,6 +126,8 @@ def examples_env(redis_server: RedisServer, model_server: ScriptedModelServer) -
         AGENT_RUNNER_BROKER_URL=url,
         AGENT_RUNNER_REDIS_URL=url,
         AGENT_RUNNER_SESSION_URL=url,
+        # A result backend, as batch callers configure one: the `.get()` examples need it.
+        AGENT_RUNNER_RESULT_BACKEND=results_url,
         AGENT_RUNNER_SOFT_SHUTDOWN_S="0",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
