@@ -27,6 +27,7 @@ sends the task, so a run still waiting in the queue is known.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Generator
@@ -155,17 +156,17 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
     )
     args, kwargs = request.task_arguments()
     invocation_id = str(uuid.uuid4())
-    _record_submission(invocation_id)
+    settings = Settings.from_env()  # read once per submit: queue, events Redis, prefix
+    _record_submission(settings, invocation_id)
     try:
         # The queue is named explicitly, as any other Celery client must name it: a client
         # without this app's routes would otherwise send to Celery's default queue, which no
         # run worker consumes.
-        queue = Settings.from_env().queue
         result = app.send_task(
-            SUBMIT_RUN, args=args, kwargs=kwargs, queue=queue, task_id=invocation_id
+            SUBMIT_RUN, args=args, kwargs=kwargs, queue=settings.queue, task_id=invocation_id
         )
     except OperationalError as exc:
-        _record_submission(invocation_id, forget=True)
+        _record_submission(settings, invocation_id, forget=True)
         raise BrokerUnavailableError(
             f"cannot send the run to the broker at {mask_url(str(app.conf.broker_url))} ({exc}). "
             "Start Redis there, or point AGENT_RUNNER_BROKER_URL at a running Redis."
@@ -173,11 +174,18 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
     return str(result.id)
 
 
-def _record_submission(invocation_id: str, *, forget: bool = False) -> None:
+@functools.lru_cache(maxsize=8)
+def _marker_client(url: str) -> redis.Redis:
+    """One pooled client per events Redis for the submission markers: a producer submitting
+    many runs reuses its connections instead of opening one per run."""
+    return redis.Redis.from_url(url, socket_timeout=_SOCKET_TIMEOUT_S)
+
+
+def _record_submission(settings: Settings, invocation_id: str, *, forget: bool = False) -> None:
     """Mark ``invocation_id`` as submitted in the events Redis (``forget``: unmark it, best
     effort, after the broker refused the task)."""
-    client = redis.Redis.from_url(events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S)
-    key = submitted_key(invocation_id, _prefix(None))
+    client = _marker_client(settings.redis_url)
+    key = submitted_key(invocation_id, settings.events_prefix)
     try:
         if forget:
             client.delete(key)
@@ -189,8 +197,6 @@ def _record_submission(invocation_id: str, *, forget: bool = False) -> None:
     except redis.exceptions.RedisError as exc:
         if not forget:
             raise EventBusError(f"Redis at {describe_redis(client)} failed: {exc}") from exc
-    finally:
-        client.close()
 
 
 # --- reading events ------------------------------------------------------------------------
