@@ -15,7 +15,14 @@ from typing import Any
 
 from .context import history_messages, pending_tool_calls, summary_message
 from .errors import InvalidRequestError, ModelError, ToolError, ToolNotFoundError
-from .events import Event, EventActions, EventError
+from .events import (
+    ErrorEvent,
+    Event,
+    EventError,
+    MessageDeltaEvent,
+    RunPausedEvent,
+    ToolResultEvent,
+)
 from .invocation import InvocationContext, RunOutcome
 from .messages import Message, ToolCall
 from .model import GenerationConfig, Model, ModelRequest, ModelResponse, TextDelta
@@ -121,16 +128,14 @@ class LLMAgent:
                 async for item in self.model.generate(request):
                     if isinstance(item, TextDelta):
                         if item.text:
-                            yield ctx.event(
-                                "message.delta", self.name, partial=True, delta=item.text
-                            )
+                            yield ctx.event(MessageDeltaEvent, self.name, delta=item.text)
                     else:
                         response = item
                 if response is None:
                     raise ModelError("the model stream ended without a complete response")
             except ModelError as exc:
                 error = EventError(type=exc.error_type, message=str(exc), code=exc.code)
-                yield ctx.event("error", self.name, error=error)
+                yield ctx.event(ErrorEvent, self.name, error=error)
                 ctx.outcome = RunOutcome(status="failed", error=error)
                 return
             message = response.message
@@ -149,7 +154,7 @@ class LLMAgent:
                 "answer; raise max_iterations or check why the model keeps calling tools."
             ),
         )
-        yield ctx.event("error", self.name, error=error)
+        yield ctx.event(ErrorEvent, self.name, error=error)
         ctx.outcome = RunOutcome(status="failed", error=error)
 
     async def _execute_calls(
@@ -175,18 +180,14 @@ class LLMAgent:
         results = await asyncio.gather(*(job for _, job in jobs))
         for (call, _), (content, delta, error) in zip(jobs, results, strict=True):
             yield ctx.event(
-                "tool.result",
+                ToolResultEvent,
                 self.name,
                 message=Message.tool(call.id, content, name=call.function.name),
-                state_delta=delta,
+                state_delta=delta or None,
                 error=error,
             )
         if waiting:
-            yield ctx.event(
-                "run.paused",
-                self.name,
-                actions=EventActions(requested_confirmations=waiting),
-            )
+            yield ctx.event(RunPausedEvent, self.name, requested_confirmations=waiting)
             ctx.outcome = RunOutcome(status="paused")
 
     async def _call_tool(

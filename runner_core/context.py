@@ -62,11 +62,7 @@ def history_messages(
         events = _events_after_summary(events, summary)
     elif max_history_runs > 0:
         events = _last_runs(events, max_history_runs)
-    messages = [
-        e.message
-        for e in events
-        if e.message is not None and not e.partial and e.type in ("message", "tool.result")
-    ]
+    messages = [e.message for e in events if e.type == "message" or e.type == "tool.result"]
     return sanitize_tool_calls(messages)
 
 
@@ -101,11 +97,13 @@ def pending_tool_calls(events: Sequence[Event]) -> list[ToolCall]:
     """
     answered: set[str] = set()
     for event in reversed(events):
-        if event.message is None or event.partial:
+        if event.type == "tool.result":
+            if event.message.tool_call_id:
+                answered.add(event.message.tool_call_id)
             continue
-        if event.type == "tool.result" and event.message.tool_call_id:
-            answered.add(event.message.tool_call_id)
-        elif event.message.role == "user":
+        if event.type != "message":
+            continue
+        if event.message.role == "user":
             return []
         elif event.message.role == "assistant":
             calls = event.message.tool_calls or []

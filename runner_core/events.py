@@ -1,24 +1,35 @@
-"""Events: the one record of everything a run does.
+"""Events: the one record of everything a run does, one model per type.
 
-Every event of an invocation carries a gap-free ``seq`` (0, 1, 2, ...). Non-partial events are
-appended to the session; every event (partial or not) is what subscribers receive. Encoding and
-decoding go through :meth:`Event.to_json` / :meth:`Event.from_json` only.
+``Event`` is a discriminated union on ``type``; each type has only the fields it uses:
 
-Types:
+- ``message.delta`` (:class:`MessageDeltaEvent`): partial assistant text (``delta``); never
+  stored
+- ``message`` (:class:`MessageEvent`): a complete message: the user input, assistant text or
+  assistant tool calls (``message``; ``usage`` of the model call)
+- ``tool.result`` (:class:`ToolResultEvent`): the result of one tool call (``message`` with role
+  ``tool``; ``state_delta`` the tool wrote; ``error`` when it failed)
+- ``state.update`` (:class:`StateUpdateEvent`): a change of session state with no message
+- ``error`` (:class:`ErrorEvent`): something failed (``error``); the run may go on or end
+- ``run.paused`` (:class:`RunPausedEvent`): the run waits for tool confirmations
+  (``requested_confirmations``)
+- ``run.queued`` (:class:`RunQueuedEvent`): the run has not started: its session is busy with
+  another run (``waiting_for``); published by a worker, never stored
+- ``run.restarted`` (:class:`RunRestartedEvent`): a new attempt at the run starts after its
+  worker died (``attempt``); the ``message.delta`` text published after ``discard_after_seq``
+  is void; never stored
+- ``runner.completion`` (:class:`RunCompletionEvent`): always the last event of a run
+  (``status``, ``usage``, ``final_text``, ``cost``, ``error``) and the one that names the run
+  (``app_name``, ``user_id``, ``session_id``, ``request_id``)
 
-- ``message.delta``      partial assistant text (``delta``); never stored
-- ``message``            a complete message: the user input, assistant text, or assistant tool calls
-- ``tool.result``        the result of one tool call (``message`` with role ``tool``)
-- ``state.update``       a change of session state with no message (``state_delta``)
-- ``error``              something failed (``error``); the run may go on or end
-- ``run.paused``         the run waits for tool confirmations (``actions.requested_confirmations``)
-- ``run.queued``         the run has not started: its session is busy with another run
-                         (``waiting_for``); published by a worker, never stored
-- ``run.restarted``      a new attempt at the run starts after its worker died (``attempt``);
-                         the ``message.delta`` text published after ``discard_after_seq`` is
-                         void; never stored
-- ``runner.completion``  always the last event of a run (``status``, ``final_text``, ``usage``,
-                         ``cost``, ``state``)
+Every event has ``type``, ``seq`` (0, 1, 2, ... gap-free within the invocation),
+``invocation_id``, ``author`` and ``created_at``. Its ID is ``"{invocation_id}:{seq}"``
+(:attr:`EventBase.id`), so the wire leaves it out; only events stored by versions that drew
+random IDs carry their own ``id``.
+
+The wire form (:func:`encode_event`, also :meth:`EventBase.to_json`) has no null fields;
+:func:`decode_event` is the one way back, and it also reads events stored by earlier versions
+(one flat shape with every field, most of them null). :class:`EventNumbering` is the one owner
+of ``seq`` for every path that emits events.
 
 ``python -m runner_core.schema docs/event.schema.json`` writes the JSON Schema of events.
 """
@@ -26,23 +37,35 @@ Types:
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal, TypeAlias, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .messages import Message, ToolCall
 
 __all__ = [
     "COMPLETION_STATUSES",
+    "ErrorEvent",
     "Event",
-    "EventActions",
+    "EventBase",
     "EventError",
+    "EventNumbering",
     "EventType",
+    "MessageDeltaEvent",
+    "MessageEvent",
+    "RunCompletionEvent",
+    "RunPausedEvent",
+    "RunQueuedEvent",
+    "RunRestartedEvent",
     "RunStatus",
+    "StateUpdateEvent",
+    "ToolResultEvent",
     "Usage",
+    "decode_event",
+    "encode_event",
     "event_json_schema",
+    "state_delta_of",
 ]
 
 EventType = Literal[
@@ -57,7 +80,9 @@ EventType = Literal[
     "runner.completion",
 ]
 RunStatus = Literal["completed", "failed", "cancelled", "timeout", "paused"]
-COMPLETION_STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled", "timeout", "paused")
+COMPLETION_STATUSES: tuple[str, ...] = get_args(RunStatus)
+#: The type of the last event of every run. Scripts that read the wire (Lua) get it from here.
+COMPLETION_TYPE: Final = "runner.completion"
 
 
 class Usage(BaseModel):
@@ -89,101 +114,272 @@ class EventError(BaseModel):
     code: str | None = None
 
 
-class EventActions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    requested_confirmations: list[ToolCall] = Field(
-        default_factory=list,
-        description="Tool calls waiting for a confirmation (on run.paused events).",
-    )
-    skip_summarization: bool = False
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Event(BaseModel):
-    """One event of an invocation. See the module docstring for the types."""
+class EventBase(BaseModel):
+    """What every event has. Use the per-type classes; :data:`Event` is their union."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    type: str
+    seq: int = Field(default=0, ge=0, description="0, 1, 2, ... within the invocation, gap-free.")
     invocation_id: str
-    seq: int = Field(default=0, ge=0)
-    type: EventType
-    author: str
-    partial: bool = False
+    author: str = Field(description="Who produced it: an agent's name, or 'user'.")
     created_at: datetime = Field(default_factory=_now)
-    app_name: str
-    user_id: str
-    session_id: str
-    request_id: str | None = None
-    message: Message | None = None
-    delta: str | None = None
-    usage: Usage | None = None
-    error: EventError | None = None
-    state_delta: dict[str, Any] = Field(default_factory=dict)
-    actions: EventActions = Field(default_factory=EventActions)
-    waiting_for: str | None = Field(
+    stored_id: str | None = Field(
         default=None,
-        description="On run.queued only: the invocation ID of the run this one waits behind.",
-    )
-    attempt: int | None = Field(
-        default=None,
-        ge=2,
+        alias="id",
         description=(
-            "On run.restarted only: which attempt at the run starts here (2 for the first "
-            "redelivery after its worker died)."
+            "Only on events stored by versions that drew random IDs; otherwise the ID is "
+            "'{invocation_id}:{seq}' and not written."
         ),
     )
-    discard_after_seq: int | None = Field(
-        default=None,
-        ge=-1,
-        description=(
-            "On run.restarted only: the message.delta events published before this one with a "
-            "greater seq are void (a reply the dead attempt never finished); drop their text. "
-            "The new attempt streams that reply again."
-        ),
-    )
-    # Set on runner.completion only.
-    status: RunStatus | None = None
-    final_text: str | None = None
-    cost: float | None = None
-    state: dict[str, Any] | None = None
+
+    @property
+    def id(self) -> str:
+        """The event's ID: ``"{invocation_id}:{seq}"`` (or the one it was stored with)."""
+        return self.stored_id or f"{self.invocation_id}:{self.seq}"
+
+    @property
+    def partial(self) -> bool:
+        """True for ``message.delta``: published, never stored."""
+        return self.type == "message.delta"
 
     def is_runner_completion(self) -> bool:
         """True for the last event of every run; stop reading here."""
-        return self.type == "runner.completion"
+        return self.type == COMPLETION_TYPE
 
     def is_final_response(self) -> bool:
         """True for a complete answer to show the user: assistant text without tool calls,
         or an error."""
-        if self.partial:
-            return False
-        if self.type == "error":
-            return True
-        return (
-            self.type == "message"
-            and self.message is not None
-            and self.message.role == "assistant"
-            and not self.message.tool_calls
-        )
+        return False
 
     def is_user_message(self) -> bool:
-        return self.type == "message" and self.message is not None and self.message.role == "user"
+        return False
 
     def to_json(self) -> str:
-        return self.model_dump_json(exclude_defaults=False)
+        """The wire form (:func:`encode_event`)."""
+        return encode_event(self)
+
+
+class MessageDeltaEvent(EventBase):
+    """A piece of assistant text while the model streams; the ``message`` event follows."""
+
+    type: Literal["message.delta"] = "message.delta"
+    delta: str
+
+
+class MessageEvent(EventBase):
+    """A complete message: the user's input, or the model's text and/or tool calls."""
+
+    type: Literal["message"] = "message"
+    message: Message
+    usage: Usage | None = Field(default=None, description="The model call's usage.")
+    state_delta: dict[str, Any] | None = None
+
+    def is_final_response(self) -> bool:
+        return self.message.role == "assistant" and not self.message.tool_calls
+
+    def is_user_message(self) -> bool:
+        return self.message.role == "user"
+
+
+class ToolResultEvent(EventBase):
+    """The result of one tool call; ``error`` is set when the call failed."""
+
+    type: Literal["tool.result"] = "tool.result"
+    message: Message
+    state_delta: dict[str, Any] | None = Field(
+        default=None, description="The state the tool wrote."
+    )
+    error: EventError | None = None
+
+
+class StateUpdateEvent(EventBase):
+    """A change of session state with no message."""
+
+    type: Literal["state.update"] = "state.update"
+    state_delta: dict[str, Any]
+
+
+class ErrorEvent(EventBase):
+    """Something failed; the run may go on or end."""
+
+    type: Literal["error"] = "error"
+    error: EventError
+
+    def is_final_response(self) -> bool:
+        return True
+
+
+class RunPausedEvent(EventBase):
+    """The run waits for confirmations of these tool calls (resume with ``tool_confirmations``)."""
+
+    type: Literal["run.paused"] = "run.paused"
+    requested_confirmations: list[ToolCall]
+
+
+class RunQueuedEvent(EventBase):
+    """The run has not started: another run holds its session. Never stored."""
+
+    type: Literal["run.queued"] = "run.queued"
+    waiting_for: str = Field(description="The invocation ID of the run this one waits behind.")
+
+
+class RunRestartedEvent(EventBase):
+    """A new attempt at the run starts after its worker died. Never stored."""
+
+    type: Literal["run.restarted"] = "run.restarted"
+    attempt: int = Field(
+        ge=2, description="Which attempt starts here (2 for the first redelivery)."
+    )
+    discard_after_seq: int = Field(
+        ge=-1,
+        description=(
+            "The message.delta events published before this one with a greater seq are void "
+            "(a reply the dead attempt never finished); drop their text. The new attempt "
+            "streams that reply again."
+        ),
+    )
+
+
+class RunCompletionEvent(EventBase):
+    """The last event of every run, exactly once; the one event that names the run."""
+
+    type: Literal["runner.completion"] = "runner.completion"
+    status: RunStatus
+    usage: Usage = Field(default_factory=Usage, description="The whole run's usage.")
+    final_text: str | None = None
+    cost: float | None = None
+    error: EventError | None = None
+    app_name: str
+    user_id: str
+    session_id: str
+    request_id: str | None = None
+
+
+AnyEvent: TypeAlias = (
+    MessageDeltaEvent
+    | MessageEvent
+    | ToolResultEvent
+    | StateUpdateEvent
+    | ErrorEvent
+    | RunPausedEvent
+    | RunQueuedEvent
+    | RunRestartedEvent
+    | RunCompletionEvent
+)
+#: Any event: narrow it with ``event.type == "..."`` (or ``isinstance``).
+Event: TypeAlias = Annotated[AnyEvent, Field(discriminator="type")]
+
+EVENT_CLASSES: Final[dict[str, type[EventBase]]] = {
+    cls.model_fields["type"].default: cls for cls in get_args(AnyEvent)
+}
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+# --- the wire --------------------------------------------------------------------------------
+
+
+def encode_event(event: EventBase) -> str:
+    """The event as JSON: no null fields; ``id`` only when it is not ``{invocation_id}:{seq}``."""
+    return event.model_dump_json(exclude_none=True, by_alias=True)
+
+
+def decode_event(data: str | bytes) -> Event:
+    """An event from its JSON, in the current form or the flat one of earlier versions.
+
+    Raises:
+        pydantic.ValidationError: it is not an event (``ValueError`` for bad JSON).
+    """
+    try:
+        return _ADAPTER.validate_json(data)
+    except ValidationError:
+        value = json.loads(data)
+        if not isinstance(value, dict) or not _is_flat(value):
+            raise
+    return _ADAPTER.validate_python(upgrade_flat_event(value))
+
+
+# Fields of the flat event (every field on every type) that versions before typed events wrote.
+_FLAT_ONLY = ("partial", "actions", "state")
+_LABELS = ("app_name", "user_id", "session_id", "request_id")
+
+
+def _is_flat(value: dict[str, Any]) -> bool:
+    return any(name in value for name in _FLAT_ONLY)
+
+
+def upgrade_flat_event(value: dict[str, Any]) -> dict[str, Any]:
+    """The typed form of an event stored in the flat shape of earlier versions.
+
+    Keeps what the event's type uses, drops the nulls, the empty defaults and the session
+    state the old completion carried, and keeps a random ``id`` (summaries refer to it).
+    """
+    kind = value.get("type")
+    cls = EVENT_CLASSES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        return value  # not an event of a known type: validation says what is wrong
+    out = {k: v for k, v in value.items() if v is not None and k not in _FLAT_ONLY}
+    actions = value.get("actions") or {}
+    if kind == "run.paused":
+        out["requested_confirmations"] = actions.get("requested_confirmations") or []
+    if kind != COMPLETION_TYPE:
+        for label in _LABELS:
+            out.pop(label, None)
+    if not out.get("state_delta"):
+        out.pop("state_delta", None)
+    fields = cls.model_fields
+    out = {k: v for k, v in out.items() if k in fields or k == "id"}
+    seq, invocation_id = out.get("seq", 0), out.get("invocation_id")
+    if out.get("id") == f"{invocation_id}:{seq}":
+        del out["id"]
+    return out
+
+
+def state_delta_of(event: EventBase) -> dict[str, Any]:
+    """The state change an event carries ({} for types that carry none)."""
+    delta = getattr(event, "state_delta", None)
+    return delta if delta else {}
+
+
+class EventNumbering:
+    """The one owner of ``seq``: every path that emits events of an invocation numbers them
+    here, the runner and the worker's failure and queue paths alike."""
+
+    __slots__ = ("next_seq",)
+
+    def __init__(self, next_seq: int = 0) -> None:
+        self.next_seq = next_seq
 
     @classmethod
-    def from_json(cls, data: str | bytes) -> Event:
-        return cls.model_validate_json(data)
+    def after(cls, last_seq: int | None) -> EventNumbering:
+        """Numbering that goes on after ``last_seq`` (None: nothing was published yet)."""
+        return cls(0 if last_seq is None else last_seq + 1)
+
+    def stamp(self, event: EventBase) -> None:
+        event.seq = self.next_seq
+        self.next_seq += 1
+
+    def take_back(self) -> None:
+        """Undo the last :meth:`stamp`: that event was neither stored nor handed out."""
+        self.next_seq -= 1
+
+
+# --- the schema ------------------------------------------------------------------------------
 
 
 def event_json_schema() -> dict[str, Any]:
-    """The JSON Schema that every event published or stored validates against."""
-    schema = Event.model_json_schema(mode="serialization")
+    """The JSON Schema every event published or stored validates against: a ``oneOf`` over the
+    types, each with its required fields."""
+    schema = _ADAPTER.json_schema(mode="serialization", by_alias=True)
+    if "anyOf" in schema:  # pydantic writes the union as oneOf with a discriminator already
+        schema["oneOf"] = schema.pop("anyOf")
+    schema["title"] = "Event"
+    schema["description"] = "One event of an agent-runner invocation; 'type' tells which."
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://agent-runner.dev/schemas/event.schema.json"
     return schema

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from .events import Event, EventError, EventType, RunStatus
+from .events import EventBase, EventError, MessageEvent, RunStatus
 from .messages import Message
 from .session import TEMP_PREFIX, Session
 
 __all__ = ["InvocationContext", "RunOutcome", "ToolDecision"]
+
+E = TypeVar("E", bound=EventBase)
 
 #: A caller's answer to a paused tool call: approve, refuse, or approve with edited arguments.
 ToolDecision = bool | dict[str, Any]
@@ -36,21 +38,12 @@ class InvocationContext:
     temp_state: dict[str, Any] = field(default_factory=dict)
     outcome: RunOutcome = field(default_factory=RunOutcome)
 
-    def event(self, type: EventType, author: str, **fields: Any) -> Event:
-        """A new event of this invocation; the Runner stamps ``id`` and ``seq`` on emission."""
-        return Event(
-            invocation_id=self.invocation_id,
-            type=type,
-            author=author,
-            app_name=self.app_name,
-            user_id=self.user_id,
-            session_id=self.session.id,
-            request_id=self.request_id,
-            **fields,
-        )
+    def event(self, cls: type[E], author: str, **fields: Any) -> E:
+        """A new event of this invocation; the Runner numbers it (``seq``) on emission."""
+        return cls(invocation_id=self.invocation_id, author=author, **fields)
 
-    def message_event(self, author: str, message: Message, **fields: Any) -> Event:
-        return self.event("message", author, message=message, **fields)
+    def message_event(self, author: str, message: Message, **fields: Any) -> MessageEvent:
+        return self.event(MessageEvent, author, message=message, **fields)
 
     @property
     def state(self) -> dict[str, Any]:

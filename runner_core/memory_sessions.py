@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import InvalidRequestError, SessionNotFoundError
-from .events import Event
+from .events import Event, decode_event, encode_event, state_delta_of
 from .session import (
     DEFAULT_EVENT_LIMIT,
     Session,
@@ -320,9 +320,9 @@ class InMemorySessionService:
         key = check_appendable(session, event)
         if fence is not None:
             check_fence(fence)
-        parts = split_state_delta(event.state_delta)
-        raw = event.to_json()
-        stored_event = Event.from_json(raw)
+        parts = split_state_delta(state_delta_of(event))
+        raw = encode_event(event)
+        stored_event = decode_event(raw)
         self._start_cleanup()
         now_at = utcnow()
         with self._lock:

@@ -36,7 +36,18 @@ from .errors import (
     SessionNotFoundError,
     UnknownToolCallError,
 )
-from .events import Event, EventError, RunStatus, Usage
+from .events import (
+    ErrorEvent,
+    Event,
+    EventError,
+    EventNumbering,
+    RunCompletionEvent,
+    RunRestartedEvent,
+    RunStatus,
+    ToolResultEvent,
+    Usage,
+    state_delta_of,
+)
 from .invocation import InvocationContext, RunOutcome, ToolDecision
 from .messages import Message, coerce_message
 from .session import Session, SessionService, validate_identifier
@@ -91,7 +102,7 @@ class RunStream:
         self._stop = stop
         self._handoff = _Handoff()
         self._task: asyncio.Task[None] | None = None
-        self._completion: Event | None = None
+        self._completion: RunCompletionEvent | None = None
         self._fenced: FencedError | None = None
 
     def _start(self) -> asyncio.Task[None]:
@@ -138,7 +149,7 @@ class RunStream:
         """
         self._stop.request("cancelled")
 
-    async def completion(self) -> Event:
+    async def completion(self) -> RunCompletionEvent:
         """Run to the end (consuming the remaining events) and return the completion."""
         async for _ in self:
             pass
@@ -343,7 +354,7 @@ class Runner:
         session_id: str | None,
         message: str | Message | Mapping[str, Any] | None,
         **options: Any,
-    ) -> Event:
+    ) -> RunCompletionEvent:
         """Blocking convenience for scripts: run to the end and return the completion.
 
         Uses one private event loop per Runner, so clients stay usable across calls. Do not
@@ -352,7 +363,7 @@ class Runner:
         if self._sync_loop is None:
             self._sync_loop = asyncio.new_event_loop()
 
-        async def go() -> Event:
+        async def go() -> RunCompletionEvent:
             return await self.run(user_id, session_id, message, **options).completion()
 
         return self._sync_loop.run_until_complete(go())
@@ -398,7 +409,7 @@ class _RunPlan:
         self.decisions = decisions
         self.request_id = request_id
         self.invocation_id = invocation_id
-        self.next_seq = next_seq
+        self.numbering = EventNumbering(next_seq)
         self.timeout_s = timeout_s
         self.stop = RunStop(timeout_s)
         self.fence = fence
@@ -478,7 +489,7 @@ class _RunPlan:
         prior = [e for e in session.events if e.invocation_id == self.invocation_id]
         if prior:
             return await self._continue(ctx, prior)
-        await self._announce_restart(discard_after_seq=self.next_seq - 1)
+        await self._announce_restart(discard_after_seq=self.numbering.next_seq - 1)
 
         pending_ids = {call.id for call in pending_tool_calls(session.events)}
         unknown = sorted(set(self.decisions) - pending_ids)
@@ -505,10 +516,10 @@ class _RunPlan:
 
     async def _continue(self, ctx: InvocationContext, prior: list[Event]) -> RunOutcome:
         """A redelivered invocation: hand out what subscribers may have missed, then go on."""
-        first_unseen = self.next_seq
-        self.next_seq = max(self.next_seq, max(e.seq for e in prior) + 1)
+        first_unseen = self.numbering.next_seq
+        self.numbering.next_seq = max(first_unseen, max(e.seq for e in prior) + 1)
         for event in prior:
-            if event.usage is not None:
+            if event.type == "message" and event.usage is not None:
                 self.usage = self.usage + event.usage
             if event.seq >= first_unseen:
                 await self.handoff.turn()
@@ -516,7 +527,7 @@ class _RunPlan:
                 self.handoff.put(event)
         await self._announce_restart(discard_after_seq=prior[-1].seq)
         last = prior[-1]
-        if last.is_final_response() and last.type == "message" and last.message is not None:
+        if last.type == "message" and last.is_final_response():
             return RunOutcome(status="completed", final_text=last.message.content or "")
         if last.type == "error":
             return RunOutcome(status="failed", error=last.error)
@@ -575,8 +586,9 @@ class _RunPlan:
 
     async def _append_seed(self, ctx: InvocationContext) -> None:
         for message in self.seed:
+            event: Event
             if message.role == "tool":
-                event = ctx.event("tool.result", self.agent.name, message=message)
+                event = ctx.event(ToolResultEvent, self.agent.name, message=message)
             else:
                 author = self.agent.name if message.role == "assistant" else message.role
                 event = ctx.message_event(author, message)
@@ -585,9 +597,7 @@ class _RunPlan:
     # --- emitting ------------------------------------------------------------------------
 
     def _stamp(self, event: Event) -> Event:
-        event.seq = self.next_seq
-        event.id = f"{self.invocation_id}:{self.next_seq}"
-        self.next_seq += 1
+        self.numbering.stamp(event)
         return event
 
     def _stamp_and_emit(self, event: Event) -> None:
@@ -606,7 +616,7 @@ class _RunPlan:
         await self.handoff.turn()
         self.stop.check()
         marker = self.ctx.event(
-            "run.restarted",
+            RunRestartedEvent,
             self.runner.app_name,
             attempt=self.attempt,
             discard_after_seq=discard_after_seq,
@@ -632,25 +642,19 @@ class _RunPlan:
                     land=True,
                 )
             except BaseException:
-                self.next_seq -= 1  # not stored and not handed out: keep seq gap-free
+                self.numbering.take_back()  # not stored, not handed out: seq stays gap-free
                 raise
-            if event.state_delta:
-                self.ctx.note_temp_state(event.state_delta)
-            if event.usage is not None:
+            delta = state_delta_of(event)
+            if delta:
+                self.ctx.note_temp_state(delta)
+            if event.type == "message" and event.usage is not None:
                 self.usage = self.usage + event.usage
         self.handoff.put(event)
         self.stop.check()
 
-    def _error_event(self, error: EventError) -> Event:
-        return Event(
-            invocation_id=self.invocation_id,
-            type="error",
-            author=self.runner.app_name,
-            app_name=self.runner.app_name,
-            user_id=self.user_id,
-            session_id=self._session_id_for_events(),
-            request_id=self.request_id,
-            error=error,
+    def _error_event(self, error: EventError) -> ErrorEvent:
+        return ErrorEvent(
+            invocation_id=self.invocation_id, author=self.runner.app_name, error=error
         )
 
     async def _emit_error(self, error: EventError) -> None:
@@ -671,15 +675,11 @@ class _RunPlan:
             return self.ctx.session.id
         return self.session_id or ""
 
-    def _completion_event(self, outcome: RunOutcome) -> Event:
-        state: dict[str, Any] | None = None
-        if self.ctx is not None:
-            state = dict(self.ctx.session.state)
+    def _completion_event(self, outcome: RunOutcome) -> RunCompletionEvent:
         price = getattr(self.agent.model, "price", None)
         status: RunStatus = outcome.status
-        return Event(
+        return RunCompletionEvent(
             invocation_id=self.invocation_id,
-            type="runner.completion",
             author=self.runner.app_name,
             app_name=self.runner.app_name,
             user_id=self.user_id,
@@ -690,5 +690,4 @@ class _RunPlan:
             usage=self.usage,
             cost=price.cost(self.usage) if price is not None else None,
             error=outcome.error,
-            state=state,
         )

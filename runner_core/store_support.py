@@ -16,8 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import events
 from .errors import ConfigurationError, CorruptSessionDataError, FencedError, InvalidRequestError
-from .events import Event
+from .events import Event, state_delta_of
 from .session import (
     APP_PREFIX,
     DEFAULT_EVENT_LIMIT,
@@ -118,10 +119,11 @@ def check_num_events(num_events: int | None) -> None:
 
 
 def check_appendable(session: Session, event: Event) -> SessionKey:
-    """The checks before any append: a stored kind of event, of this session.
+    """The checks before any append: a stored kind of event, with JSON state.
 
     Raises:
-        InvalidRequestError: the event is partial, has no ID, or names another session.
+        InvalidRequestError: the event is partial or a marker (``run.queued``,
+            ``run.restarted``), or its state delta is not JSON.
     """
     key = session.key
     if event.partial:
@@ -129,15 +131,12 @@ def check_appendable(session: Session, event: Event) -> SessionKey:
             f"event {event.id!r} is partial ({event.type}); only complete events are stored. "
             "Append the final event instead of its deltas."
         )
-    if not event.id:
-        raise InvalidRequestError("event.id is empty; events need an ID to be stored once.")
-    theirs = (event.app_name, event.user_id, event.session_id)
-    if theirs != (key.app_name, key.user_id, key.session_id):
+    if event.type == "run.queued" or event.type == "run.restarted":
         raise InvalidRequestError(
-            f"event {event.id!r} belongs to session {theirs!r}, not to "
-            f"{(key.app_name, key.user_id, key.session_id)!r}. Append it to its own session."
+            f"event {event.id!r} is a {event.type} marker; markers are published, never "
+            "stored. Append the run's own events only."
         )
-    check_delta(event.state_delta, "event.state_delta")
+    check_delta(state_delta_of(event), "event.state_delta")
     return key
 
 
@@ -200,7 +199,7 @@ def decode_json_value(raw: str | bytes, where: str) -> Any:
 
 def decode_event(raw: str | bytes, where: str) -> Event:
     try:
-        return Event.from_json(raw)
+        return events.decode_event(raw)
     except (ValidationError, ValueError, UnicodeDecodeError) as exc:
         raise _corrupt(where, exc) from exc
 

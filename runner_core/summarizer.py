@@ -191,9 +191,9 @@ def conversation_text(events: Iterable[Event]) -> str:
     """
     lines: list[str] = []
     for event in events:
-        message = event.message
-        if message is None or event.partial or event.type not in ("message", "tool.result"):
+        if event.type != "message" and event.type != "tool.result":
             continue
+        message = event.message
         if message.role == "tool":
             lines.append(f"[{message.name or 'tool'} returned: {message.text}]")
             continue
@@ -214,14 +214,14 @@ def summary_cut(events: Sequence[Event]) -> int:
     open_calls: set[str] = set()
     cut = 0
     for index, event in enumerate(events):
-        message = event.message
-        if message is not None and event.type == "message":
+        if event.type == "message":
+            message = event.message
             if message.role == "user":
                 open_calls.clear()  # the caller moved on: unanswered calls are abandoned
             elif message.role == "assistant" and message.tool_calls:
                 open_calls.update(call.id for call in message.tool_calls)
-        elif message is not None and event.type == "tool.result" and message.tool_call_id:
-            open_calls.discard(message.tool_call_id)
+        elif event.type == "tool.result" and event.message.tool_call_id:
+            open_calls.discard(event.message.tool_call_id)
         if not open_calls:
             cut = index + 1
     return cut

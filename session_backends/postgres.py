@@ -54,7 +54,7 @@ from runner_core.errors import (
     SessionBackendError,
     SessionNotFoundError,
 )
-from runner_core.events import Event
+from runner_core.events import Event, state_delta_of
 from runner_core.session import (
     DEFAULT_EVENT_LIMIT,
     Session,
@@ -867,7 +867,7 @@ class PostgresSessionService:
     ) -> bool:
         key = check_appendable(session, event)
         fence = None if fence is None else check_fence(fence)
-        parts = split_state_delta(event.state_delta)
+        parts = split_state_delta(state_delta_of(event))
         event_json = event.to_json()
         session_delta = encode_json(parts.session, "event.state_delta")
         is_user = event.is_user_message()

@@ -64,7 +64,7 @@ from runner_core.errors import (
     SessionBackendError,
     SessionNotFoundError,
 )
-from runner_core.events import Event
+from runner_core.events import Event, state_delta_of
 from runner_core.session import (
     DEFAULT_EVENT_LIMIT,
     Session,
@@ -671,7 +671,7 @@ class RedisSessionService:
         key = check_appendable(session, event)
         if fence is not None:
             check_fence(fence)
-        parts = split_state_delta(event.state_delta)
+        parts = split_state_delta(state_delta_of(event))
         deltas = _delta_args(parts)
         now = utcnow()
         args: list[str | int] = [

@@ -18,6 +18,8 @@ For an invocation ``I`` and the prefix ``agent-runner`` (configurable):
 - ``agent-runner:submitted:I`` set (with a TTL) by :func:`workers.client.submit` just before it
                               sends the run.
 
+The names are built by :mod:`runner_core.wire` (re-exported here), their one owner.
+
 An invocation is *known* when its stream, its attempts key or its submitted key exists
 (:func:`known_keys`): readers use that to tell a mistyped ID from a run that has not started.
 
@@ -53,7 +55,24 @@ from runner_core.errors import (
     InvalidRequestError,
     InvocationOwnedError,
 )
-from runner_core.events import Event
+from runner_core.events import Event, RunCompletionEvent, decode_event
+from runner_core.wire import (
+    CANCEL_MESSAGE,
+    CANCEL_TTL_S,
+    DEFAULT_EVENT_TTL_S,
+    DEFAULT_STREAM_MAXLEN,
+    OWNER_TTL_S,
+    STREAM_FIELD,
+    attempts_key,
+    cancel_key,
+    control_channel,
+    events_channel,
+    known_keys,
+    owner_key,
+    stream_key,
+    submitted_key,
+)
+from runner_core.wire import DEFAULT_EVENTS_PREFIX as DEFAULT_PREFIX
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -75,19 +94,6 @@ __all__ = [
     "stream_key",
     "submitted_key",
 ]
-
-DEFAULT_PREFIX = "agent-runner"
-#: The one field of every stream entry; its value is the event JSON.
-STREAM_FIELD = "event"
-#: How long a cancel request is remembered when the run has not picked it up.
-CANCEL_TTL_S = 3600
-#: What is published on the control channel to ask a run to stop.
-CANCEL_MESSAGE = "cancel"
-#: How long an invocation ID stays bound to its owner after its last claim or event (at least
-#: as long as the stream and the task result it protects).
-OWNER_TTL_S = 86_400
-#: How long the submitted marker of a run lives: longer than any run should sit in the queue.
-SUBMITTED_TTL_S = 86_400
 
 T = TypeVar("T")
 
@@ -117,52 +123,6 @@ def unknown_invocation(
         "prints it); a run sent with send_task from elsewhere becomes known only when a worker "
         "takes it, so wait longer for one that is still queued."
     )
-
-
-def events_channel(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The pub/sub channel carrying an invocation's events: ``{prefix}:events:{invocation_id}``."""
-    return f"{prefix}:events:{invocation_id}"
-
-
-def stream_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The capped stream holding an invocation's events: ``{prefix}:stream:{invocation_id}``."""
-    return f"{prefix}:stream:{invocation_id}"
-
-
-def cancel_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The key that marks a cancel request: ``{prefix}:cancel:{invocation_id}``."""
-    return f"{prefix}:cancel:{invocation_id}"
-
-
-def control_channel(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The channel that wakes a run on a cancel request: ``{prefix}:control:{invocation_id}``."""
-    return f"{prefix}:control:{invocation_id}"
-
-
-def attempts_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The counter of a run's deliveries that took the session: ``{prefix}:attempts:{id}``."""
-    return f"{prefix}:attempts:{invocation_id}"
-
-
-def submitted_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The marker :func:`workers.client.submit` sets before sending: ``{prefix}:submitted:{id}``."""
-    return f"{prefix}:submitted:{invocation_id}"
-
-
-def known_keys(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
-    """The keys whose existence makes an invocation known: its stream (a worker published
-    something), its attempts counter (a worker took it) and its submitted marker (the client
-    sent it). ``EXISTS`` of all three is 0 for an ID nobody submitted or whose traces expired."""
-    return [
-        stream_key(invocation_id, prefix),
-        attempts_key(invocation_id, prefix),
-        submitted_key(invocation_id, prefix),
-    ]
-
-
-def owner_key(invocation_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The identity the invocation ID is bound to: ``{prefix}:owner:{invocation_id}``."""
-    return f"{prefix}:owner:{invocation_id}"
 
 
 def owner_identity(app_name: str, user_id: str, session_id: str) -> str:
@@ -209,7 +169,7 @@ def unavailable(client: Any, exc: BaseException) -> EventBusUnavailableError:
 
 # KEYS: stream, owner, and for a fenced publish the session lease.
 # ARGV: event JSON, channel, maxlen, ttl seconds, the event's identity, owner ttl seconds, the
-#       lease holder this publish needs ('' when unfenced).
+#       lease holder this publish needs ('' when unfenced), stream field.
 # Returns {-1, owner} for another identity's invocation, {-2} when the lease is not held (both
 # write nothing), else {1, subscribers}.
 # XADD before PUBLISH, so a subscriber that hears of an event can always find it in the stream.
@@ -218,7 +178,7 @@ local owner = redis.call('GET', KEYS[2])
 if owner and owner ~= ARGV[5] then return {-1, owner} end
 if ARGV[7] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[7] then return {-2} end
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[1])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', ARGV[8], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {1, redis.call('PUBLISH', ARGV[2], ARGV[1])}
 """
@@ -258,7 +218,7 @@ if owner and owner ~= ARGV[7] then return {-1, owner} end
 if redis.call('EXISTS', KEYS[2]) == 1 or last_seq == false then return {0} end
 if last_type == 'runner.completion' or last_seq + 1 ~= tonumber(ARGV[6]) then return {0} end
 redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[8])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return {1}
@@ -296,9 +256,21 @@ def decode_entry(fields: dict[Any, Any], *, where: str) -> Event:
     if raw is None:
         raise EventBusError(f"stream entry {where} has no {STREAM_FIELD!r} field: {fields!r}")
     try:
-        return Event.from_json(raw)
+        return decode_event(raw)
     except ValueError as exc:
         raise EventBusError(f"stream entry {where} does not hold a valid event: {exc}") from exc
+
+
+def decode_completion(raw: bytes | str, *, where: str) -> RunCompletionEvent:
+    """The ``runner.completion`` a script found as the newest entry of a stream.
+
+    Raises:
+        EventBusError: the entry is not a valid completion.
+    """
+    event = decode_entry({STREAM_FIELD: raw}, where=where)
+    if event.type != "runner.completion":
+        raise EventBusError(f"{where}: expected a runner.completion, got {event.type}")
+    return event
 
 
 class CancelScript:
@@ -324,7 +296,7 @@ class CancelScript:
         ]
 
     @staticmethod
-    def outcome(reply: Any, invocation_id: str, prefix: str) -> Event | None:
+    def outcome(reply: Any, invocation_id: str, prefix: str) -> RunCompletionEvent | None:
         """None when the request was made; the completion of a run that already finished.
 
         Raises:
@@ -334,7 +306,7 @@ class CancelScript:
         if code == 0:
             raise unknown_invocation(invocation_id)
         if code == 2:
-            return decode_entry({STREAM_FIELD: reply[1]}, where=stream_key(invocation_id, prefix))
+            return decode_completion(reply[1], where=stream_key(invocation_id, prefix))
         return None
 
 
@@ -356,8 +328,8 @@ class EventBus:
         redis: aioredis.Redis,
         *,
         prefix: str = DEFAULT_PREFIX,
-        stream_maxlen: int = 10000,
-        stream_ttl_s: int = 3600,
+        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+        stream_ttl_s: int = DEFAULT_EVENT_TTL_S,
     ) -> None:
         if stream_maxlen < 1:
             raise ValueError(f"stream_maxlen must be >= 1, got {stream_maxlen}")
@@ -379,13 +351,14 @@ class EventBus:
         except redis.exceptions.RedisError as exc:
             raise EventBusError(f"Redis at {describe_redis(self.redis)} failed: {exc}") from exc
 
-    async def publish(self, event: Event, *, fence: Fence | None = None) -> None:
+    async def publish(self, event: Event, *, identity: str, fence: Fence | None = None) -> None:
         """Append ``event`` to its invocation's stream and publish it on its channel, atomically.
 
-        The invocation ID is bound to the event's (app, user, session) by the first publish or
-        claim; with ``fence``, the session lease must still hold this delivery's token. Both
-        are checked in the same script as the write. Publishing the same event twice writes it
-        twice; readers drop the repeat by ``seq``.
+        The invocation ID is bound to the run's (app, user, session) ``identity``
+        (:func:`owner_identity`) by the first publish or claim; with ``fence``, the session
+        lease must still hold this delivery's token. Both are checked in the same script as
+        the write. Publishing the same event twice writes it twice; readers drop the repeat by
+        ``seq``.
 
         Raises:
             InvocationOwnedError: the invocation ID belongs to another identity.
@@ -394,7 +367,6 @@ class EventBus:
         """
         payload = event.to_json()
         invocation_id = event.invocation_id
-        identity = owner_identity(event.app_name, event.user_id, event.session_id)
         keys = [stream_key(invocation_id, self.prefix), owner_key(invocation_id, self.prefix)]
         if fence is not None:
             keys.append(fence.lease_key)
@@ -406,6 +378,7 @@ class EventBus:
             identity,
             max(OWNER_TTL_S, self.stream_ttl_s),
             "" if fence is None else fence.holder,
+            STREAM_FIELD,
         ]
         reply = await self._call(lambda: self._publish_script(keys=keys, args=args))
         if int(reply[0]) == -1:
@@ -416,7 +389,7 @@ class EventBus:
                 f"delivery took the run over. Event seq {event.seq} was not published."
             )
 
-    async def publish_before_start(self, event: Event) -> bool:
+    async def publish_before_start(self, event: Event, *, identity: str) -> bool:
         """Publish an event about a run that has not started yet (``run.queued``), atomically
         and only while that holds: no delivery of the run took its session and ``event.seq``
         follows the newest event of its stream (so a delivery that started meanwhile, or a
@@ -430,7 +403,6 @@ class EventBus:
                 written), as for :meth:`publish`.
         """
         invocation_id = event.invocation_id
-        identity = owner_identity(event.app_name, event.user_id, event.session_id)
         keys = [
             stream_key(invocation_id, self.prefix),
             attempts_key(invocation_id, self.prefix),
@@ -464,10 +436,10 @@ class EventBus:
         event = await self._last_event(invocation_id)
         return None if event is None else event.seq
 
-    async def completion(self, invocation_id: str) -> Event | None:
+    async def completion(self, invocation_id: str) -> RunCompletionEvent | None:
         """The invocation's ``runner.completion`` event if it was published and has not expired."""
         event = await self._last_event(invocation_id)
-        return event if event is not None and event.is_runner_completion() else None
+        return event if event is not None and event.type == "runner.completion" else None
 
     async def is_known(self, invocation_id: str) -> bool:
         """Whether the invocation is known (see :func:`known_keys`)."""
@@ -476,7 +448,7 @@ class EventBus:
 
     async def request_cancel(
         self, invocation_id: str, *, require_known: bool = False
-    ) -> Event | None:
+    ) -> RunCompletionEvent | None:
         """Ask a run to stop: remember the request (for a run not yet waiting) and wake it.
 
         Returns:

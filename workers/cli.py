@@ -32,7 +32,19 @@ from types import FrameType
 from typing import Any, TextIO
 
 from runner_core.errors import AgentRunnerError
-from runner_core.events import Event, render_event_json_schema
+from runner_core.events import (
+    ErrorEvent,
+    Event,
+    MessageDeltaEvent,
+    MessageEvent,
+    RunCompletionEvent,
+    RunPausedEvent,
+    RunQueuedEvent,
+    RunRestartedEvent,
+    StateUpdateEvent,
+    ToolResultEvent,
+    render_event_json_schema,
+)
 
 from . import client
 from .settings import Settings, mask_url
@@ -84,16 +96,14 @@ class EventPrinter:
         handler(event)
         self.out.flush()
 
-    def _on_message_delta(self, event: Event) -> None:
+    def _on_message_delta(self, event: MessageDeltaEvent) -> None:
         if not self.in_text:
             self.out.write("assistant> ")
             self.in_text = True
-        self.out.write(event.delta or "")
+        self.out.write(event.delta)
 
-    def _on_message(self, event: Event) -> None:
+    def _on_message(self, event: MessageEvent) -> None:
         message = event.message
-        if message is None:
-            return
         if message.role == "user":
             if self.show_user:
                 self._line(f"user> {message.text}")
@@ -106,26 +116,23 @@ class EventPrinter:
             else:
                 self._line(f"{message.role}> {message.content}")
 
-    def _on_tool_result(self, event: Event) -> None:
+    def _on_tool_result(self, event: ToolResultEvent) -> None:
         message = event.message
-        if message is not None:
-            name = message.name or message.tool_call_id or "tool"
-            self._line(f"  [tool result] {name}: {_short(message.text)}")
+        name = message.name or message.tool_call_id or "tool"
+        self._line(f"  [tool result] {name}: {_short(message.text)}")
 
-    def _on_state_update(self, event: Event) -> None:
+    def _on_state_update(self, event: StateUpdateEvent) -> None:
         self._line(f"  [state] {', '.join(sorted(event.state_delta)) or '(no keys)'}")
 
-    def _on_error(self, event: Event) -> None:
-        if event.error is not None:
-            self._line(f"  [error] {event.error.type}: {event.error.message}")
+    def _on_error(self, event: ErrorEvent) -> None:
+        self._line(f"  [error] {event.error.type}: {event.error.message}")
 
-    def _on_run_queued(self, event: Event) -> None:
+    def _on_run_queued(self, event: RunQueuedEvent) -> None:
         self._line(
-            f"  [queued] session {event.session_id} is busy: waiting for run "
-            f"{event.waiting_for or '(unknown)'} to finish first"
+            f"  [queued] the session is busy: waiting for run {event.waiting_for} to finish first"
         )
 
-    def _on_run_restarted(self, event: Event) -> None:
+    def _on_run_restarted(self, event: RunRestartedEvent) -> None:
         # The worker died and a new attempt starts the unfinished reply over: text on the
         # current line is the void part (deltas since the last complete event end one line).
         note = f"  [restarted: attempt {event.attempt}"
@@ -133,17 +140,16 @@ class EventPrinter:
             note += "; the partial reply above is discarded"
         self._line(note + "]")
 
-    def _on_run_paused(self, event: Event) -> None:
-        calls = event.actions.requested_confirmations
+    def _on_run_paused(self, event: RunPausedEvent) -> None:
+        calls = event.requested_confirmations
         waiting = ", ".join(f"{c.function.name} (call {c.id})" for c in calls)
         self._line(f"  [paused] waiting for confirmation of: {waiting or 'nothing'}")
 
-    def _on_runner_completion(self, event: Event) -> None:
+    def _on_runner_completion(self, event: RunCompletionEvent) -> None:
         usage = event.usage
-        detail: list[str] = [event.status or "finished"]
-        if usage is not None:
-            calls = "1 model call" if usage.model_calls == 1 else f"{usage.model_calls} model calls"
-            detail.append(f"{calls}, {usage.total_tokens} tokens")
+        detail: list[str] = [event.status]
+        calls = "1 model call" if usage.model_calls == 1 else f"{usage.model_calls} model calls"
+        detail.append(f"{calls}, {usage.total_tokens} tokens")
         if event.cost is not None:
             detail.append(f"cost {event.cost:.6f}")
         self._line(f"  [{'; '.join(detail)}]")
@@ -152,7 +158,9 @@ class EventPrinter:
 # --- commands ----------------------------------------------------------------------------
 
 
-def _print_events(events: Iterable[Event], *, as_json: bool, out: TextIO) -> Event | None:
+def _print_events(
+    events: Iterable[Event], *, as_json: bool, out: TextIO
+) -> RunCompletionEvent | None:
     """Print events (JSON lines or rendered); return the completion, if one came."""
     printer = EventPrinter(out, show_user=True)
     last: Event | None = None
@@ -163,10 +171,10 @@ def _print_events(events: Iterable[Event], *, as_json: bool, out: TextIO) -> Eve
         else:
             printer(event)
         last = event
-    return last if last is not None and last.is_runner_completion() else None
+    return last if last is not None and last.type == "runner.completion" else None
 
 
-def _exit_status(completion: Event | None) -> int:
+def _exit_status(completion: RunCompletionEvent | None) -> int:
     return 0 if completion is not None and completion.status in ("completed", "paused") else 1
 
 

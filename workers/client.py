@@ -40,21 +40,25 @@ import redis.exceptions
 from kombu.exceptions import OperationalError
 
 from runner_core.errors import AgentRunnerError, InvalidRequestError
-from runner_core.events import Event
+from runner_core.events import Event, RunCompletionEvent
 from runner_core.messages import Message
-from runner_core.session import ID_RE
+from runner_core.wire import (
+    DEFAULT_RUNS_QUEUE,
+    ID_RE,
+    SUBMIT_RUN,
+    SUBMITTED_TTL_S,
+    known_keys,
+    stream_key,
+    submitted_key,
+)
 
 from .bus import (
-    SUBMITTED_TTL_S,
     CancelScript,
     EventBus,
     EventBusError,
     UnknownInvocationError,
     decode_entry,
     describe_redis,
-    known_keys,
-    stream_key,
-    submitted_key,
     unavailable,
     unknown_invocation,
 )
@@ -106,8 +110,13 @@ def events_redis_url() -> str:
     return Settings.from_env().redis_url
 
 
-def _prefix(prefix: str | None) -> str:
-    return prefix or Settings.from_env().events_prefix
+def _events_target(redis_url: str | None, prefix: str | None) -> tuple[str, str]:
+    """The events Redis URL and key prefix: the arguments, else the settings, read once per
+    call (and not at all when both are given)."""
+    if redis_url and prefix:
+        return redis_url, prefix
+    settings = Settings.from_env()
+    return redis_url or settings.redis_url, prefix or settings.events_prefix
 
 
 def validate_invocation_id(invocation_id: object) -> str:
@@ -147,16 +156,17 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
         BrokerUnavailableError: the broker cannot be reached; nothing was sent.
     """
     from .app import app
-    from .requests import SUBMIT_RUN, RunRequest
+    from .requests import RunRequest
 
     if isinstance(message, Message):
         message = message.to_openai()
-    request = RunRequest.validate_request(
-        app_name=app_name, user_id=user_id, session_id=session_id, message=message, **options
+    settings = Settings.from_env()  # read once per submit: size limit, queue, events Redis
+    fields = {"app_name": app_name, "user_id": user_id, "session_id": session_id}
+    request = RunRequest.from_task_arguments(
+        (), {**fields, "message": message, **options}, max_message_chars=settings.max_message_chars
     )
     args, kwargs = request.task_arguments()
     invocation_id = str(uuid.uuid4())
-    settings = Settings.from_env()  # read once per submit: queue, events Redis, prefix
     _record_submission(settings, invocation_id)
     try:
         # The queue is named explicitly, as any other Celery client must name it: a client
@@ -243,8 +253,9 @@ class _StreamCursor:
         waited = "the first event" if self.next_seq == 0 else f"event seq {self.next_seq}"
         return EventStreamTimeout(
             f"waited {timeout:g} s for {waited} of invocation {self.invocation_id} and none "
-            "came. Check that a run worker consumes the 'runs' queue and that the invocation ID "
-            "is right, or pass a longer timeout."
+            f"came. Check that a run worker consumes the run queue (AGENT_RUNNER_QUEUE, default "
+            f"{DEFAULT_RUNS_QUEUE!r}) and that the invocation ID is right, or pass a longer "
+            "timeout."
         )
 
 
@@ -328,10 +339,10 @@ def stream_events(
         InvalidRequestError: a malformed ``invocation_id``, ``after_seq`` or ``known_wait``.
     """
     validate_invocation_id(invocation_id)
-    actual_prefix = _prefix(prefix)
+    url, actual_prefix = _events_target(redis_url, prefix)
     cursor = _StreamCursor(invocation_id, stream_key(invocation_id, actual_prefix), after_seq)
     presence = _Presence(invocation_id, actual_prefix, known_wait)
-    client = redis.Redis.from_url(redis_url or events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S)
+    client = redis.Redis.from_url(url, socket_timeout=_SOCKET_TIMEOUT_S)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not cursor.done:
@@ -369,12 +380,10 @@ async def astream_events(
 ) -> AsyncIterator[Event]:
     """The async twin of :func:`stream_events`; same arguments, same guarantees."""
     validate_invocation_id(invocation_id)
-    actual_prefix = _prefix(prefix)
+    url, actual_prefix = _events_target(redis_url, prefix)
     cursor = _StreamCursor(invocation_id, stream_key(invocation_id, actual_prefix), after_seq)
     presence = _Presence(invocation_id, actual_prefix, known_wait)
-    client = aioredis.Redis.from_url(
-        redis_url or events_redis_url(), socket_timeout=_SOCKET_TIMEOUT_S
-    )
+    client = aioredis.Redis.from_url(url, socket_timeout=_SOCKET_TIMEOUT_S)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not cursor.done:
@@ -454,7 +463,7 @@ def cancel(
     require_known: bool = False,
     redis_url: str | None = None,
     prefix: str | None = None,
-) -> Event | None:
+) -> RunCompletionEvent | None:
     """Ask a run to stop at its next await; it ends with a ``cancelled`` completion.
 
     Works before the run starts too: the request is remembered for an hour. In one atomic
@@ -476,8 +485,8 @@ def cancel(
         EventBusUnavailableError: Redis cannot be reached.
     """
     validate_invocation_id(invocation_id)
-    actual_prefix = _prefix(prefix)
-    client = redis.Redis.from_url(redis_url or events_redis_url())
+    url, actual_prefix = _events_target(redis_url, prefix)
+    client = redis.Redis.from_url(url)
     try:
         script = client.register_script(CancelScript.source)
         reply = script(
@@ -499,12 +508,13 @@ async def acancel(
     require_known: bool = False,
     redis_url: str | None = None,
     prefix: str | None = None,
-) -> Event | None:
+) -> RunCompletionEvent | None:
     """The async twin of :func:`cancel`."""
     validate_invocation_id(invocation_id)
-    client = aioredis.Redis.from_url(redis_url or events_redis_url())
+    url, actual_prefix = _events_target(redis_url, prefix)
+    client = aioredis.Redis.from_url(url)
     try:
-        bus = EventBus(client, prefix=_prefix(prefix))
+        bus = EventBus(client, prefix=actual_prefix)
         return await bus.request_cancel(invocation_id, require_known=require_known)
     finally:
         await client.aclose()

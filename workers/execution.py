@@ -41,11 +41,20 @@ from functools import partial
 from typing import TypeVar
 
 from runner_core.errors import FencedError, lone_surrogate, safe_text
-from runner_core.events import Event, EventError, EventType, RunStatus, Usage
+from runner_core.events import (
+    ErrorEvent,
+    Event,
+    EventError,
+    EventNumbering,
+    RunCompletionEvent,
+    RunQueuedEvent,
+    RunStatus,
+)
 from runner_core.runner import Runner, RunStream
-from runner_core.session import ID_RE, MAX_ID_LENGTH, SessionKey
+from runner_core.session import SessionKey
+from runner_core.wire import ID_RE, MAX_ID_LENGTH, attempts_key
 
-from .bus import EventBusUnavailableError, Fence, attempts_key
+from .bus import EventBusUnavailableError, Fence, owner_identity
 from .requests import RunRequest, TaskID
 from .runtime import WorkerRuntime
 from .session_lock import Busy, Claimed, Lease
@@ -95,7 +104,7 @@ async def _redis_retrying(rt: WorkerRuntime, operation: Callable[[], Awaitable[T
 
 @dataclass(frozen=True, slots=True)
 class RunLabels:
-    """What every event of a run carries about where it belongs."""
+    """Where a run belongs: its completion carries them, its owner key binds them."""
 
     app_name: str
     user_id: str
@@ -122,6 +131,11 @@ class RunLabels:
         )
         return cls(valid(app_name), valid(user_id), valid(session_id), request)
 
+    @property
+    def identity(self) -> str:
+        """The owner identity the invocation ID is bound to (:func:`workers.bus.owner_identity`)."""
+        return owner_identity(self.app_name, self.user_id, self.session_id)
+
 
 def _publishable(invocation_id: str) -> str:
     """``invocation_id``, or where a task ID that cannot name a stream publishes instead."""
@@ -134,10 +148,11 @@ def failure_events(
     error: EventError,
     *,
     status: RunStatus = "failed",
-    first_seq: int = 0,
+    after_seq: int | None = None,
 ) -> list[Event]:
     """The events that end a run that could not run: an ``error`` and a ``status`` completion
-    (only the completion for ``cancelled``), from ``first_seq`` on.
+    (only the completion for ``cancelled``), numbered after ``after_seq`` (the newest event
+    already published, None if none).
 
     Always JSON-encodable, whatever it is given: labels are kept only where valid
     (:meth:`RunLabels.of`), lone surrogates in the error are escaped, and an invocation ID
@@ -150,26 +165,25 @@ def failure_events(
         message=safe_text(error.message),
         code=None if error.code is None else safe_text(error.code),
     )
-    kinds: list[tuple[EventType, RunStatus | None]] = [("runner.completion", status)]
+    events: list[Event] = []
     if status != "cancelled":
-        kinds.insert(0, ("error", None))
-    return [
-        Event(
-            id=f"{invocation_id}:{seq}",
+        events.append(ErrorEvent(invocation_id=invocation_id, author=AUTHOR, error=error))
+    events.append(
+        RunCompletionEvent(
             invocation_id=invocation_id,
-            seq=seq,
-            type=kind,
             author=AUTHOR,
+            status=status,
+            error=error,
             app_name=labels.app_name,
             user_id=labels.user_id,
             session_id=labels.session_id,
             request_id=labels.request_id,
-            error=error,
-            status=run_status,
-            usage=Usage() if run_status else None,
         )
-        for seq, (kind, run_status) in enumerate(kinds, start=first_seq)
-    ]
+    )
+    numbering = EventNumbering.after(after_seq)
+    for event in events:
+        numbering.stamp(event)
+    return events
 
 
 async def publish_failure(
@@ -181,7 +195,7 @@ async def publish_failure(
     status: RunStatus = "failed",
     fence: Fence | None = None,
     before_start: bool = False,
-) -> Event:
+) -> RunCompletionEvent:
     """Publish an ``error`` event and a ``failed`` completion (only the completion for
     ``cancelled``) for a run that could not run (:func:`failure_events`), continuing the
     invocation's ``seq``; with ``fence`` (the delivery holds the session), only while its
@@ -202,18 +216,22 @@ async def publish_failure(
     attempts = attempts_key(invocation_id, rt.bus.prefix)
     for _round in range(_BEFORE_START_ROUNDS if before_start else 1):
         last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
-        events = failure_events(
-            invocation_id, labels, error, status=status, first_seq=0 if last is None else last + 1
-        )
+        events = failure_events(invocation_id, labels, error, status=status, after_seq=last)
+        completion = events[-1]
+        assert completion.type == "runner.completion"
+        identity = RunLabels.of(
+            labels.app_name, labels.user_id, labels.session_id, labels.request_id
+        ).identity
         if not before_start:
             for event in events:
-                await _retrying(rt, partial(rt.bus.publish, event, fence=fence))
-            return events[-1]
+                await _retrying(rt, partial(rt.bus.publish, event, identity=identity, fence=fence))
+            return completion
         for event in events:
-            if not await _retrying(rt, partial(rt.bus.publish_before_start, event)):
+            publish = partial(rt.bus.publish_before_start, event, identity=identity)
+            if not await _retrying(rt, publish):
                 break
         else:
-            return events[-1]
+            return completion
         # Not published: the run has ended, a delivery of it started, or a twin of this
         # delivery took the next seq first (then go round again).
         done = await _retrying(rt, lambda: rt.bus.completion(invocation_id))
@@ -248,7 +266,7 @@ def _labels(request: RunRequest, session_id: str) -> RunLabels:
 
 async def execute_run(
     rt: WorkerRuntime, request: RunRequest, invocation_id: str, *, delivery_tag: str | None
-) -> Event:
+) -> RunCompletionEvent:
     """Carry out one delivery of a run; return its ``runner.completion`` (see module doc)."""
     visibility = asyncio.create_task(rt.keep_visible(delivery_tag))
     try:
@@ -260,11 +278,11 @@ async def execute_run(
 
 async def _execute(
     rt: WorkerRuntime, request: RunRequest, invocation_id: str, cancelled: asyncio.Event
-) -> Event:
+) -> RunCompletionEvent:
     session_id = request.session_id or invocation_id
     key = SessionKey(request.app_name, request.user_id, session_id)
     claimed = await _take_session(rt, request, key, invocation_id)
-    if isinstance(claimed, Event):
+    if isinstance(claimed, RunCompletionEvent):
         return claimed
     lease = claimed.lease
     finished = False
@@ -300,7 +318,7 @@ async def _run_with_lease(
     key: SessionKey,
     claimed: Claimed,
     cancelled: asyncio.Event,
-) -> Event:
+) -> RunCompletionEvent:
     settings = rt.settings
     invocation_id = claimed.lease.invocation_id
     if claimed.attempt > settings.max_attempts:
@@ -347,12 +365,13 @@ async def _run_with_lease(
         # Published by _pump like every other event, so it is fenced like them.
         attempt=claimed.attempt,
     )
-    return await _pump(rt, stream, claimed.lease, cancelled)
+    identity = _labels(request, key.session_id).identity
+    return await _pump(rt, stream, claimed.lease, cancelled, identity)
 
 
 async def _pump(
-    rt: WorkerRuntime, stream: RunStream, lease: Lease, cancelled: asyncio.Event
-) -> Event:
+    rt: WorkerRuntime, stream: RunStream, lease: Lease, cancelled: asyncio.Event, identity: str
+) -> RunCompletionEvent:
     """Publish the run's events until its completion and return it.
 
     Raises:
@@ -369,8 +388,8 @@ async def _pump(
         async for event in stream:
             if lost.is_set():
                 break  # another delivery owns the run now: publish nothing more
-            await _publish(rt, event, lease, fence)
-            if event.is_runner_completion():
+            await _publish(rt, event, lease, fence, identity)
+            if event.type == "runner.completion":
                 return event
         # Only a lost lease ends the stream early (it always ends with a completion or raises).
         raise FencedError(
@@ -383,19 +402,21 @@ async def _pump(
         await stream.aclose()
 
 
-async def _publish(rt: WorkerRuntime, event: Event, lease: Lease, fence: Fence) -> None:
+async def _publish(
+    rt: WorkerRuntime, event: Event, lease: Lease, fence: Fence, identity: str
+) -> None:
     """Publish an event of the run while this delivery holds its lease.
 
     A lease that expired with nobody else granted the session (a pause, a Redis blip) is taken
     back by the heartbeat script and the event published; otherwise the FencedError stands.
     """
     try:
-        await _retrying(rt, partial(rt.bus.publish, event, fence=fence))
+        await _retrying(rt, partial(rt.bus.publish, event, identity=identity, fence=fence))
     except FencedError:
         if not await _redis_retrying(rt, lambda: rt.locks.heartbeat(lease)):
             raise
         logger.warning("run %s took its expired session lease back", lease.invocation_id)
-        await _retrying(rt, partial(rt.bus.publish, event, fence=fence))
+        await _retrying(rt, partial(rt.bus.publish, event, identity=identity, fence=fence))
 
 
 async def _cancel_when(cancelled: asyncio.Event, stream: RunStream) -> None:
@@ -426,7 +447,7 @@ async def _heartbeat(
 
 async def _take_session(
     rt: WorkerRuntime, request: RunRequest, key: SessionKey, invocation_id: str
-) -> Claimed | Event:
+) -> Claimed | RunCompletionEvent:
     """The claimed session, or the completion to return instead (see module doc, step 1)."""
     strategy = request.multitask_strategy
     interrupted: set[str] = set()
@@ -436,7 +457,7 @@ async def _take_session(
         claimed = await _redis_retrying(
             rt, lambda: rt.locks.claim(key, invocation_id, wait=strategy != "reject")
         )
-        if isinstance(claimed, Event):
+        if isinstance(claimed, RunCompletionEvent):
             logger.info(
                 "run %s already completed (%s); not running it again",
                 invocation_id,
@@ -477,20 +498,9 @@ async def _announce_queued(
     """
     labels = _labels(request, key.session_id)
     last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
-    seq = 0 if last is None else last + 1
-    event = Event(
-        id=f"{invocation_id}:{seq}",
-        invocation_id=invocation_id,
-        seq=seq,
-        type="run.queued",
-        author=AUTHOR,
-        app_name=labels.app_name,
-        user_id=labels.user_id,
-        session_id=labels.session_id,
-        request_id=labels.request_id,
-        waiting_for=holder,
-    )
-    await _retrying(rt, partial(rt.bus.publish_before_start, event))
+    event = RunQueuedEvent(invocation_id=invocation_id, author=AUTHOR, waiting_for=holder)
+    EventNumbering.after(last).stamp(event)
+    await _retrying(rt, partial(rt.bus.publish_before_start, event, identity=labels.identity))
 
 
 async def _while_busy(
@@ -500,7 +510,7 @@ async def _while_busy(
     invocation_id: str,
     busy: Busy,
     interrupted: set[str],
-) -> Event | None:
+) -> RunCompletionEvent | None:
     """What to do this time round while the session is not ours; None means keep waiting."""
     labels = _labels(request, key.session_id)
     if busy.holder == invocation_id:

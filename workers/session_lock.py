@@ -40,36 +40,33 @@ whether a cancel was requested.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from runner_core.events import Event
+from runner_core.events import RunCompletionEvent
 from runner_core.session import SessionKey
-
-from .bus import (
+from runner_core.wire import (
+    ATTEMPTS_TTL_S,
     OWNER_TTL_S,
     STREAM_FIELD,
-    EventBusError,
-    Fence,
+    SessionLockPart,
     attempts_key,
     cancel_key,
-    decode_entry,
-    invocation_owned,
-    owner_identity,
+    lease_token_key,
     owner_key,
+    session_digest,
+    session_lock_key,
     stream_key,
 )
+
+from .bus import Fence, decode_completion, invocation_owned, owner_identity
 
 __all__ = ["Busy", "Claimed", "Lease", "SessionLocks"]
 
 #: A waiter that has not asked again for this long is taken for dead and leaves the line.
 WAITER_TTL_MS = 15_000
-#: How long the attempt counter of a run is kept.
-ATTEMPTS_TTL_S = 86_400
 #: How long a session remembers its last grant: a holder paused for longer than this may take
 #: its lease back (if it expired and nobody holds it), so keep it well above any pause.
 FENCE_TTL_S = 86_400
@@ -276,15 +273,14 @@ class SessionLocks:
         self._leave = redis.register_script(_LEAVE)
 
     def digest(self, key: SessionKey) -> str:
-        raw = json.dumps([key.app_name, key.user_id, key.session_id])
-        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+        return session_digest(key.app_name, key.user_id, key.session_id)
 
     def _keys(self, digest: str) -> list[str]:
-        base = f"{self.prefix}:session:{digest}"
-        return [f"{base}:lease", f"{base}:claim", f"{base}:waiters", f"{base}:waiters-seen"]
+        parts: tuple[SessionLockPart, ...] = ("lease", "claim", "waiters", "waiters-seen")
+        return [session_lock_key(digest, part, self.prefix) for part in parts]
 
     def _fence_key(self, digest: str) -> str:
-        return f"{self.prefix}:session:{digest}:fence"
+        return session_lock_key(digest, "fence", self.prefix)
 
     def fence(self, lease: Lease) -> Fence:
         """What a publish of this lease's run checks (:meth:`workers.bus.EventBus.publish`)."""
@@ -292,7 +288,7 @@ class SessionLocks:
 
     async def claim(
         self, key: SessionKey, invocation_id: str, *, wait: bool
-    ) -> Claimed | Busy | Event:
+    ) -> Claimed | Busy | RunCompletionEvent:
         """Start a delivery of ``invocation_id`` on ``key``'s session, in one atomic step.
 
         Returns the run's ``runner.completion`` if it already finished (nothing is taken);
@@ -310,7 +306,7 @@ class SessionLocks:
         identity = owner_identity(key.app_name, key.user_id, key.session_id)
         keys = [
             *self._keys(digest),
-            f"{self.prefix}:session-lease-token",
+            lease_token_key(self.prefix),
             stream_key(invocation_id, self.prefix),
             attempts_key(invocation_id, self.prefix),
             cancel_key(invocation_id, self.prefix),
@@ -350,10 +346,7 @@ class SessionLocks:
                 None if ticket is None else int(float(_text(ticket))),
             )
         where = keys[5] if code == 2 else f"{keys[5]} {_text(reply[1])}"
-        event = decode_entry({STREAM_FIELD: reply[-1]}, where=where)
-        if not event.is_runner_completion():  # pragma: no cover - the script checked
-            raise EventBusError(f"{where}: expected a runner.completion, got {event.type}")
-        return event
+        return decode_completion(reply[-1], where=where)
 
     async def heartbeat(self, lease: Lease) -> bool:
         """Extend the lease and the claim (taking back a lease that expired if nobody was

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -45,13 +44,14 @@ from celery import Task
 from kombu.exceptions import OperationalError
 
 from runner_core.errors import ConfigurationError, InvalidRequestError, ModelError
-from runner_core.events import Event
+from runner_core.events import RunCompletionEvent
 from runner_core.session import SessionKey
 from runner_core.summarizer import Summarizer
+from runner_core.wire import SUMMARIZE_SESSION, session_digest, summary_lease_key
 
 from .app import app
 from .runtime import WorkerRuntime, get_runtime
-from .summary_routing import SUMMARIZE_SESSION, SummarySettings
+from .summary_routing import SummarySettings
 
 __all__ = [
     "SUMMARIZE_SESSION",
@@ -106,8 +106,8 @@ class SummaryLeases:
         self._release = redis.register_script(_RELEASE)
 
     def key(self, session: SessionKey) -> str:
-        raw = json.dumps([session.app_name, session.user_id, session.session_id])
-        return f"{self.prefix}:summary-lease:{hashlib.sha256(raw.encode()).hexdigest()[:32]}"
+        digest = session_digest(session.app_name, session.user_id, session.session_id)
+        return summary_lease_key(digest, self.prefix)
 
     async def acquire(self, session: SessionKey) -> str | None:
         """Take the session's lease; its token, or None if another job holds it."""
@@ -248,7 +248,7 @@ async def run_summary_job(
         InvalidRequestError: a bad ID or an app no agent is configured for.
         SessionBackendError: the session store failed.
     """
-    settings = settings or SummarySettings.from_env()
+    settings = settings or rt.summary_settings
     session_key = SessionKey(app_name, user_id, session_id)
     summarizer = summarizer_for(rt, app_name)
     if summarizer is None:
@@ -313,7 +313,7 @@ def _summarize_session(
         InvalidRequestError: bad IDs or an unknown app. Never retried.
     """
     rt = get_runtime()
-    settings = SummarySettings.from_env()
+    settings = rt.summary_settings
     job_id = str(self.request.id)
     properties = getattr(self.request, "properties", None) or {}
     outcome = rt.run(
@@ -396,7 +396,7 @@ async def _due_after_run(rt: WorkerRuntime, app_name: str, user_id: str, session
 async def _run_inline(
     rt: WorkerRuntime, app_name: str, user_id: str, session_id: str
 ) -> SummaryJobOutcome:
-    settings = SummarySettings.from_env()
+    settings = rt.summary_settings
     deadline = asyncio.get_running_loop().time() + settings.lease_s + settings.timeout_s
     while True:
         outcome = await run_summary_job(
@@ -407,7 +407,7 @@ async def _run_inline(
         await asyncio.sleep(_INLINE_WAIT_S)
 
 
-def maybe_enqueue_after_run(rt: WorkerRuntime, completion: Event) -> str | None:
+def maybe_enqueue_after_run(rt: WorkerRuntime, completion: RunCompletionEvent) -> str | None:
     """After a completed run: queue a summary job if the app has a summarizer whose checks pass.
 
     Called by the run task in the task's thread. If the broker cannot take the job, the job

@@ -48,12 +48,13 @@ from runner_core.errors import (
     RunFailedError,
     safe_text,
 )
-from runner_core.events import Event, EventError
+from runner_core.events import EventError, RunCompletionEvent
+from runner_core.wire import SUBMIT_RUN
 
 from .app import app
 from .bus import invocation_owned, owner_identity
 from .execution import RunLabels, execute_run, publish_failure
-from .requests import POSITIONAL_FIELDS, SUBMIT_RUN, RunRequest, TaskID
+from .requests import POSITIONAL_FIELDS, RunRequest, TaskID
 from .runtime import WorkerRuntime, get_runtime
 from .summaries import maybe_enqueue_after_run
 from .task_messages import PROBLEM_HEADER
@@ -70,7 +71,7 @@ async def _reject_invalid(
     args: Sequence[Any],
     kwargs: Mapping[Any, Any],
     error: InvalidRequestError,
-) -> Event:
+) -> RunCompletionEvent:
     """Publish the failure of an invalid request under ``task_id``'s invocation ID (the
     request's fields kept as labels only where valid), or return the completion it already has.
 
