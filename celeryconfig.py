@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.requests import SUBMIT_RUN
+from runner_core.wire import SUBMIT_RUN
 from workers.settings import Settings
 
 _settings = Settings.from_env()

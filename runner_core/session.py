@@ -17,7 +17,6 @@ memory, Redis and PostgreSQL behave the same.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import InvalidRequestError
 from .events import Event
+from .wire import ID_RE, MAX_ID_LENGTH
 
 __all__ = [
     "APP_PREFIX",
@@ -50,10 +50,7 @@ APP_PREFIX = "app:"
 USER_PREFIX = "user:"
 TEMP_PREFIX = "temp:"
 DEFAULT_EVENT_LIMIT = 1000
-MAX_ID_LENGTH = 128
-#: Every ID (app name, user ID, session ID, invocation ID): the one owner of this rule. Always
-#: used with ``fullmatch``: ``$`` would let a trailing newline through ("alice\n" != "alice").
-ID_RE = re.compile(rf"[A-Za-z0-9._:@+=-]{{1,{MAX_ID_LENGTH}}}")
+# ID_RE and MAX_ID_LENGTH (the ID rule) are runner_core.wire's, re-exported here.
 
 
 def validate_identifier(value: object, field: str) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from .bus import cancel_key, control_channel
+from runner_core.wire import cancel_key, control_channel
 
 __all__ = ["CancelWatcher"]
 

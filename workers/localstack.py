@@ -33,6 +33,7 @@ from types import TracebackType
 import redis
 
 from runner_core.errors import AgentRunnerError
+from runner_core.wire import DEFAULT_RUNS_QUEUE
 
 __all__ = ["LocalStack", "LocalStackError", "find_redis_server", "free_port"]
 
@@ -198,7 +199,7 @@ class LocalStack:
         *,
         flower: bool = False,
         concurrency: int = 8,
-        queue: str = "runs",
+        queue: str = DEFAULT_RUNS_QUEUE,
         env: Mapping[str, str] | None = None,
         say: Callable[[str], None] | None = None,
     ) -> None:

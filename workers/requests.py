@@ -26,7 +26,8 @@ from runner_core.errors import (
     shown,
 )
 from runner_core.messages import coerce_message
-from runner_core.session import ID_RE, MAX_ID_LENGTH, validate_identifier
+from runner_core.session import validate_identifier
+from runner_core.wire import ID_RE, MAX_ID_LENGTH, SUBMIT_RUN
 
 from .settings import Settings
 
@@ -40,8 +41,7 @@ __all__ = [
     "json_kind",
 ]
 
-#: The run task's registered name: what ``send_task`` names (the one owner of this string).
-SUBMIT_RUN = "agent_runner.submit_run"
+# SUBMIT_RUN, the run task's registered name, is runner_core.wire's (re-exported here).
 MultitaskStrategy = Literal["enqueue", "reject", "interrupt"]
 #: The order of ``submit_run``'s positional arguments.
 POSITIONAL_FIELDS = ("app_name", "user_id", "session_id", "message")

@@ -34,6 +34,7 @@ from .cancel_watch import CancelWatcher
 from .celery_config import load_celeryconfig
 from .session_lock import SessionLocks
 from .settings import Settings, mask_url
+from .summary_routing import SummarySettings
 
 __all__ = ["WorkerRuntime", "get_runtime", "start_runtime", "stop_runtime"]
 
@@ -67,11 +68,20 @@ class WorkerRuntime:
     """The per-process loop and the clients that live on it.
 
     Attributes (ready after :meth:`start`): ``loop``, ``redis`` (events and leases), ``bus``,
-    ``cancels``, ``sessions``, ``locks``, ``agents``, ``settings``.
+    ``cancels``, ``sessions``, ``locks``, ``agents``, ``settings``, ``summary_settings``.
+
+    Args:
+        settings: the worker's settings, read once at start-up.
+        summary_settings: the ``AGENT_RUNNER_SUMMARY_*`` settings; default: read from the
+            environment here, once for the process (never per job).
+
+    Raises:
+        ConfigurationError: a bad ``AGENT_RUNNER_SUMMARY_*`` value, naming the variable.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, summary_settings: SummarySettings | None = None) -> None:
         self.settings = settings
+        self.summary_settings = summary_settings or SummarySettings.from_env()
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="agent-runner-loop", daemon=True)

@@ -18,6 +18,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from runner_core.errors import ConfigurationError
 from runner_core.session import validate_identifier
+from runner_core.wire import (
+    DEFAULT_EVENT_TTL_S,
+    DEFAULT_EVENTS_PREFIX,
+    DEFAULT_MAX_MESSAGE_CHARS,
+    DEFAULT_RUNS_QUEUE,
+    DEFAULT_STREAM_MAXLEN,
+)
 
 __all__ = [
     "DEFAULT_BROKER_URL",
@@ -163,17 +170,17 @@ class Settings:
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
     agents: dict[str, str] = field(default_factory=dict)
-    queue: str = "runs"
-    events_prefix: str = "agent-runner"
-    event_ttl_s: int = 3600
-    stream_maxlen: int = 10000
+    queue: str = DEFAULT_RUNS_QUEUE
+    events_prefix: str = DEFAULT_EVENTS_PREFIX
+    event_ttl_s: int = DEFAULT_EVENT_TTL_S
+    stream_maxlen: int = DEFAULT_STREAM_MAXLEN
     redis_max_connections: int = 512
     recovery_timeout_s: float = 600.0
     restore_interval_s: int = 10
     restore_throttle: int = 1
     run_timeout_s: float | None = 1800.0
     max_attempts: int = 3
-    max_message_chars: int = 100_000
+    max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS
     soft_shutdown_s: float = 30.0
 
     @classmethod
@@ -196,12 +203,12 @@ class Settings:
                 f"OPENAI_BASE_URL={mask_url(base_url)!r} is not an http(s) URL "
                 "(e.g. https://api.openai.com/v1)."
             )
-        queue = _text(env, "AGENT_RUNNER_QUEUE", "runs") or "runs"
+        queue = _text(env, "AGENT_RUNNER_QUEUE", DEFAULT_RUNS_QUEUE) or DEFAULT_RUNS_QUEUE
         if not _QUEUE_RE.fullmatch(queue):
             raise ConfigurationError(
                 f"AGENT_RUNNER_QUEUE={queue!r}: use letters, digits and '._-' only."
             )
-        prefix = _text(env, "AGENT_RUNNER_EVENTS_PREFIX", "agent-runner") or "agent-runner"
+        prefix = _text(env, "AGENT_RUNNER_EVENTS_PREFIX", None) or DEFAULT_EVENTS_PREFIX
         if not _QUEUE_RE.fullmatch(prefix):
             raise ConfigurationError(
                 f"AGENT_RUNNER_EVENTS_PREFIX={prefix!r}: use letters, digits and '._-' only."
@@ -225,8 +232,8 @@ class Settings:
             agents=parse_agents(_text(env, "AGENT_RUNNER_AGENTS", None)),
             queue=queue,
             events_prefix=prefix,
-            event_ttl_s=whole("AGENT_RUNNER_EVENT_TTL_S", 3600, 1),
-            stream_maxlen=whole("AGENT_RUNNER_STREAM_MAXLEN", 10000, 1),
+            event_ttl_s=whole("AGENT_RUNNER_EVENT_TTL_S", DEFAULT_EVENT_TTL_S, 1),
+            stream_maxlen=whole("AGENT_RUNNER_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN, 1),
             redis_max_connections=whole("AGENT_RUNNER_REDIS_MAX_CONNECTIONS", 512, 8),
             recovery_timeout_s=recovery,
             restore_interval_s=whole("AGENT_RUNNER_RESTORE_INTERVAL_S", 10, 1),
@@ -235,7 +242,7 @@ class Settings:
                 env, "AGENT_RUNNER_RUN_TIMEOUT_S", 1800.0, minimum=0.001, allow_none=True
             ),
             max_attempts=whole("AGENT_RUNNER_MAX_ATTEMPTS", 3, 1),
-            max_message_chars=whole("AGENT_RUNNER_MAX_MESSAGE_CHARS", 100_000, 1),
+            max_message_chars=whole("AGENT_RUNNER_MAX_MESSAGE_CHARS", DEFAULT_MAX_MESSAGE_CHARS, 1),
             soft_shutdown_s=_number(env, "AGENT_RUNNER_SOFT_SHUTDOWN_S", 30.0, minimum=0) or 0.0,
         )
 

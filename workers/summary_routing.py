@@ -2,7 +2,8 @@
 
 The shard of a session is ``crc32(JSON [app_name, user_id, session_id]) % N``: the same in every
 process and every Python version (never the per-process salted ``hash()``), so every producer
-sends one session's jobs to one queue, and that queue name is the message's routing key.
+sends one session's jobs to one queue, and that queue name is the message's routing key. The
+rule and the names are :mod:`runner_core.wire`'s (re-exported here).
 
 :func:`configure_summary_routing` declares the shard queues and puts :class:`SummaryRouter` in
 front of the app's ``task_routes``; ``workers.app`` calls it once, right after loading
@@ -24,9 +25,7 @@ variable                           default    meaning
 
 from __future__ import annotations
 
-import json
 import os
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,15 @@ from typing import Any
 from kombu.entity import Queue
 
 from runner_core.errors import ConfigurationError
+from runner_core.wire import (
+    DEFAULT_SUMMARY_SHARDS,
+    MAX_SUMMARY_SHARDS,
+    SUMMARIZE_SESSION,
+    SUMMARY_QUEUE_PREFIX,
+    summary_queue,
+    summary_queue_name,
+    summary_shard,
+)
 
 __all__ = [
     "SUMMARIZE_SESSION",
@@ -44,10 +52,6 @@ __all__ = [
     "summary_queue",
     "summary_shard",
 ]
-
-SUMMARIZE_SESSION = "agent_runner.summarize_session"
-SUMMARY_QUEUE_PREFIX = "summary."
-_MAX_SHARDS = 1024
 
 
 def _env_number(
@@ -71,7 +75,7 @@ def _env_number(
 class SummarySettings:
     """The ``AGENT_RUNNER_SUMMARY_*`` settings (table in the module docstring)."""
 
-    shards: int = 8
+    shards: int = DEFAULT_SUMMARY_SHARDS
     timeout_s: float = 60.0
     lease_s: float = 30.0
     #: Tests and benchmarks only: a Redis list where jobs record start, store and end.
@@ -86,7 +90,11 @@ class SummarySettings:
         """
         env = os.environ if environ is None else environ
         shards = _env_number(
-            env, "AGENT_RUNNER_SUMMARY_SHARDS", 8.0, minimum=1, maximum=_MAX_SHARDS
+            env,
+            "AGENT_RUNNER_SUMMARY_SHARDS",
+            float(DEFAULT_SUMMARY_SHARDS),
+            minimum=1,
+            maximum=MAX_SUMMARY_SHARDS,
         )
         if not shards.is_integer():
             raise ConfigurationError(
@@ -102,17 +110,6 @@ class SummarySettings:
             ),
             trace_key=(env.get("AGENT_RUNNER_SUMMARY_TRACE_KEY") or "").strip() or None,
         )
-
-
-def summary_shard(app_name: str, user_id: str, session_id: str, shards: int) -> int:
-    """The shard of a session: stable across processes, hosts and Python versions."""
-    raw = json.dumps([app_name, user_id, session_id]).encode()
-    return zlib.crc32(raw) % shards
-
-
-def summary_queue(app_name: str, user_id: str, session_id: str, shards: int) -> str:
-    """The queue (and routing key) of a session's summary jobs: ``summary.<shard>``."""
-    return f"{SUMMARY_QUEUE_PREFIX}{summary_shard(app_name, user_id, session_id, shards)}"
 
 
 _ARG_NAMES = ("app_name", "user_id", "session_id")
@@ -163,7 +160,7 @@ def configure_summary_routing(app: Any, settings: SummarySettings | None = None)
     queues = list(conf.task_queues or [default])
     names = {queue.name for queue in queues}
     for shard in range(settings.shards):
-        name = f"{SUMMARY_QUEUE_PREFIX}{shard}"
+        name = summary_queue_name(shard)
         if name not in names:
             queues.append(Queue(name, routing_key=name))  # type: ignore[no-untyped-call]
     conf.task_queues = queues
