@@ -376,8 +376,13 @@ def event_json_schema() -> dict[str, Any]:
     """The JSON Schema every event published or stored validates against: a ``oneOf`` over the
     types, each with its required fields."""
     schema = _ADAPTER.json_schema(mode="serialization", by_alias=True)
-    if "anyOf" in schema:  # pydantic writes the union as oneOf with a discriminator already
-        schema["oneOf"] = schema.pop("anyOf")
+    for cls in EVENT_CLASSES.values():
+        # Required on the wire: every field that is never left out (never None), defaults too.
+        schema["$defs"][cls.__name__]["required"] = [
+            field.alias or name
+            for name, field in cls.model_fields.items()
+            if field.is_required() or field.default_factory is not None or field.default is not None
+        ]
     schema["title"] = "Event"
     schema["description"] = "One event of an agent-runner invocation; 'type' tells which."
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

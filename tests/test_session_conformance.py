@@ -9,6 +9,7 @@ test_session_postgres.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +28,13 @@ from runner_core.errors import (
     InvalidRequestError,
     SessionNotFoundError,
 )
-from runner_core.events import Event
+from runner_core.events import (
+    Event,
+    MessageDeltaEvent,
+    MessageEvent,
+    RunRestartedEvent,
+    StateUpdateEvent,
+)
 from runner_core.messages import Message
 from runner_core.session import Session, SessionService, Summary
 from session_backends import (
@@ -86,46 +93,28 @@ async def session_service(make_service: MakeService) -> SessionService:
     return await make_service()
 
 
+_SEQ = itertools.count()
+
+
+def _ids(fields: dict[str, Any]) -> dict[str, Any]:
+    """An event's ID is "{invocation_id}:{seq}": give each event of a test its own seq."""
+    return {"invocation_id": "inv-1", "seq": next(_SEQ), **fields}
+
+
 def user_event(session: Session, text: str, **fields: Any) -> Event:
-    return Event(
-        invocation_id="inv-1",
-        type="message",
-        author="user",
-        app_name=session.app_name,
-        user_id=session.user_id,
-        session_id=session.id,
-        message=Message.user(text),
-        **fields,
-    )
+    return MessageEvent(author="user", message=Message.user(text), **_ids(fields))
 
 
 def assistant_event(session: Session, text: str, **fields: Any) -> Event:
-    return Event(
-        invocation_id="inv-1",
-        type="message",
-        author="assistant",
-        app_name=session.app_name,
-        user_id=session.user_id,
-        session_id=session.id,
-        message=Message.assistant(text),
-        **fields,
-    )
+    return MessageEvent(author="assistant", message=Message.assistant(text), **_ids(fields))
 
 
 def state_event(session: Session, delta: dict[str, Any]) -> Event:
-    return Event(
-        invocation_id="inv-1",
-        type="state.update",
-        author="agent",
-        app_name=session.app_name,
-        user_id=session.user_id,
-        session_id=session.id,
-        state_delta=delta,
-    )
+    return StateUpdateEvent(author="agent", state_delta=delta, **_ids({}))
 
 
 def texts(session: Session) -> list[str]:
-    return [e.message.text if e.message else e.type for e in session.events]
+    return [e.message.text if e.type == "message" else e.type for e in session.events]
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], limit: float = 15.0) -> None:
@@ -646,25 +635,16 @@ async def test_non_string_ids_are_refused(session_service: SessionService) -> No
         await session_service.get_session(APP, 42, "s1")  # type: ignore[arg-type]
 
 
-async def test_partial_and_foreign_events_are_refused(session_service: SessionService) -> None:
+async def test_partial_events_and_markers_are_refused(session_service: SessionService) -> None:
     session = await session_service.create_session(APP, USER, "s1")
-    await session_service.create_session(APP, USER, "s2")
-    partial = Event(
-        invocation_id="inv-1",
-        type="message.delta",
-        author="assistant",
-        partial=True,
-        delta="Hel",
-        app_name=APP,
-        user_id=USER,
-        session_id="s1",
-    )
+    partial = MessageDeltaEvent(invocation_id="inv-1", seq=1, author="assistant", delta="Hel")
     with pytest.raises(InvalidRequestError, match="partial"):
         await session_service.append_event(session, partial)
-    for field, value in [("session_id", "s2"), ("user_id", "bob"), ("app_name", "other")]:
-        foreign = user_event(session, "not mine").model_copy(update={field: value})
-        with pytest.raises(InvalidRequestError, match="belongs to session"):
-            await session_service.append_event(session, foreign)
+    marker = RunRestartedEvent(
+        invocation_id="inv-1", seq=2, author="assistant", attempt=2, discard_after_seq=1
+    )
+    with pytest.raises(InvalidRequestError, match="never stored"):
+        await session_service.append_event(session, marker)
     loaded = await session_service.get_session(APP, USER, "s1")
     assert loaded is not None and loaded.events == [] and session.events == []
 

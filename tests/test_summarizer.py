@@ -6,6 +6,7 @@ The store-touching tests run against memory, Redis and PostgreSQL; the model is 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from runner_core import (
     tool,
 )
 from runner_core.context import NOT_EXECUTED
-from runner_core.events import Event, EventActions
+from runner_core.events import Event, MessageEvent, ToolResultEvent
 from runner_core.messages import Message, ToolCall
 from runner_core.session import Session, SessionService, Summary
 from runner_core.summarizer import summary_cut
@@ -75,28 +76,26 @@ def summarizer_for(server: ScriptedModelServer, **options: Any) -> Summarizer:
 # --- building sessions ------------------------------------------------------------------------
 
 
+_SEQ = itertools.count()
+
+
 def event(
     session: Session,
-    message: Message | None,
+    message: Message,
     *,
     kind: str = "message",
     author: str = "agent",
     invocation: str = "inv1",
     at: datetime | None = None,
-    actions: EventActions | None = None,
 ) -> Event:
     extra: dict[str, Any] = {}
     if at is not None:
         extra["created_at"] = at
-    if actions is not None:
-        extra["actions"] = actions
-    return Event(
+    cls = ToolResultEvent if kind == "tool.result" else MessageEvent
+    return cls(
         invocation_id=invocation,
-        type=kind,  # type: ignore[arg-type]
-        author="user" if message is not None and message.role == "user" else author,
-        app_name=session.app_name,
-        user_id=session.user_id,
-        session_id=session.id,
+        seq=next(_SEQ),  # an event's ID is "{invocation_id}:{seq}": unique per event
+        author="user" if message.role == "user" else author,
         message=message,
         **extra,
     )
