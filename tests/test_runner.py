@@ -1,10 +1,10 @@
-"""The Runner and LLMAgent through the public API, driven by the scripted model server."""
+"""The Runner and LLMAgent through the public API, driven by the in-process FakeModel."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,19 +20,13 @@ from runner_core import (
     tool,
 )
 from runner_core.context import NOT_EXECUTED
-from runner_core.testing import ScriptedModelServer, scripted_model
+from runner_core.testing import FakeModel
 from session_backends import InMemorySessionService
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ScriptedModelServer]:
-    with ScriptedModelServer() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def _fresh_script(server: ScriptedModelServer) -> None:
-    server.reset()
+@pytest.fixture
+def model() -> FakeModel:
+    return FakeModel()
 
 
 @pytest.fixture
@@ -60,7 +54,7 @@ def explode() -> str:
 
 
 def make_runner(
-    server: ScriptedModelServer,
+    model: FakeModel,
     service: InMemorySessionService,
     *,
     tools: list[Any] | None = None,
@@ -68,7 +62,7 @@ def make_runner(
 ) -> Runner:
     agent = LLMAgent(
         "helper",
-        model=scripted_model(server),
+        model=model,
         instruction="Be brief.",
         tools=tools if tools is not None else [add],
         **agent_options,
@@ -95,11 +89,11 @@ def assert_gap_free(events: list[Event]) -> None:
 
 
 async def test_text_run_streams_deltas_stores_complete_events_and_completes(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
     # Given a model that answers in three chunks
-    server.add_text("Hello there friend", chunks=3)
-    runner = make_runner(server, service)
+    model.add_text("Hello there friend", chunks=3)
+    runner = make_runner(model, service)
     # When a user sends a message to a new session
     events = await run_all(runner, "alice", "s1", "hi")
     # Then the events are: user message, deltas, assistant message, completion
@@ -121,19 +115,19 @@ async def test_text_run_streams_deltas_stores_complete_events_and_completes(
     assert [e.id for e in session.events] == [events[0].id, events[4].id]
     assert session.events[0].message == Message.user("hi")
     # And the model got the instruction and the user message
-    sent = server.requests[0]["messages"]
+    sent = model.requests[0]["messages"]
     assert sent == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
 
 
 async def test_tool_call_run_makes_two_model_calls_and_totals_usage_and_cost(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_tool_calls([("call_1", "add", {"a": 2, "b": 3})],
-                          usage={"prompt_tokens": 100, "completion_tokens": 10})
-    server.add_text("It is 5.", usage={"prompt_tokens": 200, "completion_tokens": 20})
+    model.add_tool_calls([("call_1", "add", {"a": 2, "b": 3})],
+                         usage={"prompt_tokens": 100, "completion_tokens": 10})
+    model.add_text("It is 5.", usage={"prompt_tokens": 200, "completion_tokens": 20})
     agent = LLMAgent(
         "helper",
-        model=scripted_model(server),
+        model=model,
         tools=[add],
     )
     agent.model.price = ModelPrice(prompt_per_million=1.0, completion_per_million=10.0)
@@ -150,11 +144,11 @@ async def test_tool_call_run_makes_two_model_calls_and_totals_usage_and_cost(
     assert completion.usage.completion_tokens == 30
     assert completion.cost == pytest.approx((300 * 1.0 + 30 * 10.0) / 1_000_000)
     # The second model call saw the call and its result.
-    second = server.requests[1]["messages"]
+    second = model.requests[1]["messages"]
     assert second[-2]["tool_calls"][0]["id"] == "call_1"
     assert second[-1] == {"role": "tool", "content": "5", "tool_call_id": "call_1", "name": "add"}
     # Tool schema sent to the model came from the type hints and docstring.
-    tool_schema = server.requests[0]["tools"][0]["function"]
+    tool_schema = model.requests[0]["tools"][0]["function"]
     assert tool_schema["name"] == "add"
     assert tool_schema["parameters"]["properties"]["a"] == {
         "type": "integer", "description": "the first addend."
@@ -162,10 +156,10 @@ async def test_tool_call_run_makes_two_model_calls_and_totals_usage_and_cost(
 
 
 async def test_empty_session_id_creates_a_session_with_a_generated_id(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_text("ok")
-    events = await run_all(make_runner(server, service), "alice", "", "hi")
+    model.add_text("ok")
+    events = await run_all(make_runner(model, service), "alice", "", "hi")
     session_id = events[0].session_id
     assert session_id
     assert await service.get_session("demo", "alice", session_id) is not None
@@ -173,7 +167,7 @@ async def test_empty_session_id_creates_a_session_with_a_generated_id(
 
 
 async def test_independent_tool_calls_of_one_turn_run_concurrently(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
     # Each tool waits for the other to start: run one after the other, they would time out.
     started = {"ping": asyncio.Event(), "pong": asyncio.Event()}
@@ -192,9 +186,9 @@ async def test_independent_tool_calls_of_one_turn_run_concurrently(
         await asyncio.wait_for(started["ping"].wait(), 10)
         return "pong done"
 
-    server.add_tool_calls([("c1", "ping", {}), ("c2", "pong", {})])
-    server.add_text("both done")
-    events = await run_all(make_runner(server, service, tools=[ping, pong]), "u", "s", "go")
+    model.add_tool_calls([("c1", "ping", {}), ("c2", "pong", {})])
+    model.add_text("both done")
+    events = await run_all(make_runner(model, service, tools=[ping, pong]), "u", "s", "go")
     results = [e for e in events if e.type == "tool.result"]
     assert [r.message.content for r in results if r.message] == ["ping done", "pong done"]
     assert completion_of(events).status == "completed"
@@ -220,12 +214,12 @@ def read_scratch(context: ToolContext) -> str:
 
 
 async def test_state_scopes_app_user_session_and_temp(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    runner = make_runner(server, service, tools=[remember, read_scratch])
-    server.add_tool_calls([("c1", "remember", {"value": "x"})])
-    server.add_tool_calls([("c2", "read_scratch", {})])
-    server.add_text("done")
+    runner = make_runner(model, service, tools=[remember, read_scratch])
+    model.add_tool_calls([("c1", "remember", {"value": "x"})])
+    model.add_tool_calls([("c2", "read_scratch", {})])
+    model.add_text("done")
     events = await run_all(runner, "alice", "s1", "remember x")
     results = [e for e in events if e.type == "tool.result"]
     # temp: is visible to a later tool in the same run
@@ -235,11 +229,11 @@ async def test_state_scopes_app_user_session_and_temp(
     completion = completion_of(events)
     assert completion.state == {"note": "x", "user:name": "x", "app:visits": 1}
     # Another session of the same user shares user: and app:, not the session key.
-    server.add_text("hi again")
+    model.add_text("hi again")
     events2 = await run_all(runner, "alice", "s2", "hello")
     assert completion_of(events2).state == {"user:name": "x", "app:visits": 1}
     # Another user shares only app:.
-    server.add_text("hi bob")
+    model.add_text("hi bob")
     events3 = await run_all(runner, "bob", "s3", "hello")
     assert completion_of(events3).state == {"app:visits": 1}
     # temp: is never stored.
@@ -251,11 +245,11 @@ async def test_state_scopes_app_user_session_and_temp(
 
 
 async def test_messages_seed_an_empty_session_without_duplicating_the_last_user_turn(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_text("answer")
+    model.add_text("answer")
     seed = [Message.user("first"), Message.assistant("reply"), {"role": "user", "content": "q"}]
-    events = await run_all(make_runner(server, service), "u", "s", "q", messages=seed)
+    events = await run_all(make_runner(model, service), "u", "s", "q", messages=seed)
     session = await service.get_session("demo", "u", "s")
     assert session is not None
     assert [m.message.content for m in session.events if m.message] == [
@@ -263,18 +257,18 @@ async def test_messages_seed_an_empty_session_without_duplicating_the_last_user_
     ]
     assert completion_of(events).status == "completed"
     # A second run with messages= does not seed again (the session is no longer empty).
-    server.add_text("more")
-    await run_all(make_runner(server, service), "u", "s", "next", messages=seed)
+    model.add_text("more")
+    await run_all(make_runner(model, service), "u", "s", "next", messages=seed)
     session = await service.get_session("demo", "u", "s")
     assert session is not None
     assert [m.message.content for m in session.events if m.message][-2:] == ["next", "more"]
 
 
 async def test_seed_ending_with_another_user_turn_appends_the_message(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_text("answer")
-    await run_all(make_runner(server, service), "u", "s", "new question",
+    model.add_text("answer")
+    await run_all(make_runner(model, service), "u", "s", "new question",
                   messages=[Message.user("old question"), Message.assistant("old answer")])
     session = await service.get_session("demo", "u", "s")
     assert session is not None
@@ -289,8 +283,8 @@ def refund(order_id: str, amount: int) -> str:
     return f"refunded {amount} on {order_id}"
 
 
-async def paused_run(server: ScriptedModelServer, runner: Runner) -> list[Event]:
-    server.add_tool_calls([("call_r", "refund", {"order_id": "A1", "amount": 5})])
+async def paused_run(model: FakeModel, runner: Runner) -> list[Event]:
+    model.add_tool_calls([("call_r", "refund", {"order_id": "A1", "amount": 5})])
     events = await run_all(runner, "u", "s", "refund A1")
     assert events[-2].type == "run.paused"
     assert [c.id for c in events[-2].actions.requested_confirmations] == ["call_r"]
@@ -299,11 +293,11 @@ async def paused_run(server: ScriptedModelServer, runner: Runner) -> list[Event]
 
 
 async def test_confirmation_approved_runs_the_tool_then_continues(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    runner = make_runner(server, service, tools=[refund])
-    await paused_run(server, runner)
-    server.add_text("Refunded.")
+    runner = make_runner(model, service, tools=[refund])
+    await paused_run(model, runner)
+    model.add_text("Refunded.")
     events = await run_all(runner, "u", "s", None, resume=True,
                            tool_confirmations={"call_r": True})
     result = next(e for e in events if e.type == "tool.result")
@@ -312,24 +306,24 @@ async def test_confirmation_approved_runs_the_tool_then_continues(
 
 
 async def test_confirmation_refused_tells_the_model(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    runner = make_runner(server, service, tools=[refund])
-    await paused_run(server, runner)
-    server.add_text("Not refunded.")
+    runner = make_runner(model, service, tools=[refund])
+    await paused_run(model, runner)
+    model.add_text("Not refunded.")
     events = await run_all(runner, "u", "s", None, tool_confirmations={"call_r": False})
     result = next(e for e in events if e.type == "tool.result")
     assert result.message is not None and "declined" in (result.message.content or "")
-    assert server.requests[-1]["messages"][-1]["tool_call_id"] == "call_r"
+    assert model.requests[-1]["messages"][-1]["tool_call_id"] == "call_r"
     assert completion_of(events).status == "completed"
 
 
 async def test_confirmation_with_edited_arguments(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    runner = make_runner(server, service, tools=[refund])
-    await paused_run(server, runner)
-    server.add_text("Refunded 3.")
+    runner = make_runner(model, service, tools=[refund])
+    await paused_run(model, runner)
+    model.add_text("Refunded 3.")
     events = await run_all(
         runner, "u", "s", None,
         tool_confirmations={"call_r": {"arguments": {"order_id": "A1", "amount": 3}}},
@@ -339,10 +333,10 @@ async def test_confirmation_with_edited_arguments(
 
 
 async def test_confirmation_for_an_unknown_call_id_fails_and_changes_nothing(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    runner = make_runner(server, service, tools=[refund])
-    await paused_run(server, runner)
+    runner = make_runner(model, service, tools=[refund])
+    await paused_run(model, runner)
     before = await service.get_session("demo", "u", "s")
     events = await run_all(runner, "u", "s", None, tool_confirmations={"nope": True})
     assert events[0].type == "error"
@@ -356,46 +350,46 @@ async def test_confirmation_for_an_unknown_call_id_fails_and_changes_nothing(
 
 
 async def test_bad_confirmation_value_is_refused_at_once(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    runner = make_runner(server, service, tools=[refund])
+    runner = make_runner(model, service, tools=[refund])
     with pytest.raises(InvalidRequestError, match="tool_confirmations"):
         runner.run("u", "s", None, tool_confirmations={"call_r": "yes"})
 
 
 async def test_resume_runs_dangling_tool_calls_before_the_next_model_call(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
     # Given a session whose last turn called a tool that never ran (a crashed run)
-    runner = make_runner(server, service)
-    server.add_tool_calls([("call_1", "add", {"a": 1, "b": 1})])
-    server.add_hang()
+    runner = make_runner(model, service)
+    model.add_tool_calls([("call_1", "add", {"a": 1, "b": 1})])
+    model.add_hang()
     stream = runner.run("u", "s", "1+1?")
     async for event in stream:
         if event.type == "message" and event.message and event.message.tool_calls:
             break
     await stream.aclose()
     # When resumed
-    server.reset()
-    server.add_text("2")
+    model.reset()
+    model.add_text("2")
     events = await run_all(runner, "u", "s", None, resume=True)
     # Then the tool ran once, before the model call
     results = [e for e in events if e.type == "tool.result"]
     assert len(results) == 1 and results[0].message is not None
-    assert server.requests[0]["messages"][-1]["content"] == "2"
+    assert model.requests[0]["messages"][-1]["content"] == "2"
     assert completion_of(events).final_text == "2"
 
 
 async def test_dangling_tool_calls_never_reach_the_model_unanswered(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    runner = make_runner(server, service, tools=[refund])
-    await paused_run(server, runner)
+    runner = make_runner(model, service, tools=[refund])
+    await paused_run(model, runner)
     # The user moves on without resuming: the request must still be valid.
-    server.add_text("ok")
+    model.add_text("ok")
     events = await run_all(runner, "u", "s", "never mind")
     assert completion_of(events).status == "completed"
-    sent = server.requests[-1]["messages"]
+    sent = model.requests[-1]["messages"]
     call_index = next(i for i, m in enumerate(sent) if m.get("tool_calls"))
     assert sent[call_index + 1] == {
         "role": "tool", "content": NOT_EXECUTED, "tool_call_id": "call_r", "name": "refund"
@@ -404,10 +398,10 @@ async def test_dangling_tool_calls_never_reach_the_model_unanswered(
 
 
 async def test_resume_with_nothing_pending_is_a_clear_error(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    runner = make_runner(server, service)
-    server.add_text("hi")
+    runner = make_runner(model, service)
+    model.add_text("hi")
     await run_all(runner, "u", "s", "hello")
     events = await run_all(runner, "u", "s", None, resume=True)
     assert events[0].error is not None and "no tool calls waiting" in events[0].error.message
@@ -429,16 +423,16 @@ async def test_resume_with_nothing_pending_is_a_clear_error(
     ],
 )
 async def test_tool_failures_become_results_the_model_can_correct(
-    server: ScriptedModelServer,
+    model: FakeModel,
     service: InMemorySessionService,
     call: tuple[str, str, Any],
     expected_type: str,
     expected_text: str,
 ) -> None:
-    server.add_tool_calls([call])
-    server.add_tool_calls([("c2", "add", {"a": 1, "b": 2})])
-    server.add_text("3")
-    events = await run_all(make_runner(server, service, tools=[add, explode]), "u", "s", "go")
+    model.add_tool_calls([call])
+    model.add_tool_calls([("c2", "add", {"a": 1, "b": 2})])
+    model.add_text("3")
+    events = await run_all(make_runner(model, service, tools=[add, explode]), "u", "s", "go")
     results = [e for e in events if e.type == "tool.result"]
     assert results[0].error is not None and results[0].error.type == expected_type
     assert results[0].message is not None
@@ -450,10 +444,10 @@ async def test_tool_failures_become_results_the_model_can_correct(
 
 @pytest.mark.parametrize("status", [400, 429, 500])
 async def test_model_http_error_gives_error_event_and_failed_completion(
-    server: ScriptedModelServer, service: InMemorySessionService, status: int
+    model: FakeModel, service: InMemorySessionService, status: int
 ) -> None:
-    server.add_error(status, "scripted failure")
-    events = await run_all(make_runner(server, service), "u", "s", "hi")
+    model.add_error(status, "scripted failure")
+    events = await run_all(make_runner(model, service), "u", "s", "hi")
     error = next(e for e in events if e.type == "error")
     assert error.error is not None and error.error.code == str(status)
     assert error.error.type == "model_http_error"
@@ -465,10 +459,11 @@ async def test_model_http_error_gives_error_event_and_failed_completion(
 
 
 async def test_model_timeout_and_refused_connection_fail_the_run(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_hang()
-    slow = LLMAgent("helper", model=scripted_model(server, timeout=0.3))
+    model.add_hang()
+    model.timeout = 0.3
+    slow = LLMAgent("helper", model=model)
     events = await run_all(Runner("demo", slow, session_service=service), "u", "s", "hi")
     assert next(e for e in events if e.type == "error").error.type == "model_timeout"  # type: ignore[union-attr]
     assert completion_of(events).status == "failed"
@@ -485,26 +480,26 @@ async def test_model_timeout_and_refused_connection_fail_the_run(
 
 
 async def test_max_iterations_exceeded_fails_clearly(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
     for i in range(3):
-        server.add_tool_calls([(f"c{i}", "add", {"a": i, "b": i})])
-    events = await run_all(make_runner(server, service, max_iterations=2), "u", "s", "loop")
+        model.add_tool_calls([(f"c{i}", "add", {"a": i, "b": i})])
+    events = await run_all(make_runner(model, service, max_iterations=2), "u", "s", "loop")
     error = next(e for e in events if e.type == "error").error
     assert error is not None and error.type == "max_iterations_exceeded"
     assert "max_iterations" in error.message
     assert completion_of(events).status == "failed"
-    assert len(server.requests) == 2
+    assert len(model.requests) == 2
 
 
 # --- cancel, timeout, redelivery --------------------------------------------------------
 
 
 async def test_cancel_yields_cancelled_completion_and_leaves_session_consistent(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_hang()
-    runner = make_runner(server, service)
+    model.add_hang()
+    runner = make_runner(model, service)
     stream = runner.run("u", "s", "hi")
     events = [await stream.__anext__()]  # the user message is stored
     stream.cancel()
@@ -514,16 +509,16 @@ async def test_cancel_yields_cancelled_completion_and_leaves_session_consistent(
     session = await service.get_session("demo", "u", "s")
     assert session is not None and [e.type for e in session.events] == ["message"]
     # and the session is usable afterwards
-    server.reset()
-    server.add_text("back")
+    model.reset()
+    model.add_text("back")
     assert completion_of(await run_all(runner, "u", "s", "again")).status == "completed"
 
 
 async def test_cancelling_the_consuming_task_cancels_the_run(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_hang()
-    stream = make_runner(server, service).run("u", "s", "hi")
+    model.add_hang()
+    stream = make_runner(model, service).run("u", "s", "hi")
     first_seen = asyncio.Event()
 
     async def consume() -> None:
@@ -540,10 +535,10 @@ async def test_cancelling_the_consuming_task_cancels_the_run(
 
 
 async def test_leaving_the_stream_context_early_cancels_the_run(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_hang()
-    async with make_runner(server, service).run("u", "s", "hi") as stream:
+    model.add_hang()
+    async with make_runner(model, service).run("u", "s", "hi") as stream:
         async for event in stream:
             assert event.type == "message"
             break
@@ -551,10 +546,10 @@ async def test_leaving_the_stream_context_early_cancels_the_run(
 
 
 async def test_timeout_ends_the_run_with_timeout_status(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_hang()
-    events = await run_all(make_runner(server, service), "u", "s", "hi", timeout_s=0.3)
+    model.add_hang()
+    events = await run_all(make_runner(model, service), "u", "s", "hi", timeout_s=0.3)
     assert events[-2].type == "error" and events[-2].error is not None
     assert events[-2].error.type == "timeout"
     assert completion_of(events).status == "timeout"
@@ -562,7 +557,7 @@ async def test_timeout_ends_the_run_with_timeout_status(
 
 
 async def test_redelivered_invocation_continues_without_rerunning_completed_tools(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
     calls: list[int] = []
 
@@ -572,10 +567,10 @@ async def test_redelivered_invocation_continues_without_rerunning_completed_tool
         calls.append(n)
         return n
 
-    runner = make_runner(server, service, tools=[count])
+    runner = make_runner(model, service, tools=[count])
     # First attempt: the tool runs, then the process "dies" during the second model call.
-    server.add_tool_calls([("c1", "count", {"n": 1})])
-    server.add_hang()
+    model.add_tool_calls([("c1", "count", {"n": 1})])
+    model.add_hang()
     first = runner.run("u", "s", "count", invocation_id="inv-42")
     seen = []
     async for event in first:
@@ -586,8 +581,8 @@ async def test_redelivered_invocation_continues_without_rerunning_completed_tool
     assert calls == [1]
     # Second attempt with the same invocation ID. Say the tool result was stored but the
     # worker died before publishing it: the reader saw everything before it.
-    server.reset()
-    server.add_text("counted")
+    model.reset()
+    model.add_text("counted")
     tool_result = seen[-1]
     events = await run_all(runner, "u", "s", "count", invocation_id="inv-42",
                            first_seq=tool_result.seq)
@@ -600,10 +595,10 @@ async def test_redelivered_invocation_continues_without_rerunning_completed_tool
     assert [e.type for e in session.events] == ["message", "message", "tool.result", "message"]
     assert len({e.id for e in session.events}) == 4
     # A third delivery of a finished invocation does not call the model again.
-    before = len(server.requests)
+    before = len(model.requests)
     again = await run_all(runner, "u", "s", "count", invocation_id="inv-42",
                           first_seq=events[-1].seq + 1)
-    assert len(server.requests) == before
+    assert len(model.requests) == before
     assert [e.type for e in again] == ["runner.completion"]
     assert again[0].final_text == "counted"
 
@@ -617,8 +612,8 @@ async def test_redelivered_invocation_continues_without_rerunning_completed_tool
      ("bad name!", "app_name 'bad name!' has characters")],
 )
 def test_bad_app_name_is_refused(app_name: str, expected: str,
-                                 server: ScriptedModelServer) -> None:
-    agent = LLMAgent("helper", model=scripted_model(server))
+                                 model: FakeModel) -> None:
+    agent = LLMAgent("helper", model=model)
     with pytest.raises(InvalidRequestError, match=expected):
         Runner(app_name, agent)
 
@@ -637,45 +632,44 @@ def test_bad_app_name_is_refused(app_name: str, expected: str,
     ],
 )
 async def test_bad_run_arguments_are_refused_before_anything_is_stored(
-    server: ScriptedModelServer,
+    model: FakeModel,
     service: InMemorySessionService,
     user_id: str,
     message: Any,
     expected: str,
 ) -> None:
-    runner = make_runner(server, service)
+    runner = make_runner(model, service)
     with pytest.raises(InvalidRequestError, match=expected):
         runner.run(user_id, "s", message)
     assert await service.list_sessions("demo", "u") == []
-    assert server.requests == []
+    assert model.requests == []
 
 
-def test_bad_agent_configuration_is_refused(server: ScriptedModelServer) -> None:
-    model = scripted_model(server)
+def test_bad_agent_configuration_is_refused(model: FakeModel) -> None:
     with pytest.raises(InvalidRequestError, match="max_iterations"):
         LLMAgent("a", model=model, max_iterations=0)
     with pytest.raises(InvalidRequestError, match="two tools are named 'add'"):
         LLMAgent("a", model=model, tools=[add, add])
 
 
-async def test_runner_closes_only_what_it_created(server: ScriptedModelServer) -> None:
+async def test_runner_closes_only_what_it_created(model: FakeModel) -> None:
     shared = InMemorySessionService()
-    runner = Runner("demo", LLMAgent("a", model=scripted_model(server)), session_service=shared)
+    runner = Runner("demo", LLMAgent("a", model=model), session_service=shared)
     await runner.close()
     await runner.close()  # idempotent
     assert await shared.create_session("demo", "u", "still-open") is not None
     await shared.close()
     with pytest.raises(InvalidRequestError, match="closed"):
         runner.run("u", "s", "hi")
-    async with Runner("demo", LLMAgent("a", model=scripted_model(server))) as own:
-        server.add_text("ok")
+    async with Runner("demo", LLMAgent("a", model=model)) as own:
+        model.add_text("ok")
         assert (await own.run("u", "s", "hi").completion()).status == "completed"
 
 
-def test_run_sync_returns_the_completion(server: ScriptedModelServer) -> None:
-    runner = Runner("demo", LLMAgent("a", model=scripted_model(server)))
-    server.add_text("one")
-    server.add_text("two")
+def test_run_sync_returns_the_completion(model: FakeModel) -> None:
+    runner = Runner("demo", LLMAgent("a", model=model))
+    model.add_text("one")
+    model.add_text("two")
     try:
         assert runner.run_sync("u", "s", "hi").final_text == "one"
         assert runner.run_sync("u", "s", "again").final_text == "two"
@@ -684,10 +678,10 @@ def test_run_sync_returns_the_completion(server: ScriptedModelServer) -> None:
 
 
 async def test_completion_event_json_is_valid_for_subscribers(
-    server: ScriptedModelServer, service: InMemorySessionService
+    model: FakeModel, service: InMemorySessionService
 ) -> None:
-    server.add_text("fine")
-    events = await run_all(make_runner(server, service), "u", "s", "hi")
+    model.add_text("fine")
+    events = await run_all(make_runner(model, service), "u", "s", "hi")
     for event in events:
         assert Event.from_json(event.to_json()) == event
     payload = json.loads(events[-1].to_json())
