@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
+
+from runner_core.events import EventType
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The figures of record: what a bench run must not change unless asked.
@@ -50,6 +54,18 @@ def record_state() -> tuple[str, dict[str, str]]:
     return status, digests
 
 
+def bytes_table(text: str) -> dict[str, list[str]]:
+    """The rows of the "Bytes per event type" table in ``text``, by event type."""
+    _, found, rest = text.partition("### Bytes per event type")
+    assert found, "no bytes-per-event-type table"
+    table = rest[rest.index("\n| type |") :].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.strip().splitlines()[2:]:  # past the header and the |---| line
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
 @pytest.fixture
 def record_untouched() -> Iterator[None]:
     """Fails the test if it changed, added or removed anything among the figures of record."""
@@ -70,7 +86,10 @@ def test_quick_run_writes_to_the_ignored_quick_dir(tmp_path: Path) -> None:
     assert "output: bench/.quick/" in done.stdout.splitlines()[-1]
     written = [QUICK_DIR / "results" / "runtime.json", QUICK_DIR / "benchmarks.md"]
     assert all(path.is_file() for path in written)
-    assert "not the figures of record" in (QUICK_DIR / "benchmarks.md").read_text()
+    page = (QUICK_DIR / "benchmarks.md").read_text()
+    assert "not the figures of record" in page
+    # ... and the page has the bytes of every event type, from the result file
+    assert set(bytes_table(page)) == set(get_args(EventType))
     ignored = subprocess.run(
         ["git", "check-ignore", *(str(path) for path in written)],
         cwd=ROOT, capture_output=True, text=True, check=False,
@@ -91,6 +110,14 @@ def test_no_write_prints_and_writes_nothing(tmp_path: Path) -> None:
     # Then it prints its section and writes no file anywhere
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "## Runtime overhead" in done.stdout
+    # ... with a row of wire bytes (case, per run, n, min, median, max) for every event type
+    table = bytes_table(done.stdout)
+    assert set(table) == set(get_args(EventType))
+    for row in table.values():
+        assert len(row) == 6 and all(cell.isdigit() for cell in (row[2], row[3], row[5]))
+    # ... and the reference delta held against its target
+    assert re.search(r"Reference event.*\*\*\d+ bytes\*\*, target ≤ 200: (meets|misses) it",
+                     done.stdout)  # fmt: skip
     assert "wrote " not in done.stdout
     assert (sorted(QUICK_DIR.rglob("*")) if QUICK_DIR.exists() else []) == quick_before
 

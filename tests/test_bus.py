@@ -21,7 +21,8 @@ import redis
 import redis.asyncio as aioredis
 
 from runner_core.errors import InvalidRequestError, InvocationOwnedError
-from runner_core.events import Event
+from runner_core.events import Event, RunQueuedEvent, decode_event
+from tests.event_factory import make_event as build_event
 from tests.services import free_port
 from workers import client
 from workers.bus import (
@@ -32,10 +33,14 @@ from workers.bus import (
     cancel_key,
     control_channel,
     events_channel,
+    owner_identity,
     stream_key,
 )
 
 pytestmark = pytest.mark.redis
+
+
+IDENTITY = owner_identity("demo", "alice", "s1")
 
 
 def make_event(invocation_id: str, seq: int, *, last: bool = False) -> Event:
@@ -48,8 +53,10 @@ def make_event(invocation_id: str, seq: int, *, last: bool = False) -> Event:
         "session_id": "s1",
     }
     if last:
-        return Event(type="runner.completion", status="completed", final_text="done", **common)
-    return Event(type="message.delta", partial=True, delta=f"chunk {seq} ", **common)
+        return build_event(
+            type="runner.completion", status="completed", final_text="done", **common
+        )
+    return build_event(type="message.delta", partial=True, delta=f"chunk {seq} ", **common)
 
 
 def make_run(invocation_id: str, count: int) -> list[Event]:
@@ -91,7 +98,7 @@ def publish_all(redis_url: str, events: list[Event], *, delay_s: float = 0.0) ->
             for event in events:
                 if delay_s:
                     await asyncio.sleep(delay_s)
-                await worker_bus.publish(event)
+                await worker_bus.publish(event, identity=IDENTITY)
         finally:
             await connection.aclose()
 
@@ -118,7 +125,7 @@ async def test_publish_writes_channel_and_stream_in_one_round_trip(
     pool = aioredis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
     connection = aioredis.Redis(connection_pool=pool)
     bus = EventBus(connection)
-    await bus.publish(make_event("warm-up", 0))
+    await bus.publish(make_event("warm-up", 0), identity=IDENTITY)
     sync_redis.config_resetstat()
     pubsub = sync_redis.pubsub()
     pubsub.subscribe(events_channel(invocation_id))
@@ -127,7 +134,7 @@ async def test_publish_writes_channel_and_stream_in_one_round_trip(
 
     # When three events are published
     for seq in range(3):
-        await bus.publish(make_event(invocation_id, seq))
+        await bus.publish(make_event(invocation_id, seq), identity=IDENTITY)
     await connection.aclose()
 
     # Then each took one round trip (one script call), and wrote the stream and the channel
@@ -138,7 +145,7 @@ async def test_publish_writes_channel_and_stream_in_one_round_trip(
     assert stats["cmdstat_publish"]["calls"] == 3
     assert sync_redis.xlen(stream_key(invocation_id)) == 3
     received = [pubsub.get_message(timeout=1) for _ in range(3)]
-    assert [Event.from_json(m["data"]).seq for m in received if m] == [0, 1, 2]
+    assert [decode_event(m["data"]).seq for m in received if m] == [0, 1, 2]
     pubsub.close()
 
 
@@ -146,13 +153,13 @@ async def test_stream_entry_holds_the_event_json_in_field_event_with_a_ttl(
     bus: EventBus, sync_redis: redis.Redis, invocation_id: str
 ) -> None:
     event = make_event(invocation_id, 0)
-    await bus.publish(event)
+    await bus.publish(event, identity=IDENTITY)
 
     entries = sync_redis.xrange(stream_key(invocation_id))
     assert len(entries) == 1
     _entry_id, fields = entries[0]
     assert set(fields) == {b"event"}
-    assert Event.from_json(fields[b"event"]) == event
+    assert decode_event(fields[b"event"]) == event
     assert 3500 < sync_redis.ttl(stream_key(invocation_id)) <= 3600
 
 
@@ -161,7 +168,7 @@ async def test_stream_is_capped_and_ttl_configurable(
 ) -> None:
     bus = EventBus(aio, stream_maxlen=50, stream_ttl_s=30)
     for seq in range(600):
-        await bus.publish(make_event(invocation_id, seq))
+        await bus.publish(make_event(invocation_id, seq), identity=IDENTITY)
 
     length = sync_redis.xlen(stream_key(invocation_id))
     assert 50 <= length < 600  # MAXLEN ~ trims whole nodes: approximately 50
@@ -172,23 +179,24 @@ async def test_publish_before_start_only_while_the_run_has_not_started(
     bus: EventBus, sync_redis: redis.Redis, invocation_id: str
 ) -> None:
     def queued(seq: int) -> Event:
-        return make_event(invocation_id, seq).model_copy(
-            update={"type": "run.queued", "partial": False, "delta": None, "waiting_for": "x"}
+        return RunQueuedEvent(
+            invocation_id=invocation_id, seq=seq, author="agent-runner", waiting_for="x"
         )
 
     # The next event of a run nobody started is published
-    assert await bus.publish_before_start(queued(0))
+    assert await bus.publish_before_start(queued(0), identity=IDENTITY)
     # One that is not the next (a twin delivery published first) is not
-    assert not await bus.publish_before_start(queued(0))
-    assert not await bus.publish_before_start(queued(2))
+    assert not await bus.publish_before_start(queued(0), identity=IDENTITY)
+    assert not await bus.publish_before_start(queued(2), identity=IDENTITY)
     # Nor is one of another (app, user, session) than the invocation's owner
     with pytest.raises(InvocationOwnedError):
-        await bus.publish_before_start(queued(1).model_copy(update={"session_id": "other"}))
+        other = owner_identity("demo", "alice", "other")
+        await bus.publish_before_start(queued(1), identity=other)
     # Nor anything once a delivery took the session (the run owns the next seq then)
     sync_redis.set(attempts_key(invocation_id), 1)
-    assert not await bus.publish_before_start(queued(1))
+    assert not await bus.publish_before_start(queued(1), identity=IDENTITY)
     entries = sync_redis.xrange(stream_key(invocation_id))
-    assert [Event.from_json(f[b"event"]).type for _, f in entries] == ["run.queued"]
+    assert [decode_event(f[b"event"]).type for _, f in entries] == ["run.queued"]
 
 
 async def test_last_seq_and_completion(bus: EventBus, invocation_id: str) -> None:
@@ -196,11 +204,11 @@ async def test_last_seq_and_completion(bus: EventBus, invocation_id: str) -> Non
     assert await bus.completion(invocation_id) is None
 
     for event in make_run(invocation_id, 3)[:2]:
-        await bus.publish(event)
+        await bus.publish(event, identity=IDENTITY)
     assert await bus.last_seq(invocation_id) == 1
     assert await bus.completion(invocation_id) is None
 
-    await bus.publish(make_event(invocation_id, 2, last=True))
+    await bus.publish(make_event(invocation_id, 2, last=True), identity=IDENTITY)
     completion = await bus.completion(invocation_id)
     assert completion is not None and completion.status == "completed"
     assert await bus.last_seq(invocation_id) == 2
@@ -430,7 +438,7 @@ async def test_publish_to_unreachable_redis_names_host_and_port(invocation_id: s
     port = free_port()
     connection = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
     with pytest.raises(EventBusUnavailableError, match=rf"127\.0\.0\.1:{port}"):
-        await EventBus(connection).publish(make_event(invocation_id, 0))
+        await EventBus(connection).publish(make_event(invocation_id, 0), identity=IDENTITY)
     await connection.aclose()
 
 

@@ -27,6 +27,7 @@ from runner_core.events import Event, render_event_json_schema
 from runner_core.messages import Message
 from runner_core.testing import ScriptedModelServer
 from tests.celery_workers import read_events, wait_for_completion
+from tests.event_factory import make_event
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -380,7 +381,7 @@ def test_a_run_waiting_for_its_session_says_so(
     # Then tail shows that it waited behind the first run, then the run itself
     assert tail.returncode == 0, stderr
     lines = stdout.splitlines()
-    assert lines[0] == f"  [queued] session s7 is busy: waiting for run {first} to finish first"
+    assert lines[0] == f"  [queued] the session is busy: waiting for run {first} to finish first"
     assert "assistant> second answer" in stdout
     assert "[completed;" in lines[-1]
     events = read_events(redis_url, second)
@@ -403,20 +404,24 @@ def printed(events: list[Event]) -> list[str]:
 
 
 def text_delta(seq: int, text: str) -> Event:
-    return Event(type="message.delta", author="a", partial=True, delta=text, seq=seq, **RUN)
+    return make_event(type="message.delta", author="a", partial=True, delta=text, seq=seq, **RUN)
 
 
 def test_printer_ends_the_partial_reply_says_it_is_discarded_and_prints_the_new_one() -> None:
     story = Message.assistant("Once upon a time.")
     lines = printed(
         [
-            Event(type="message", author="user", message=Message.user("a story"), seq=0, **RUN),
+            make_event(
+                type="message", author="user", message=Message.user("a story"), seq=0, **RUN
+            ),
             text_delta(1, "Once "),
             text_delta(2, "upon"),
-            Event(type="run.restarted", author="a", attempt=2, discard_after_seq=0, seq=3, **RUN),
+            make_event(
+                type="run.restarted", author="a", attempt=2, discard_after_seq=0, seq=3, **RUN
+            ),
             text_delta(4, "Once upon a time."),
-            Event(type="message", author="a", message=story, seq=5, **RUN),
-            Event(type="runner.completion", author="a", status="completed", **RUN),
+            make_event(type="message", author="a", message=story, seq=5, **RUN),
+            make_event(type="runner.completion", author="a", status="completed", **RUN),
         ]
     )
     assert lines == [
@@ -431,9 +436,13 @@ def test_printer_ends_the_partial_reply_says_it_is_discarded_and_prints_the_new_
 def test_printer_notes_a_restart_with_no_partial_reply_without_claiming_one() -> None:
     lines = printed(
         [
-            Event(type="message", author="user", message=Message.user("hi"), seq=0, **RUN),
-            Event(type="run.restarted", author="a", attempt=3, discard_after_seq=0, seq=1, **RUN),
-            Event(type="message", author="a", message=Message.assistant("hello"), seq=2, **RUN),
+            make_event(type="message", author="user", message=Message.user("hi"), seq=0, **RUN),
+            make_event(
+                type="run.restarted", author="a", attempt=3, discard_after_seq=0, seq=1, **RUN
+            ),
+            make_event(
+                type="message", author="a", message=Message.assistant("hello"), seq=2, **RUN
+            ),
         ]
     )
     assert lines == ["user> hi", "  [restarted: attempt 3]", "assistant> hello"]

@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 from runner_core.errors import InvalidRequestError
 from runner_core.events import Event
 from runner_core.messages import Message
+from tests.event_factory import make_event
 from workers import client
-from workers.bus import EventBus, cancel_key, submitted_key
+from workers.bus import EventBus, cancel_key, owner_identity, submitted_key
 
 NO_MODEL = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
 
@@ -47,7 +48,7 @@ async def test_submit_and_read_back_through_a_real_worker(
     assert [e.seq for e in events] == list(range(len(events)))
     assert events[-1].is_runner_completion() and events[-1].status == "completed"
     assert events[-1].final_text == "12*7 = 84."
-    calls = [c for e in events if e.message for c in e.message.tool_calls or []]
+    calls = [c for e in events if e.type == "message" for c in e.message.tool_calls or []]
     assert [c.function.name for c in calls] == ["calculator"]
 
     replayed = [e async for e in client.astream_events(invocation_id, after_seq=1, timeout=30)]
@@ -57,8 +58,11 @@ async def test_submit_and_read_back_through_a_real_worker(
 # --- known and unknown invocations -------------------------------------------------------------
 
 
+IDENTITY = owner_identity("assistant", "alice", "s1")
+
+
 def completion_of(invocation_id: str) -> Event:
-    return Event(
+    return make_event(
         invocation_id=invocation_id,
         type="runner.completion",
         author="assistant",
@@ -72,7 +76,7 @@ def completion_of(invocation_id: str) -> Event:
 async def publish(redis_url: str, event: Event) -> None:
     connection = aioredis.Redis.from_url(redis_url)
     try:
-        await EventBus(connection).publish(event)
+        await EventBus(connection).publish(event, identity=IDENTITY)
     finally:
         await connection.aclose()
 

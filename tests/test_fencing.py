@@ -29,11 +29,16 @@ from runner_core.session import SessionKey
 from runner_core.testing import ScriptedModelServer, scripted_model
 from runner_core.tools import ToolContext
 from session_backends import InMemorySessionService
-from workers.bus import EventBus, owner_key, stream_key
+from tests.event_factory import make_event
+from workers.bus import EventBus, owner_identity, owner_key, stream_key
 from workers.session_lock import Busy, Claimed, SessionLocks
 
 KEY = SessionKey("demo", "alice", "s1")
 MALLORY = SessionKey("demo", "mallory", "s-evil")
+
+
+def identity_of(key: SessionKey) -> str:
+    return owner_identity(key.app_name, key.user_id, key.session_id)
 
 
 @pytest.fixture
@@ -58,7 +63,7 @@ def event(invocation_id: str, seq: int, key: SessionKey = KEY, **fields: Any) ->
     if fields["type"] == "message.delta":
         fields.setdefault("partial", True)
         fields.setdefault("delta", "x")
-    return Event(
+    return make_event(
         invocation_id=invocation_id,
         seq=seq,
         author="assistant",
@@ -85,18 +90,18 @@ async def test_a_publish_of_a_delivery_whose_lease_was_taken_writes_nothing(
     # Given a delivery that published, then lost its lease (expired, granted to a redelivery)
     run = str(uuid.uuid4())
     stale = await claimed(locks, KEY, run)
-    await bus.publish(event(run, 0), fence=locks.fence(stale.lease))
+    await bus.publish(event(run, 0), fence=locks.fence(stale.lease), identity=identity_of(KEY))
     await aio.delete(f"agent-runner:session:{stale.lease.digest}:lease")
     owner = await claimed(locks, KEY, run)
     assert owner.lease.token > stale.lease.token
 
     # When the stale delivery publishes again
     with pytest.raises(FencedError, match="no longer holds its session lease"):
-        await bus.publish(event(run, 1), fence=locks.fence(stale.lease))
+        await bus.publish(event(run, 1), fence=locks.fence(stale.lease), identity=identity_of(KEY))
 
     # Then nothing was written, and the owner publishes
     assert await aio.xlen(stream_key(run)) == 1
-    await bus.publish(event(run, 1), fence=locks.fence(owner.lease))
+    await bus.publish(event(run, 1), fence=locks.fence(owner.lease), identity=identity_of(KEY))
     assert await bus.last_seq(run) == 1
 
 
@@ -105,10 +110,10 @@ async def test_an_event_for_another_identity_s_invocation_is_refused(
     bus: EventBus, aio: aioredis.Redis
 ) -> None:
     run = str(uuid.uuid4())
-    await bus.publish(event(run, 0))  # binds the ID to alice's session
+    await bus.publish(event(run, 0), identity=identity_of(KEY))  # binds the ID to alice's session
 
     with pytest.raises(InvocationOwnedError, match="belongs to another"):
-        await bus.publish(event(run, 1, MALLORY))
+        await bus.publish(event(run, 1, MALLORY), identity=identity_of(MALLORY))
 
     assert await aio.xlen(stream_key(run)) == 1
     assert b"alice" in (await aio.get(owner_key(run)) or b"")
@@ -124,7 +129,9 @@ async def test_a_claim_for_another_identity_is_refused_and_writes_nothing(
     # Given alice's run, finished
     run = str(uuid.uuid4())
     mine = await claimed(locks, KEY, run)
-    await bus.publish(event(run, 0, type="runner.completion", status="completed"))
+    await bus.publish(
+        event(run, 0, type="runner.completion", status="completed"), identity=identity_of(KEY)
+    )
     await locks.release(mine.lease, finished=True)
     keys_before = sorted(await aio.keys("*"))
 
@@ -136,7 +143,7 @@ async def test_a_claim_for_another_identity_is_refused_and_writes_nothing(
     assert sorted(await aio.keys("*")) == keys_before
     # And alice's redelivery still gets her completion
     done = await locks.claim(KEY, run, wait=True)
-    assert isinstance(done, Event) and done.is_runner_completion()
+    assert done.type == "runner.completion"
 
 
 @pytest.mark.redis

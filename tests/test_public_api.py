@@ -10,8 +10,10 @@ import pytest
 
 EXPECTED = {
     "runner_core": {
-        "AgentRunnerError", "ConfigurationError", "CorruptSessionDataError", "Event",
-        "EventActions", "EventError", "EventType", "FunctionCall", "FunctionTool",
+        "AgentRunnerError", "ConfigurationError", "CorruptSessionDataError", "ErrorEvent",
+        "Event", "EventError", "EventType", "FunctionCall", "FunctionTool", "MessageDeltaEvent",
+        "MessageEvent", "RunCompletionEvent", "RunPausedEvent", "RunQueuedEvent",
+        "RunRestartedEvent", "StateUpdateEvent", "ToolResultEvent",
         "GenerationConfig", "InvalidRequestError", "LLMAgent", "Message", "Model",
         "ModelConnectionError", "ModelError", "ModelHTTPError", "ModelPrice", "ModelRequest",
         "ModelResponse", "ModelTimeoutError", "OpenAIModel", "RunFailedError", "RunStatus",

@@ -32,6 +32,7 @@ from runner_core import (
 from runner_core.testing import ScriptedModelServer, scripted_model
 from session_backends import InMemorySessionService
 from tests.celery_workers import ROOT, StartWorker, read_events, wait_for_completion
+from tests.event_factory import make_event
 from workers.client import ReplyText, stream_events
 
 IDS = {"invocation_id": "inv-1", "app_name": "app", "user_id": "u", "session_id": "s"}
@@ -190,23 +191,25 @@ async def test_a_bad_attempt_is_refused(
 
 
 def delta(seq: int, text: str) -> Event:
-    return Event(type="message.delta", author="a", partial=True, delta=text, seq=seq, **IDS)
+    return make_event(type="message.delta", author="a", partial=True, delta=text, seq=seq, **IDS)
 
 
 def test_reply_text_drops_what_the_marker_voids_and_trusts_the_message() -> None:
     reply = ReplyText()
-    assert (
-        reply.feed(Event(type="message", author="user", message=Message.user("hi"), **IDS)) is None
-    )
+    hello = make_event(type="message", author="user", message=Message.user("hi"), **IDS)
+    assert reply.feed(hello) is None
     reply.feed(delta(1, "Once "))
     reply.feed(delta(2, "upon"))
     assert reply.partial == "Once upon"
-    restart = Event(type="run.restarted", author="a", attempt=2, discard_after_seq=0, seq=3, **IDS)
+    restart = make_event(
+        type="run.restarted", author="a", attempt=2, discard_after_seq=0, seq=3, **IDS
+    )
     assert reply.feed(restart) is None
     assert reply.partial == ""
     reply.feed(delta(4, "Once upon a time"))
     assert reply.partial == "Once upon a time"
-    done = Event(type="message", author="a", message=Message.assistant("Once upon a time."), **IDS)
+    story = Message.assistant("Once upon a time.")
+    done = make_event(type="message", author="a", message=story, **IDS)
     assert reply.feed(done) == "Once upon a time."  # the message, not the deltas
     assert reply.partial == ""
 
@@ -214,7 +217,7 @@ def test_reply_text_drops_what_the_marker_voids_and_trusts_the_message() -> None
 def test_reply_text_keeps_deltas_up_to_discard_after_seq() -> None:
     # (the Runner never publishes such a marker, but the rule is by seq, and so is ReplyText)
     reply = ReplyText(deltas=[(4, "kept "), (5, "void")])
-    reply.feed(Event(type="run.restarted", author="a", attempt=2, discard_after_seq=4, **IDS))
+    reply.feed(make_event(type="run.restarted", author="a", attempt=2, discard_after_seq=4, **IDS))
     assert reply.partial == "kept "
 
 
@@ -223,11 +226,11 @@ def test_reply_text_ends_a_turn_at_any_complete_event() -> None:
     reply.feed(delta(1, "Let me check. "))
     call = ToolCall.make("c1", "lookup", {"term": "x"})
     tool_turn = Message.assistant("Let me check. ", tool_calls=[call])
-    assert reply.feed(Event(type="message", author="a", message=tool_turn, **IDS)) is None
+    assert reply.feed(make_event(type="message", author="a", message=tool_turn, **IDS)) is None
     assert reply.partial == ""
     reply.feed(delta(3, "Bro"))
     error = EventError(type="model_http_error", message="boom")
-    assert reply.feed(Event(type="error", author="a", error=error, **IDS)) is None
+    assert reply.feed(make_event(type="error", author="a", error=error, **IDS)) is None
     assert reply.partial == ""
 
 

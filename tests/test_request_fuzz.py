@@ -29,7 +29,7 @@ from kombu import Connection
 from kombu.message import Message
 
 from runner_core.errors import ConfigurationError, InvalidRequestError, lone_surrogate
-from runner_core.events import Event, EventError
+from runner_core.events import EventError, decode_event
 from runner_core.session import ID_RE
 from runner_core.testing import ScriptedModelServer
 from tests.celery_workers import CeleryWorker, StartWorker, completions, read_events
@@ -298,15 +298,17 @@ def test_failure_events_are_json_for_any_input(
             labels,
             EventError.model_construct(type=error[0], message=error[1], code=error[2]),
             status=status,
-            first_seq=first_seq,
+            after_seq=first_seq - 1 if first_seq else None,
         )
         assert events[-1].is_runner_completion() and events[-1].status == status
         assert [e.seq for e in events] == list(range(first_seq, first_seq + len(events)))
         for event in events:
-            assert Event.from_json(event.to_json()) == event
-            for label in (event.app_name, event.user_id, event.session_id):
-                assert label == "" or ID_RE.fullmatch(label)  # valid or empty, never echoed
+            assert decode_event(event.to_json()) == event
             assert event.invocation_id == TaskID.read(event.invocation_id).invocation_id
+        done = events[-1]
+        assert done.type == "runner.completion"  # the one event that names the run
+        for label in (done.app_name, done.user_id, done.session_id):
+            assert label == "" or ID_RE.fullmatch(label)  # valid or empty, never echoed
 
 
 # --- broker messages ------------------------------------------------------------------------
@@ -564,12 +566,13 @@ def test_every_fuzzed_message_ends_in_a_terminal_event_and_the_worker_stays_up(
         stream = events[stream_id]
         assert stream[-1]["type"] == "runner.completion"
         for raw in stream:  # every event is a valid event, its labels valid or empty
-            event = Event.from_json(json.dumps(raw))
+            event = decode_event(json.dumps(raw))
             assert event.invocation_id == stream_id
-            assert all(
-                x == "" or ID_RE.fullmatch(x)
-                for x in (event.app_name, event.user_id, event.session_id)
-            )
+            if event.type == "runner.completion":
+                assert all(
+                    x == "" or ID_RE.fullmatch(x)
+                    for x in (event.app_name, event.user_id, event.session_id)
+                )
         if stream_id.startswith(INVALID_TASK_ID_PREFIX):
             continue  # messages without a usable ID may share a fallback stream
         assert len(completions(stream)) == 1

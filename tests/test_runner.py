@@ -20,6 +20,7 @@ from runner_core import (
     tool,
 )
 from runner_core.context import NOT_EXECUTED
+from runner_core.events import decode_event
 from runner_core.testing import FakeModel
 from session_backends import InMemorySessionService
 
@@ -160,10 +161,11 @@ async def test_empty_session_id_creates_a_session_with_a_generated_id(
 ) -> None:
     model.add_text("ok")
     events = await run_all(make_runner(model, service), "alice", "", "hi")
-    session_id = events[0].session_id
+    session_id = completion_of(events).session_id  # the completion names the run
     assert session_id
-    assert await service.get_session("demo", "alice", session_id) is not None
-    assert all(e.session_id == session_id for e in events)
+    session = await service.get_session("demo", "alice", session_id)
+    stored = [e.id for e in events if not e.partial and not e.is_runner_completion()]
+    assert session is not None and [e.id for e in session.events] == stored
 
 
 async def test_independent_tool_calls_of_one_turn_run_concurrently(
@@ -213,6 +215,14 @@ def read_scratch(context: ToolContext) -> str:
     return str(context.state.get("temp:scratch"))
 
 
+async def state_of(
+    service: InMemorySessionService, user_id: str, session_id: str
+) -> dict[str, Any]:
+    session = await service.get_session("demo", user_id, session_id)
+    assert session is not None
+    return session.state
+
+
 async def test_state_scopes_app_user_session_and_temp(
     model: FakeModel, service: InMemorySessionService
 ) -> None:
@@ -226,16 +236,16 @@ async def test_state_scopes_app_user_session_and_temp(
     assert results[1].message is not None and results[1].message.content == "x"
     assert results[0].message is not None
     assert results[0].message.content == f"stored x for {events[0].invocation_id}"
-    completion = completion_of(events)
-    assert completion.state == {"note": "x", "user:name": "x", "app:visits": 1}
+    expected = {"note": "x", "user:name": "x", "app:visits": 1}
+    assert await state_of(service, "alice", "s1") == expected
     # Another session of the same user shares user: and app:, not the session key.
     model.add_text("hi again")
-    events2 = await run_all(runner, "alice", "s2", "hello")
-    assert completion_of(events2).state == {"user:name": "x", "app:visits": 1}
+    await run_all(runner, "alice", "s2", "hello")
+    assert await state_of(service, "alice", "s2") == {"user:name": "x", "app:visits": 1}
     # Another user shares only app:.
     model.add_text("hi bob")
-    events3 = await run_all(runner, "bob", "s3", "hello")
-    assert completion_of(events3).state == {"app:visits": 1}
+    await run_all(runner, "bob", "s3", "hello")
+    assert await state_of(service, "bob", "s3") == {"app:visits": 1}
     # temp: is never stored.
     stored = await service.get_session("demo", "alice", "s1")
     assert stored is not None and "temp:scratch" not in stored.state
@@ -287,7 +297,7 @@ async def paused_run(model: FakeModel, runner: Runner) -> list[Event]:
     model.add_tool_calls([("call_r", "refund", {"order_id": "A1", "amount": 5})])
     events = await run_all(runner, "u", "s", "refund A1")
     assert events[-2].type == "run.paused"
-    assert [c.id for c in events[-2].actions.requested_confirmations] == ["call_r"]
+    assert [c.id for c in events[-2].requested_confirmations] == ["call_r"]
     assert completion_of(events).status == "paused"
     return events
 
@@ -683,6 +693,6 @@ async def test_completion_event_json_is_valid_for_subscribers(
     model.add_text("fine")
     events = await run_all(make_runner(model, service), "u", "s", "hi")
     for event in events:
-        assert Event.from_json(event.to_json()) == event
+        assert decode_event(event.to_json()) == event
     payload = json.loads(events[-1].to_json())
     assert payload["status"] == "completed" and payload["type"] == "runner.completion"

@@ -276,7 +276,7 @@ async def test_server_stopped_mid_use_then_restarted(
         assert await svc.append_event(session, assistant_event(session, "after")) is True
         loaded = await svc.get_session(APP, USER, "s1")
         assert loaded is not None
-        assert [e.message.text for e in loaded.events if e.message] == [
+        assert [e.message.text for e in loaded.events if getattr(e, "message", None)] == [
             "before the outage",
             "after",
         ]

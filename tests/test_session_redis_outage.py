@@ -307,7 +307,7 @@ async def test_a_retried_append_of_a_stale_owner_is_refused(
     with pytest.raises(FencedError, match="fenced by token 3"):
         await asyncio.wait_for(append, HANG_GUARD_S)
 
-    texts = [e.message.text for e in (await stored(direct, "s1")).events if e.message]
+    texts = [e.message.text for e in (await stored(direct, "s1")).events if e.type == "message"]
     assert texts == ["warm-up", "landed, reply lost"]
 
 

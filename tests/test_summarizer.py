@@ -506,7 +506,7 @@ async def test_a_pending_confirmation_is_never_summarised_away(
     assert paused.status == "paused"
     session = await store.get_session(APP, USER, "s1")
     assert session is not None
-    call_turn = next(e for e in session.events if e.message and e.message.tool_calls)
+    call_turn = next(e for e in session.events if e.type == "message" and e.message.tool_calls)
     # When a summary is forced
     server.add_text("They greeted; a refund was asked.")
     summary = await create_session_summary(

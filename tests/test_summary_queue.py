@@ -29,6 +29,7 @@ from runner_core.messages import Message
 from runner_core.testing import ScriptedModelServer
 from session_backends import from_url
 from tests.celery_workers import CeleryWorker
+from tests.event_factory import make_event
 from tests.services import free_port
 
 T = TypeVar("T")
@@ -83,11 +84,13 @@ async def add_turns(service: Any, session_id: str, turns: int, *, start: int = 0
     if session is None:
         session = await service.create_session(APP, USER, session_id)
     for i in range(start, start + turns):
-        for message, author in ((Message.user(f"q{i}"), "user"), (Message.assistant(f"a{i}"), APP)):
+        turn = ((Message.user(f"q{i}"), "user"), (Message.assistant(f"a{i}"), APP))
+        for seq, (message, author) in enumerate(turn):
             await service.append_event(
                 session,
-                Event(
+                make_event(
                     invocation_id=f"inv{i}",
+                    seq=seq,
                     type="message",
                     author=author,
                     app_name=APP,
@@ -108,7 +111,7 @@ def trace(redis_url: str) -> list[dict[str, Any]]:
 
 
 def completed(session_id: str) -> Event:
-    return Event(
+    return make_event(
         invocation_id="inv-done",
         type="runner.completion",
         author="agent-runner",

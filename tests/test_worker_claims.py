@@ -17,15 +17,18 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from runner_core.events import Event
+from runner_core.events import Event, RunCompletionEvent
 from runner_core.session import SessionKey
-from workers.bus import EventBus, EventBusError, stream_key
+from tests.event_factory import make_event
+from workers.bus import EventBus, EventBusError, owner_identity, stream_key
 from workers.cancel_watch import CancelWatcher
 from workers.session_lock import Busy, Claimed, SessionLocks
 
 pytestmark = pytest.mark.redis
 
 KEY = SessionKey("demo", "alice", "s1")
+
+IDENTITY = owner_identity(KEY.app_name, KEY.user_id, KEY.session_id)
 
 
 @pytest.fixture
@@ -55,7 +58,7 @@ def event(invocation_id: str, seq: int, **fields: Any) -> Event:
     if fields["type"] == "message.delta":
         fields.setdefault("partial", True)
         fields.setdefault("delta", "x")
-    return Event(
+    return make_event(
         invocation_id=invocation_id,
         seq=seq,
         author="assistant",
@@ -135,12 +138,10 @@ async def test_a_reject_run_does_not_jump_the_queue(locks: SessionLocks) -> None
     assert await locks.claim(KEY, rejecter, wait=False) == Busy(waiter, "queued")
 
 
-async def test_the_claim_reports_the_last_published_seq(
-    locks: SessionLocks, bus: EventBus
-) -> None:
+async def test_the_claim_reports_the_last_published_seq(locks: SessionLocks, bus: EventBus) -> None:
     run = new_id()
     for seq in range(3):
-        await bus.publish(event(run, seq))
+        await bus.publish(event(run, seq), identity=IDENTITY)
 
     claimed = await locks.claim(KEY, run, wait=True)
 
@@ -151,14 +152,15 @@ async def test_a_finished_run_returns_its_completion_and_takes_nothing(
     locks: SessionLocks, bus: EventBus
 ) -> None:
     run, other = new_id(), new_id()
-    await bus.publish(event(run, 0))
+    await bus.publish(event(run, 0), identity=IDENTITY)
     await bus.publish(
-        event(run, 1, type="runner.completion", status="completed", final_text="done")
+        event(run, 1, type="runner.completion", status="completed", final_text="done"),
+        identity=IDENTITY,
     )
 
     done = await locks.claim(KEY, run, wait=True)
 
-    assert isinstance(done, Event) and done.is_runner_completion()
+    assert isinstance(done, RunCompletionEvent) and done.is_runner_completion()
     assert (done.seq, done.final_text) == (1, "done")
     assert isinstance(await locks.claim(KEY, other, wait=True), Claimed)  # the session was free
 

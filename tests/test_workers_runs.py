@@ -82,7 +82,7 @@ def test_run_with_a_tool_call_end_to_end(
     assert returned == events[-1]
     # And the session holds user, assistant tool call, tool result, assistant text
     session = load_session(redis_url, "alice", "s-e2e")
-    kinds = [(e.type, e.message.role if e.message else None) for e in session.events]
+    kinds = [(e.type, getattr(e, "message", None) and e.message.role) for e in session.events]
     assert kinds == [
         ("message", "user"),
         ("message", "assistant"),

@@ -148,8 +148,9 @@ class EventPrinter:
     def _on_runner_completion(self, event: RunCompletionEvent) -> None:
         usage = event.usage
         detail: list[str] = [event.status]
-        calls = "1 model call" if usage.model_calls == 1 else f"{usage.model_calls} model calls"
-        detail.append(f"{calls}, {usage.total_tokens} tokens")
+        if usage.model_calls:
+            calls = "1 model call" if usage.model_calls == 1 else f"{usage.model_calls} model calls"
+            detail.append(f"{calls}, {usage.total_tokens} tokens")
         if event.cost is not None:
             detail.append(f"cost {event.cost:.6f}")
         self._line(f"  [{'; '.join(detail)}]")
