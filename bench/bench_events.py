@@ -46,9 +46,9 @@ from bench.report import (
     rounded,
     summarize,
 )
-from runner_core.events import Event
+from runner_core.events import Event, MessageDeltaEvent, RunCompletionEvent
 from workers import client
-from workers.bus import EventBus, events_channel
+from workers.bus import EventBus, events_channel, owner_identity
 from workers.localstack import LOOPBACK, find_redis_server, free_port
 
 NAME = "events"
@@ -89,19 +89,21 @@ def redis_server() -> Iterator[tuple[str, str]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+APP, USER, SESSION = "bench", "bench-user", "bench-session"
+#: Whose run the events are: the bus binds the invocation ID to it on the first publish.
+IDENTITY = owner_identity(APP, USER, SESSION)
+
+
 def make_event(invocation_id: str, seq: int, *, last: bool = False) -> Event:
-    common: dict[str, Any] = {
-        "invocation_id": invocation_id,
-        "seq": seq,
-        "author": "assistant",
-        "app_name": "bench",
-        "user_id": "bench-user",
-        "session_id": "bench-session",
-    }
     if last:
-        return Event(type="runner.completion", status="completed", final_text="", **common)
+        return RunCompletionEvent(
+            invocation_id=invocation_id, seq=seq, author="assistant", status="completed",
+            final_text="", app_name=APP, user_id=USER, session_id=SESSION,
+        )  # fmt: skip
     # The stamp rides in the delta: the text a model chunk would carry.
-    return Event(type="message.delta", partial=True, delta=str(time.monotonic_ns()), **common)
+    return MessageDeltaEvent(
+        invocation_id=invocation_id, seq=seq, author="assistant", delta=str(time.monotonic_ns())
+    )
 
 
 # --- subscribers (child processes) ---------------------------------------------------------
@@ -113,7 +115,7 @@ def subscribe_client(url: str, invocation_id: str, ready: Connection, out: Conne
     for event in client.stream_events(invocation_id, redis_url=url, timeout=30):
         received = time.monotonic_ns()
         if event.type == "message.delta":
-            latencies.append(received - int(event.delta or 0))
+            latencies.append(received - int(event.delta))
     out.send(latencies)
 
 
@@ -154,7 +156,7 @@ async def publish_events(url: str, invocation_id: str, mode: str, count: int, ra
                 await asyncio.sleep(delay)
             event = make_event(invocation_id, seq, last=seq == count)
             if mode == "client":
-                await bus.publish(event)
+                await bus.publish(event, identity=IDENTITY)
             else:
                 await connection.publish(channel, event.to_json())
     finally:

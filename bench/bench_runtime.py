@@ -5,6 +5,11 @@ in-memory session store. The baseline makes the same two streamed calls with the
 client in the same process, against the same scripted server. Runs alternate A B A B, and the
 overhead is the median of the paired differences.
 
+It also reports the bytes of each event type on the wire (``bench/event_sizes.py``): every
+event of the measured runs, outside the timed spans, and a few untimed runs for the types those
+runs do not emit. Runs get a Celery-style invocation ID (a UUID with dashes), as on a worker,
+so the sizes are those of the events a worker publishes.
+
     python -m bench runtime [--quick] [--no-write]
     python -m bench.bench_runtime [--runs N] [--quick] [--no-write]
 """
@@ -14,10 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+import uuid
 from typing import Any
 
 from openai import AsyncOpenAI
 
+from bench.event_sizes import EventSizes
+from bench.event_sizes import render as render_event_sizes
 from bench.report import (
     default_output,
     machine,
@@ -27,19 +35,28 @@ from bench.report import (
     rounded,
     summarize,
 )
-from runner_core import LLMAgent, Runner, tool
+from runner_core import LLMAgent, Runner, RunQueuedEvent, StateUpdateEvent, tool
 from runner_core.testing import ScriptedModelServer, scripted_model
 from session_backends import InMemorySessionService
 
 NAME = "runtime"
 FULL_RUNS, QUICK_RUNS = 300, 100
 TOOL_ARGS = {"a": 2, "b": 3}
+#: Untimed runs per extra case of the bytes table; sizes differ only by their numbers.
+COVER_RUNS = 3
+MAIN_CASE = "the measured runs (tool call + reply)"
 
 
 @tool
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
+
+
+@tool(requires_confirmation=True)
+def refund(order_id: str, amount: float) -> str:
+    """Refund an order (the user confirms first)."""
+    return f"refunded {amount} on {order_id}"
 
 
 def script(server: ScriptedModelServer) -> None:
@@ -82,6 +99,54 @@ async def raw_run(client: AsyncOpenAI, tools: list[dict[str, Any]]) -> None:
             text.append(choice.delta.content or "")
 
 
+def script_refund(server: ScriptedModelServer) -> None:
+    server.add_tool_calls([("call_1", "refund", {"order_id": "A-1042", "amount": 42.0})])
+
+
+def script_failure(server: ScriptedModelServer) -> None:
+    server.add_error(500, "The server had an error while processing your request.")
+
+
+#: The untimed runs of the bytes table: (case, its model replies, attempt).
+COVER_CASES = (
+    ("a tool that needs confirmation", script_refund, 1),  # run.paused
+    ("the model answers HTTP 500", script_failure, 1),  # error
+    ("a second attempt (`attempt=2`)", script, 2),  # run.restarted
+)
+
+
+async def cover_other_types(server: ScriptedModelServer, sizes: EventSizes) -> None:
+    """Untimed runs (or built events) for the types the measured runs do not emit:
+    ``run.paused``, ``error``, ``run.restarted``, ``run.queued`` and ``state.update``."""
+    service = InMemorySessionService()
+    agent = LLMAgent(
+        "bench", model=scripted_model(server), instruction="Be brief.", tools=[add, refund]
+    )
+    async with Runner("bench", agent, session_service=service) as runner:
+        for i in range(COVER_RUNS):
+            for n, (case, add_replies, attempt) in enumerate(COVER_CASES):
+                add_replies(server)
+                stream = runner.run("user", f"cover-{n}-{i}", "What is 2 + 3?",
+                                    invocation_id=str(uuid.uuid4()), attempt=attempt)  # fmt: skip
+                sizes.add_run([e async for e in stream], case)
+    await service.close()
+    await agent.model.close()
+
+    # Imported here: nothing else of the in-process benchmark needs the workers.
+    from workers.execution import AUTHOR
+
+    for _ in range(COVER_RUNS):
+        # A worker publishes run.queued before the run starts (seq 0, its own author).
+        queued = RunQueuedEvent(
+            invocation_id=str(uuid.uuid4()), author=AUTHOR, waiting_for=str(uuid.uuid4())
+        )
+        sizes.add_built(queued, "built as a worker publishes it")
+        update = StateUpdateEvent(
+            invocation_id=str(uuid.uuid4()), seq=5, author="bench", state_delta={"step": 2}
+        )
+        sizes.add_built(update, 'built, delta `{"step": 2}` (no code emits it yet)')
+
+
 async def measure(runs: int, warmup: int) -> dict[str, Any]:
     with ScriptedModelServer() as server:
         client = AsyncOpenAI(base_url=server.url, api_key="sk-bench", max_retries=0)
@@ -93,24 +158,30 @@ async def measure(runs: int, warmup: int) -> dict[str, Any]:
         raw_ms: list[float] = []
         runner_ms: list[float] = []
         events_per_run = 0
+        sizes = EventSizes()
         for i in range(warmup + runs):
             script(server)
             t0 = time.perf_counter()
             await raw_run(client, tools)
             t1 = time.perf_counter()
             script(server)
+            invocation_id = str(uuid.uuid4())  # a Celery task ID, as a worker passes it
             t2 = time.perf_counter()
-            events = [e async for e in runner.run("user", f"s{i}", "What is 2 + 3?")]
+            stream = runner.run("user", f"s{i}", "What is 2 + 3?", invocation_id=invocation_id)
+            events = [e async for e in stream]
             t3 = time.perf_counter()
-            assert events[-1].status == "completed", events[-1]
+            last = events[-1]
+            assert last.type == "runner.completion" and last.status == "completed", last
             events_per_run = len(events)
             if i >= warmup:
                 raw_ms.append((t1 - t0) * 1000)
                 runner_ms.append((t3 - t2) * 1000)
+                sizes.add_run(events, MAIN_CASE)
         await runner.close()
         await service.close()
         await agent.model.close()
         await client.close()
+        await cover_other_types(server, sizes)
     diffs = [r - b for r, b in zip(runner_ms, raw_ms, strict=True)]
     return {
         "runs": runs,
@@ -119,6 +190,7 @@ async def measure(runs: int, warmup: int) -> dict[str, Any]:
         "runner_ms": summarize(runner_ms),
         "overhead_ms": summarize(diffs),
         "events_per_run": events_per_run,
+        "event_bytes": sizes.result(),
         # Per run, in run order; runner_ms[i] - raw_ms[i] is the i-th paired difference.
         "samples": {"raw_ms": rounded(raw_ms, 4), "runner_ms": rounded(runner_ms, 4)},
     }
@@ -134,6 +206,10 @@ def run(quick: bool = False, *, runs: int | None = None) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     raw, run, over = result["raw_ms"], result["runner_ms"], result["overhead_ms"]
     verdict = "meets" if over["median"] < 3.0 else "misses"
+    # Results written before the bytes table have none.
+    event_bytes = ""
+    if "event_bytes" in result:
+        event_bytes = "\n\n" + render_event_sizes(result["event_bytes"])
     return f"""## Runtime overhead per run (in-process)
 
 `python -m bench runtime` — {result['runs']} interleaved runs (A B A B) of a two-call run
@@ -153,7 +229,7 @@ A negative overhead is real, not noise: the baseline calls `chat.completions.cre
 transforms every message and tool schema and builds a pydantic model per streamed chunk;
 `OpenAIModel` sends the same request through the same client's `post` and reads the chunks as
 plain JSON, which saves more CPU than the runner, the tool call and the session store cost.
-Profile (cProfile, 300 runs): `runner_core` itself is under 1 ms of CPU per run.{mode_note(result)}
+Profile (cProfile, 300 runs): `runner_core` itself is under 1 ms of CPU per run.{event_bytes}{mode_note(result)}
 """
 
 

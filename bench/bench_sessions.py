@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +38,7 @@ from bench.report import (
     rounded,
     summarize,
 )
-from runner_core.events import Event, Usage
+from runner_core.events import MessageEvent, Usage
 from runner_core.messages import Message
 from runner_core.session import Session, SessionService, split_state_delta
 from session_backends import InMemorySessionService, PostgresSessionService, RedisSessionService
@@ -59,27 +60,30 @@ ANSWER = (
 ) * 2
 
 
-def make_event(session_id: str, n: int) -> Event:
-    """A realistic stored event: mostly assistant answers, a user message every tenth."""
+def make_event(session_id: str, n: int) -> MessageEvent:
+    """A realistic stored event: mostly assistant answers, a user message every tenth.
+
+    Ten events per invocation, each with its own ``seq``: the event ID is
+    ``{invocation_id}:{seq}`` and the stores deduplicate by it.
+    """
     if n % 10 == 0:
         message = Message.user(f"Question {n}: why was I charged 42 EUR in March?")
         author, usage = "user", None
     else:
         message = Message.assistant(ANSWER)
         author, usage = "support-agent", Usage(prompt_tokens=812, completion_tokens=96)
-    return Event(
-        id=f"{session_id}-e{n}",
-        invocation_id=f"inv-{n // 10}",
+    return MessageEvent(
+        invocation_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{session_id}/{n // 10}")),
         seq=n % 10,
-        type="message",
         author=author,
-        app_name=APP,
-        user_id=USER,
-        session_id=session_id,
         message=message,
         usage=usage,
         state_delta={"turn": n, "user:last_turn": n, "temp:scratch": "x"},
     )
+
+
+#: The wire size of the events appended (they differ only in their numbers).
+EVENT_BYTES = len(make_event("bench-session", 1).to_json().encode())
 
 
 async def timed(samples: list[float], work: Awaitable[Any]) -> None:
@@ -104,7 +108,7 @@ class RawRedis:
         self.user_state = f"raw:user_state:{tag}"
         self.count = 0
 
-    async def append(self, event: Event) -> None:
+    async def append(self, event: MessageEvent) -> None:
         parts = split_state_delta(event.state_delta)
         pipe = self.client.pipeline(transaction=True)
         pipe.rpush(self.events, event.to_json())
@@ -149,7 +153,7 @@ class RawPostgres:
         assert row is not None
         return cls(conn, session_id, int(row[0]))
 
-    async def append(self, event: Event) -> None:
+    async def append(self, event: MessageEvent) -> None:
         parts = split_state_delta(event.state_delta)
         now = datetime.now(UTC)
         async with self.conn.transaction():
@@ -325,6 +329,7 @@ def run(
         "machine": info,
         "appends": appends,
         "reads": reads,
+        "event_bytes": EVENT_BYTES,
         "results": results,
         "targets": targets,
     }
@@ -333,11 +338,13 @@ def run(
 def render(result: dict[str, Any]) -> str:
     results, info = result["results"], result["machine"]
     events = results["memory"]["events_read"]
+    # Results from before typed events did not record it; their event was about 0.9 kB.
+    size = f"{result['event_bytes']} bytes" if "event_bytes" in result else "~0.9 kB"
     lines = [
         "## Session stores",
         "",
         f"`python -m bench sessions` — {result['appends']} appends per store (a realistic message "
-        f"event of ~0.9 kB with a state delta), then {result.get('reads', '')} reads of the resulting "
+        f"event of {size} with a state delta), then {result.get('reads', '')} reads of the resulting "
         f"{events}-event session. "
         "The raw baseline makes the same writes with the bare client in the same run: one "
         "redis-py MULTI/EXEC pipeline, or one psycopg transaction (event row insert, session "

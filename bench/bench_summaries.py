@@ -29,7 +29,7 @@ import redis
 
 from bench.report import default_output, machine, machine_line, mode_note, publish
 from runner_core import Summarizer, create_session_summary
-from runner_core.events import Event
+from runner_core.events import MessageEvent
 from runner_core.messages import Message
 from runner_core.testing import ScriptedModelServer, scripted_model
 from session_backends import RedisSessionService
@@ -50,21 +50,18 @@ async def add_turn(service: RedisSessionService, session_id: str, turn: int) -> 
     session = await service.get_session(APP, USER, session_id)
     if session is None:
         session = await service.create_session(APP, USER, session_id)
-    for role, text in (("user", f"Question {turn}: what about item {turn}?"),
-                       ("assistant", f"Answer {turn}: item {turn} is fine.")):  # fmt: skip
-        message = Message.user(text) if role == "user" else Message.assistant(text)
-        await service.append_event(
-            session,
-            Event(
-                invocation_id=f"{session_id}-{turn}",
-                type="message",
-                author="user" if role == "user" else APP,
-                app_name=APP,
-                user_id=USER,
-                session_id=session_id,
-                message=message,
-            ),
-        )
+    # One invocation per turn: the question and the answer get seq 0 and 1 (the event ID is
+    # "{invocation_id}:{seq}", and the store drops an event whose ID it already has).
+    question = MessageEvent(
+        invocation_id=f"{session_id}-{turn}", seq=0, author="user",
+        message=Message.user(f"Question {turn}: what about item {turn}?"),
+    )  # fmt: skip
+    answer = MessageEvent(
+        invocation_id=f"{session_id}-{turn}", seq=1, author=APP,
+        message=Message.assistant(f"Answer {turn}: item {turn} is fine."),
+    )  # fmt: skip
+    for event in (question, answer):
+        await service.append_event(session, event)
     return session.event_count
 
 

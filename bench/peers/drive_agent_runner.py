@@ -20,13 +20,15 @@ from typing import Any
 
 from bench.peers.agent_runner_app import APP, build_agent
 from bench.peers.driver_protocol import PROMPT, Case, Driver, serve
-from runner_core import Event, Runner
+from runner_core import Event, RunCompletionEvent, Runner
 from session_backends import InMemorySessionService, PostgresSessionService
 
 ANSWER = "The answer is 5."
 
 
 def _check(last: Event) -> None:
+    if not isinstance(last, RunCompletionEvent):
+        raise RuntimeError(f"run ended with a {last.type} event, not runner.completion")
     if last.status != "completed" or last.final_text != ANSWER:
         raise RuntimeError(f"run ended {last.status} with {last.final_text!r}, not {ANSWER!r}")
 
