@@ -279,7 +279,7 @@ class Runner:
             resume: first run the tool calls the session left without results.
             tool_confirmations: answers for paused calls, ``{call_id: True | False |
                 {"arguments": {...}}}``; implies ``resume``.
-            request_id: the caller's ID, copied onto every event.
+            request_id: the caller's ID, carried by the run's completion.
             invocation_id: default: a new UUID. If the session already holds events of this
                 invocation (a redelivered run), the run continues it: stored events with
                 ``seq >= first_seq`` are handed out again, completed tools are not re-run.

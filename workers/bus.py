@@ -55,7 +55,7 @@ from runner_core.errors import (
     InvalidRequestError,
     InvocationOwnedError,
 )
-from runner_core.events import Event, RunCompletionEvent, decode_event
+from runner_core.events import COMPLETION_TYPE, Event, RunCompletionEvent, decode_event
 from runner_core.wire import (
     CANCEL_MESSAGE,
     CANCEL_TTL_S,
@@ -184,9 +184,15 @@ return {1, redis.call('PUBLISH', ARGV[2], ARGV[1])}
 """
 
 
+def with_completion_type(lua: str) -> str:
+    """A script's source with ``COMPLETION_TYPE`` as the Lua string of the completion's type,
+    so the scripts that ask "has this run finished?" use the name events.py owns."""
+    return lua.replace("COMPLETION_TYPE", json.dumps(COMPLETION_TYPE))
+
+
 # The newest event of KEYS[1] (a stream): ``last_seq`` (-1 if the stream is empty, false if the
-# entry is unreadable), ``last_type`` and ``last_raw``. Shared by the scripts below; ARGV[1] is
-# the stream field.
+# entry is unreadable), ``last_type``, ``last_raw`` and ``finished`` (it is the completion).
+# Shared by the scripts below; ARGV[1] is the stream field.
 _LAST_EVENT_LUA = """
 local last_seq, last_type, last_raw = -1, nil, nil
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -203,6 +209,7 @@ if newest[1] then
     last_seq = false
   end
 end
+local finished = last_type == COMPLETION_TYPE
 """
 
 # KEYS: stream, attempts, owner. ARGV: stream field, event JSON, channel, maxlen, ttl seconds,
@@ -210,13 +217,13 @@ end
 # Returns {-1, owner} for another identity's invocation (as _PUBLISH_LUA). Else publishes only
 # for a run no delivery has started (no attempts key) when the event is the next one of the
 # stream (which does not end with the completion): {1} if published, {0} if not.
-_PUBLISH_BEFORE_START_LUA = (
+_PUBLISH_BEFORE_START_LUA = with_completion_type(
     _LAST_EVENT_LUA
     + """
 local owner = redis.call('GET', KEYS[3])
 if owner and owner ~= ARGV[7] then return {-1, owner} end
 if redis.call('EXISTS', KEYS[2]) == 1 or last_seq == false then return {0} end
-if last_type == 'runner.completion' or last_seq + 1 ~= tonumber(ARGV[6]) then return {0} end
+if finished or last_seq + 1 ~= tonumber(ARGV[6]) then return {0} end
 redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[8])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -229,10 +236,10 @@ return {1}
 # channel, cancel message, ttl seconds, "1" to refuse unknown invocations.
 # Returns {2, completion JSON} for a finished run (nothing is set), {0} for an unknown one
 # when refused, else sets the key, publishes the wake-up and returns {1}.
-_CANCEL_LUA = (
+_CANCEL_LUA = with_completion_type(
     _LAST_EVENT_LUA
     + """
-if last_type == 'runner.completion' then return {2, last_raw} end
+if finished then return {2, last_raw} end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) == 0 then return {0} end
 redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])
 redis.call('PUBLISH', ARGV[2], ARGV[3])

@@ -61,7 +61,13 @@ from runner_core.wire import (
     stream_key,
 )
 
-from .bus import Fence, decode_completion, invocation_owned, owner_identity
+from .bus import (
+    Fence,
+    decode_completion,
+    invocation_owned,
+    owner_identity,
+    with_completion_type,
+)
 
 __all__ = ["Busy", "Claimed", "Lease", "SessionLocks"]
 
@@ -80,7 +86,8 @@ FENCE_TTL_S = 86_400
 # last entry is unreadable; {0, holder, reason, cancel, ticket or false} when the session is
 # not ours; {1, token, attempt, last seq or -1, cancel} when it is.
 # Tokens are formatted with %d: Lua would write a large number as 1.7e+15.
-_CLAIM = """
+_CLAIM = with_completion_type(
+    """
 local inv = ARGV[1]
 local owner = redis.call('GET', KEYS[9])
 if owner and owner ~= ARGV[9] then return {4, owner} end
@@ -101,7 +108,7 @@ if last[1] then
   if not ok or type(event) ~= 'table' or type(event.seq) ~= 'number' then
     return {3, last[1][1], raw}
   end
-  if event.type == 'runner.completion' then
+  if event.type == COMPLETION_TYPE then
     redis.call('ZREM', KEYS[3], inv)
     redis.call('HDEL', KEYS[4], inv)
     return {2, raw}
@@ -151,6 +158,7 @@ local attempt = redis.call('INCR', KEYS[7])
 redis.call('EXPIRE', KEYS[7], ARGV[7])
 return {1, token, attempt, last_seq, cancel}
 """
+)
 
 # KEYS: lease, claim, fence. ARGV: invocation id, token, lease ms, claim ms, fence ttl s.
 # A lease that vanished (expired during a Redis blip or a pause, or Redis restarted empty) is
