@@ -19,6 +19,7 @@ docs/workers.md ("Ownership and fencing") names these tests for each guarantee.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -30,6 +31,7 @@ import pytest
 import redis
 from celery.events.state import State
 
+from runner_core.events import decode_event
 from runner_core.session import Session
 from runner_core.testing import ScriptedModelServer, ScriptedReply
 from session_backends import from_url
@@ -135,7 +137,7 @@ def assert_exactly_once(
         ids = [e.id for e in session.events]
         assert len(ids) == len(set(ids)), ids
         # every stored event was published once, with the same seq
-        published = {e["id"]: e["seq"] for e in events if not e.get("partial")}
+        published = {decode_event(json.dumps(e)).id: e["seq"] for e in events}
         assert all(published.get(e.id) == e.seq for e in session.events)
         results = [e for e in session.events if e.type == "tool.result"]
         assert [r.message.tool_call_id for r in results if r.message] == [f"call-{n}"]
@@ -314,7 +316,7 @@ def test_a_run_survives_its_paused_worker_and_then_the_death_of_its_new_owner(
     session = load_session(redis_url, "testkit", "una", "s-part-0")
     assert session is not None
     assert [e.type for e in session.events] == ["message", "message", "tool.result", "message"]
-    published = {e["id"]: e["seq"] for e in events if not e.get("partial")}
+    published = {decode_event(json.dumps(e)).id: e["seq"] for e in events}
     assert all(published.get(e.id) == e.seq for e in session.events)
     tools = redis.Redis.from_url(redis_url)
     try:
