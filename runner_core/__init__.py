@@ -3,7 +3,7 @@
 Importable without Celery, Redis or PostgreSQL.
 """
 
-from .agent import LLMAgent
+from .agent import BaseAgent, CallResult, LLMAgent
 from .errors import (
     AgentRunnerError,
     ConfigurationError,
@@ -40,9 +40,13 @@ from .events import (
     ToolResultEvent,
     Usage,
 )
+from .invocation import InvocationContext, RunOutcome
+from .memory_sessions import InMemorySessionService
 from .messages import FunctionCall, Message, ToolCall
 from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
 from .openai_model import OpenAIModel
+from .plugins import CallbackError, Guardrail, GuardrailTripped, Plugin
+from .run_config import RunConfig
 from .runner import Runner, RunStream
 from .session import Session, SessionKey, SessionService, Summary
 from .summarizer import (
@@ -58,6 +62,9 @@ from .tools import FunctionTool, ToolContext, tool
 
 __all__ = [
     "AgentRunnerError",
+    "BaseAgent",
+    "CallResult",
+    "CallbackError",
     "ConfigurationError",
     "CorruptSessionDataError",
     "ErrorEvent",
@@ -68,7 +75,11 @@ __all__ = [
     "FunctionCall",
     "FunctionTool",
     "GenerationConfig",
+    "Guardrail",
+    "GuardrailTripped",
+    "InMemorySessionService",
     "InvalidRequestError",
+    "InvocationContext",
     "InvocationOwnedError",
     "LLMAgent",
     "Message",
@@ -83,8 +94,11 @@ __all__ = [
     "ModelResponse",
     "ModelTimeoutError",
     "OpenAIModel",
+    "Plugin",
     "RunCompletionEvent",
+    "RunConfig",
     "RunFailedError",
+    "RunOutcome",
     "RunPausedEvent",
     "RunQueuedEvent",
     "RunRestartedEvent",

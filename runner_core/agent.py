@@ -1,17 +1,24 @@
-"""LLMAgent: the model/tool loop.
+"""Agents: :class:`BaseAgent`, what the Runner runs, and :class:`LLMAgent`, the model/tool loop.
 
-Each iteration sends the session history to the model, emits the streamed text as
+LLMAgent: each iteration sends the session history to the model, emits the streamed text as
 ``message.delta`` events and the complete turn as a ``message`` event, then runs the turn's
 tool calls concurrently and emits one ``tool.result`` per call, in call order. It ends when the
 model answers without tool calls, when a tool needs confirmation (``run.paused``), when the
-model fails (``error``), or after ``max_iterations`` model calls (``error``).
+model fails (``error``), after ``max_iterations`` model calls (``error``), or when a callback
+or tool calls ``ctx.end_invocation()``. Callbacks, plugins and guardrails:
+:mod:`runner_core.plugins`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
 
 from .context import history_messages, pending_tool_calls, summary_message
 from .errors import InvalidRequestError, ModelError, ToolError, ToolNotFoundError
@@ -22,19 +29,87 @@ from .events import (
     MessageDeltaEvent,
     RunPausedEvent,
     ToolResultEvent,
+    Usage,
 )
 from .invocation import InvocationContext, RunOutcome
-from .messages import Message, ToolCall
-from .model import GenerationConfig, Model, ModelRequest, ModelResponse, TextDelta
+from .messages import Message, ToolCall, coerce_message
+from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
+from .plugins import Guardrail, GuardrailTripped, Hook, first_answer, hook_list
+from .run_config import RunConfig, coerce_run_config
 from .session import validate_identifier
 from .tools import FunctionTool, ToolContext, render_tool_result
 
-__all__ = ["LLMAgent"]
+if TYPE_CHECKING:
+    from .summarizer import Summarizer
+
+__all__ = ["BaseAgent", "CallResult", "LLMAgent"]
 
 REFUSED = "The user declined this tool call; it was not executed."
 
 
-class LLMAgent:
+class BaseAgent(ABC):
+    """What the Runner runs. Subclass it for an agent that is not an :class:`LLMAgent`.
+
+    ``run(ctx)`` is an async generator of events built with ``ctx.event(...)``; it says how the
+    run ended by setting ``ctx.outcome`` (default: ``completed``). Whatever it raises ends the
+    run with an ``error`` event and a ``failed`` completion. ``resume(ctx)`` runs what a paused
+    run left (default: nothing).
+
+    Args:
+        name: the agent's name; the author of its events.
+        summarizer: the :class:`~runner_core.summarizer.Summarizer` that compresses this app's
+            sessions (workers schedule it after runs); None: no summaries.
+    """
+
+    #: The agent's model, when it has one (the Runner reads its ``price`` for the cost).
+    model: Model | None = None
+
+    def __init__(self, name: str, *, summarizer: Summarizer | None = None) -> None:
+        self.name = validate_identifier(name, "agent name")
+        self.summarizer = _checked_summarizer(summarizer)
+
+    @abstractmethod
+    def run(self, ctx: InvocationContext) -> AsyncIterator[Event]:
+        """The run's events, as an async generator."""
+
+    async def resume(self, ctx: InvocationContext) -> AsyncIterator[Event]:
+        """Run what the session left waiting (``resume=True``); default: nothing."""
+        return
+        yield  # an async generator that yields nothing
+
+
+def _checked_summarizer(summarizer: object) -> Summarizer | None:
+    from .summarizer import Summarizer
+
+    if summarizer is not None and not isinstance(summarizer, Summarizer):
+        raise InvalidRequestError(
+            f"summarizer must be a runner_core.Summarizer, got {type(summarizer).__name__}."
+        )
+    return summarizer
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """One model call without the tool loop (:meth:`LLMAgent.call`)."""
+
+    message: Message
+    usage: Usage
+    cost: float | None
+
+    @property
+    def text(self) -> str:
+        return self.message.text
+
+
+@dataclass(slots=True)
+class _Turn:
+    """What one model call left: its response, and whether its text was streamed."""
+
+    response: ModelResponse | None = None
+    streamed: bool = False
+
+
+class LLMAgent(BaseAgent):
     """An agent that answers with a model and calls tools.
 
     Args:
@@ -48,10 +123,25 @@ class LLMAgent:
             session summary is used.
         add_session_summary: put the session's summary in as a system message followed by
             the events after its boundary.
+        before_model_callback, after_model_callback, before_tool_callback,
+            after_tool_callback: a function or a list of them (:mod:`runner_core.plugins`).
+        input_guardrails, output_guardrails: checks of the user's input and of the final
+            answer (:class:`~runner_core.plugins.Guardrail` or functions).
+        stream_guarded_output: with output guardrails, still stream the answer's text (a
+            tripped guardrail then withdraws it: its error event has
+            ``retracts_streamed_text``). Default False: the answer is not streamed, so nothing
+            a guardrail refuses is ever published.
+        output_schema: a pydantic model the final answer must be JSON of; the model is asked
+            for it (``response_format``) and the completion carries the parsed object
+            (``output``). Invalid output ends the run ``failed`` (``invalid_output``).
+        summarizer: see :class:`BaseAgent`.
 
     Raises:
-        InvalidRequestError: a bad name, ``max_iterations < 1``, or two tools with one name.
+        InvalidRequestError: a bad name, no model, ``max_iterations < 1``, two tools with one
+            name, or a callback that is not callable.
     """
+
+    model: Model
 
     def __init__(
         self,
@@ -64,18 +154,44 @@ class LLMAgent:
         max_iterations: int = 10,
         max_history_runs: int = 0,
         add_session_summary: bool = False,
+        before_model_callback: Hook | Sequence[Hook] | None = None,
+        after_model_callback: Hook | Sequence[Hook] | None = None,
+        before_tool_callback: Hook | Sequence[Hook] | None = None,
+        after_tool_callback: Hook | Sequence[Hook] | None = None,
+        input_guardrails: Iterable[Guardrail | Hook] = (),
+        output_guardrails: Iterable[Guardrail | Hook] = (),
+        stream_guarded_output: bool = False,
+        output_schema: type[BaseModel] | None = None,
+        summarizer: Summarizer | None = None,
     ) -> None:
-        self.name = validate_identifier(name, "agent name")
+        super().__init__(name, summarizer=summarizer)
+        if not isinstance(model, Model):
+            raise InvalidRequestError(
+                f"LLMAgent {name!r} needs a model (an OpenAIModel, or anything with "
+                f"generate(request) and close()), got {type(model).__name__}."
+            )
         if max_iterations < 1:
             raise InvalidRequestError("max_iterations must be at least 1.")
         if max_history_runs < 0:
             raise InvalidRequestError("max_history_runs must be >= 0 (0 keeps all history).")
+        if output_schema is not None and not (
+            isinstance(output_schema, type) and issubclass(output_schema, BaseModel)
+        ):
+            raise InvalidRequestError("output_schema must be a pydantic model class.")
         self.model = model
         self.instruction = instruction
         self.generation = generation or GenerationConfig()
         self.max_iterations = max_iterations
         self.max_history_runs = max_history_runs
         self.add_session_summary = add_session_summary
+        self.before_model_callbacks = hook_list(before_model_callback, "before_model_callback")
+        self.after_model_callbacks = hook_list(after_model_callback, "after_model_callback")
+        self.before_tool_callbacks = hook_list(before_tool_callback, "before_tool_callback")
+        self.after_tool_callbacks = hook_list(after_tool_callback, "after_tool_callback")
+        self.input_guardrails = [Guardrail.of(g) for g in input_guardrails]
+        self.output_guardrails = [Guardrail.of(g) for g in output_guardrails]
+        self.stream_guarded_output = stream_guarded_output
+        self.output_schema = output_schema
         self.tools: dict[str, FunctionTool] = {}
         for item in tools:
             fn_tool = item if isinstance(item, FunctionTool) else FunctionTool(item)
@@ -102,6 +218,41 @@ class LLMAgent:
         )
         return messages
 
+    # --- one call, no loop ------------------------------------------------------------------
+
+    async def call(
+        self,
+        message: str | Message | Sequence[str | Message],
+        *,
+        run_config: RunConfig | dict[str, Any] | None = None,
+    ) -> CallResult:
+        """One model call without tools or a session (seed 003's single call mode): the
+        instruction, then ``message`` (or messages); the answer with its usage and cost.
+
+        Raises:
+            InvalidRequestError: a bad message or run_config. ModelError: the model failed.
+        """
+        config = coerce_run_config(run_config)
+        items = [message] if isinstance(message, str | Message) else list(message)
+        messages = [Message.system(self.instruction)] if self.instruction else []
+        messages += [coerce_message(m, field=f"message[{i}]") for i, m in enumerate(items)]
+        generation = config.generation_over(self.generation).model_copy(update={"stream": False})
+        request = ModelRequest(
+            messages=messages,
+            generation=generation,
+            model=config.model,
+            response_format=self._response_format(),
+        )
+        response: ModelResponse | None = None
+        async for item in self.model.generate(request):
+            if isinstance(item, ModelResponse):
+                response = item
+        if response is None:
+            raise ModelError("the model stream ended without a complete response")
+        price: ModelPrice | None = getattr(self.model, "price", None)
+        cost = price.cost(response.usage) if price is not None else None
+        return CallResult(message=response.message, usage=response.usage, cost=cost)
+
     # --- the loop ------------------------------------------------------------------------
 
     async def resume(self, ctx: InvocationContext) -> AsyncIterator[Event]:
@@ -117,31 +268,44 @@ class LLMAgent:
 
     async def run(self, ctx: InvocationContext) -> AsyncIterator[Event]:
         """Call the model until it answers without tool calls. Sets ``ctx.outcome``."""
-        for _ in range(self.max_iterations):
+        config = ctx.run_config
+        generation = config.generation_over(self.generation)
+        stream_text = generation.stream and (
+            self.stream_guarded_output or not self.output_guardrails
+        )
+        await self._check_input(ctx)
+        max_iterations = config.max_iterations or self.max_iterations
+        for _ in range(max_iterations):
+            if ctx.ended:
+                return
             request = ModelRequest(
                 messages=self.build_messages(ctx),
                 tools=self._tool_schemas,
-                generation=self.generation,
+                generation=generation,
+                model=config.model,
+                response_format=self._response_format(),
             )
-            response: ModelResponse | None = None
+            turn = _Turn()
             try:
-                async for item in self.model.generate(request):
-                    if isinstance(item, TextDelta):
-                        if item.text:
-                            yield ctx.event(MessageDeltaEvent, self.name, delta=item.text)
-                    else:
-                        response = item
-                if response is None:
-                    raise ModelError("the model stream ended without a complete response")
+                async for delta in self._model_turn(ctx, request, stream_text, turn):
+                    yield delta
             except ModelError as exc:
                 error = EventError(type=exc.error_type, message=str(exc), code=exc.code)
                 yield ctx.event(ErrorEvent, self.name, error=error)
                 ctx.outcome = RunOutcome(status="failed", error=error)
                 return
-            message = response.message
-            yield ctx.message_event(self.name, message, usage=response.usage)
+            assert turn.response is not None
+            message = turn.response.message
             if not message.tool_calls:
-                ctx.outcome = RunOutcome(status="completed", final_text=message.content or "")
+                final = await self._final_answer(ctx, message.content or "", turn.streamed)
+                if isinstance(final, ErrorEvent):
+                    yield final
+                    return
+            yield ctx.message_event(self.name, message, usage=turn.response.usage)
+            if not message.tool_calls:
+                ctx.outcome = RunOutcome(
+                    status="completed", final_text=message.content or "", output=final
+                )
                 return
             async for event in self._execute_calls(ctx, message.tool_calls):
                 yield event
@@ -150,12 +314,121 @@ class LLMAgent:
         error = EventError(
             type="max_iterations_exceeded",
             message=(
-                f"agent {self.name!r} made {self.max_iterations} model calls without a final "
+                f"agent {self.name!r} made {max_iterations} model calls without a final "
                 "answer; raise max_iterations or check why the model keeps calling tools."
             ),
         )
         yield ctx.event(ErrorEvent, self.name, error=error)
         ctx.outcome = RunOutcome(status="failed", error=error)
+
+    async def _model_turn(
+        self, ctx: InvocationContext, request: ModelRequest, stream_text: bool, turn: _Turn
+    ) -> AsyncIterator[Event]:
+        """One model call between its hooks: yields the text deltas (when streamed), leaves
+        the response in ``turn``."""
+        response = await self._before_model(ctx, request)
+        if response is None:
+            async for item in self.model.generate(request):
+                if isinstance(item, TextDelta):
+                    if item.text and stream_text:
+                        turn.streamed = True
+                        yield ctx.event(MessageDeltaEvent, self.name, delta=item.text)
+                else:
+                    response = item
+            if response is None:
+                raise ModelError("the model stream ended without a complete response")
+            response = await self._after_model(ctx, response)
+        turn.response = response
+
+    # --- hooks ---------------------------------------------------------------------------
+
+    def _hooks(self, ctx: InvocationContext, step: str) -> list[tuple[str, Hook]]:
+        """The hooks of ``step``: the Runner's plugins first, then this agent's callbacks."""
+        hooks: list[tuple[str, Hook]] = [
+            (f"plugin {plugin.name!r} {step}", getattr(plugin, step)) for plugin in ctx.plugins
+        ]
+        own: list[Hook] = getattr(self, f"{step}_callbacks")
+        hooks += [(f"agent {self.name!r} {step}_callback", hook) for hook in own]
+        return hooks
+
+    async def _before_model(
+        self, ctx: InvocationContext, request: ModelRequest
+    ) -> ModelResponse | None:
+        answer = await first_answer(self._hooks(ctx, "before_model"), ctx, request)
+        if answer is not None and not isinstance(answer, ModelResponse):
+            raise InvalidRequestError(
+                f"a before_model hook returned {type(answer).__name__}; return None or a "
+                "ModelResponse (the answer instead of the model's)."
+            )
+        return answer
+
+    async def _after_model(self, ctx: InvocationContext, response: ModelResponse) -> ModelResponse:
+        answer = await first_answer(self._hooks(ctx, "after_model"), ctx, response)
+        if answer is None:
+            return response
+        if not isinstance(answer, ModelResponse):
+            raise InvalidRequestError(
+                f"an after_model hook returned {type(answer).__name__}; return None or a "
+                "ModelResponse (to replace the model's)."
+            )
+        return answer
+
+    # --- guardrails and structured output ------------------------------------------------
+
+    def _response_format(self) -> dict[str, Any] | None:
+        if self.output_schema is None:
+            return None
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": self.output_schema.__name__,
+                "schema": self.output_schema.model_json_schema(),
+            },
+        }
+
+    async def _check_input(self, ctx: InvocationContext) -> None:
+        """Input guardrails, on the run's user message (the newest user message)."""
+        if not self.input_guardrails:
+            return
+        text = next(
+            (
+                e.message.text
+                for e in reversed(ctx.session.events)
+                if e.type == "message" and e.message.role == "user"
+            ),
+            "",
+        )
+        for guardrail in self.input_guardrails:
+            await guardrail.run(ctx, text, "input")
+
+    async def _final_answer(self, ctx: InvocationContext, text: str, streamed: bool) -> Any:
+        """Output guardrails and the output schema on the final answer: the parsed output
+        (None without a schema), or the error event that ends the run (its outcome set)."""
+        try:
+            for guardrail in self.output_guardrails:
+                await guardrail.run(ctx, text, "output")
+        except GuardrailTripped as exc:
+            error = EventError(type=exc.error_type, message=str(exc), code=exc.guardrail)
+            ctx.outcome = RunOutcome(status="failed", error=error)
+            retracts = True if streamed else None
+            return ctx.event(ErrorEvent, self.name, error=error, retracts_streamed_text=retracts)
+        if self.output_schema is not None:
+            try:
+                parsed = self.output_schema.model_validate_json(text)
+            except ValidationError as exc:
+                error = EventError(
+                    type="invalid_output",
+                    message=(
+                        f"the answer is not JSON of {self.output_schema.__name__}: "
+                        f"{exc.errors(include_url=False)[:3]}"
+                    ),
+                )
+                ctx.outcome = RunOutcome(status="failed", error=error)
+                return ctx.event(ErrorEvent, self.name, error=error)
+            return json.loads(parsed.model_dump_json())
+        return None
+
+    # --- tools ---------------------------------------------------------------------------
 
     async def _execute_calls(
         self, ctx: InvocationContext, calls: Sequence[ToolCall]
@@ -193,7 +466,11 @@ class LLMAgent:
     async def _call_tool(
         self, ctx: InvocationContext, call: ToolCall, arguments: str | dict[str, Any]
     ) -> tuple[str, dict[str, Any], EventError | None]:
-        """Run one call; failures become an error result the model can read and correct."""
+        """Run one call; failures become an error result the model can read and correct.
+
+        The ``before_tool`` hooks see the validated arguments (and may change them or answer
+        instead of the tool); the ``after_tool`` hooks see the rendered result.
+        """
         try:
             fn_tool = self.tools.get(call.function.name)
             if fn_tool is None:
@@ -209,12 +486,20 @@ class LLMAgent:
                 invocation_id=ctx.invocation_id,
                 tool_call_id=call.id,
                 state=ctx.state,
+                runtime_state=ctx.runtime_state,
+                end_invocation=ctx.end_invocation,
             )
-            value = await fn_tool.call(args, tool_ctx)
-            return render_tool_result(value), tool_ctx.state.delta, None
+            answer = await first_answer(self._hooks(ctx, "before_tool"), ctx, call, args)
+            value = answer if answer is not None else await fn_tool.call(args, tool_ctx)
+            content = render_tool_result(value)
         except ToolError as exc:
             return f"Error: {exc}", {}, EventError(type=exc.error_type, message=str(exc))
+        replaced = await first_answer(self._hooks(ctx, "after_tool"), ctx, call, args, content)
+        if replaced is not None:
+            content = render_tool_result(replaced)
+        return content, tool_ctx.state.delta, None
 
 
 async def _constant(value: tuple[str, dict[str, Any], EventError | None]) -> Any:
     return value
+

@@ -209,6 +209,13 @@ class ErrorEvent(EventBase):
 
     type: Literal["error"] = "error"
     error: EventError
+    retracts_streamed_text: Literal[True] | None = Field(
+        default=None,
+        description=(
+            "Set when the answer being streamed was refused (an output guardrail): the "
+            "message.delta text since the last complete event is withdrawn; erase it."
+        ),
+    )
 
     def is_final_response(self) -> bool:
         return True
@@ -254,6 +261,10 @@ class RunCompletionEvent(EventBase):
     final_text: str | None = None
     cost: float | None = None
     error: EventError | None = None
+    output: Any = Field(
+        default=None,
+        description="The parsed structured output (an agent with an output_schema), as JSON.",
+    )
     app_name: str
     user_id: str
     session_id: str

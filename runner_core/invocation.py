@@ -1,13 +1,25 @@
-"""The invocation context: what an agent knows about the run it is executing."""
+"""The invocation context: what an agent knows about the run it is executing.
+
+A custom agent (:class:`~runner_core.agent.BaseAgent`) gets one in ``run(ctx)``: the session
+and its state, the run's options (``run_config``) and the caller's ``runtime_state``, the
+plugins, and ``end_invocation()``. It builds its events with :meth:`InvocationContext.event`
+and says how the run ended by setting ``ctx.outcome``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .events import EventBase, EventError, MessageEvent, RunStatus
 from .messages import Message
+from .run_config import RunConfig
 from .session import TEMP_PREFIX, Session
+
+if TYPE_CHECKING:
+    from .plugins import Plugin
 
 __all__ = ["InvocationContext", "RunOutcome", "ToolDecision"]
 
@@ -24,6 +36,8 @@ class RunOutcome:
     status: RunStatus = "completed"
     final_text: str | None = None
     error: EventError | None = None
+    #: The parsed structured output (an agent with an ``output_schema``), as JSON values.
+    output: Any = None
 
 
 @dataclass(slots=True)
@@ -34,9 +48,26 @@ class InvocationContext:
     invocation_id: str
     request_id: str | None = None
     tool_confirmations: dict[str, ToolDecision] = field(default_factory=dict)
-    #: ``temp:`` state of this invocation only; never stored.
+    #: ``temp:`` state of this invocation only; never stored or published.
     temp_state: dict[str, Any] = field(default_factory=dict)
     outcome: RunOutcome = field(default_factory=RunOutcome)
+    #: This run's options (``Runner.run(..., run_config=...)``).
+    run_config: RunConfig = field(default_factory=RunConfig)
+    #: The Runner's plugins, run before the agent's own callbacks.
+    plugins: list[Plugin] = field(default_factory=list)
+    #: Set by :meth:`end_invocation`: the agent stops at its next step.
+    ended: bool = False
+
+    @property
+    def runtime_state(self) -> Mapping[str, Any]:
+        """What the caller passed for this run (``run_config.runtime_state``), read-only;
+        never stored or published."""
+        return MappingProxyType(self.run_config.runtime_state)
+
+    def end_invocation(self) -> None:
+        """End the run after the current step (a callback or tool may call it): no more model
+        or tool calls; the run completes with ``ctx.outcome`` as it stands."""
+        self.ended = True
 
     def event(self, cls: type[E], author: str, **fields: Any) -> E:
         """A new event of this invocation; the Runner numbers it (``seq``) on emission."""

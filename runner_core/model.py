@@ -62,6 +62,10 @@ class ModelRequest:
     messages: list[Message]
     tools: list[dict[str, Any]] = field(default_factory=list)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    #: The model name for this call (a run's ``RunConfig.model``); None: the model's own.
+    model: str | None = None
+    #: The chat-completions ``response_format`` (structured output), as sent.
+    response_format: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -279,7 +279,7 @@ class OpenAIModel:
         )
 
     async def _complete(self, client: AsyncOpenAI, options: dict[str, Any]) -> ModelResponse:
-        completion = await client.chat.completions.create(model=self.name, **options)
+        completion = await client.chat.completions.create(**{"model": self.name, **options})
         if not completion.choices:
             raise ModelError(
                 f"The response from {self.base_url} for model {self.name!r} has no choices."
@@ -406,6 +406,10 @@ def _tool_call(
 def _request_options(request: ModelRequest) -> dict[str, Any]:
     """The keyword arguments of ``chat.completions.create`` for one request, unset ones left out."""
     options: dict[str, Any] = {"messages": [message.to_openai() for message in request.messages]}
+    if request.model:
+        options["model"] = request.model
+    if request.response_format is not None:
+        options["response_format"] = request.response_format
     if request.tools:
         options["tools"] = request.tools
     config: GenerationConfig = request.generation

@@ -26,7 +26,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from .agent import LLMAgent
+from .agent import BaseAgent
 from .context import pending_tool_calls
 from .errors import (
     AgentRunnerError,
@@ -39,6 +39,7 @@ from .errors import (
 from .events import (
     ErrorEvent,
     Event,
+    EventBase,
     EventError,
     EventNumbering,
     RunCompletionEvent,
@@ -50,7 +51,9 @@ from .events import (
 )
 from .invocation import InvocationContext, RunOutcome, ToolDecision
 from .messages import Message, coerce_message
-from .session import Session, SessionService, validate_identifier
+from .plugins import CallbackError, GuardrailTripped, Plugin, call_hook
+from .run_config import RunConfig, coerce_run_config
+from .session import TEMP_PREFIX, Session, SessionService, validate_identifier
 from .stopping import RunStop, call_store
 
 __all__ = ["RunStream", "Runner"]
@@ -207,22 +210,38 @@ class Runner:
 
     Args:
         app_name: the app the sessions belong to.
-        agent: the agent to run.
+        agent: the agent to run: an :class:`~runner_core.agent.LLMAgent` or any
+            :class:`~runner_core.agent.BaseAgent`.
         session_service: where sessions live. Default: a new in-memory store, which the
             Runner closes in :meth:`close`. A store passed in is never closed by the Runner.
+        plugins: runner-wide hooks (:class:`~runner_core.plugins.Plugin`), run before the
+            agent's own callbacks.
 
     Raises:
-        InvalidRequestError: ``app_name`` is empty, too long or has invalid characters.
+        InvalidRequestError: ``app_name`` is empty, too long or has invalid characters; the
+            agent is not an agent; a plugin is not a Plugin.
     """
 
     def __init__(
         self,
         app_name: str,
-        agent: LLMAgent,
+        agent: BaseAgent,
         *,
         session_service: SessionService | None = None,
+        plugins: Sequence[Plugin] = (),
     ) -> None:
         self.app_name = validate_identifier(app_name, "app_name")
+        if not isinstance(agent, BaseAgent):
+            raise InvalidRequestError(
+                f"Runner({app_name!r}, agent) needs an agent (an LLMAgent or a subclass of "
+                f"runner_core.BaseAgent), got {type(agent).__name__}."
+            )
+        for plugin in plugins:
+            if not isinstance(plugin, Plugin):
+                raise InvalidRequestError(
+                    f"plugins must be runner_core.Plugin objects, got {type(plugin).__name__}."
+                )
+        self.plugins = list(plugins)
         self.agent = agent
         self._owns_service = session_service is None
         if session_service is None:
@@ -267,6 +286,7 @@ class Runner:
         timeout_s: float | None = None,
         fence: int | None = None,
         attempt: int = 1,
+        run_config: RunConfig | Mapping[str, Any] | None = None,
     ) -> RunStream:
         """Start a run; returns its event stream at once.
 
@@ -296,12 +316,18 @@ class Runner:
                 stored) once it has handed out the stored events readers may have missed and
                 before it goes on: readers drop the partial text published after its
                 ``discard_after_seq`` (docs/events.md, "Redelivery").
+            run_config: this run's options (:class:`~runner_core.run_config.RunConfig`, or
+                the same fields as a dict): streaming, model, generation settings, max
+                iterations, and ``runtime_state`` for tools and callbacks.
 
         Raises:
             InvalidRequestError: a bad ID, message, confirmation or timeout, naming the field.
         """
         if self._closed:
             raise InvalidRequestError("this Runner is closed; create a new one.")
+        config = coerce_run_config(
+            dict(run_config) if isinstance(run_config, Mapping) else run_config
+        )
         validate_identifier(user_id, "user_id")
         if session_id:
             validate_identifier(session_id, "session_id")
@@ -345,6 +371,7 @@ class Runner:
             timeout_s=timeout_s,
             fence=fence,
             attempt=attempt,
+            run_config=config,
         )
         return RunStream(plan.execute, invocation_id, plan.stop)
 
@@ -360,6 +387,16 @@ class Runner:
         Uses one private event loop per Runner, so clients stay usable across calls. Do not
         call it from inside a running event loop.
         """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop running here: run_sync may start its own
+        else:
+            raise RuntimeError(
+                "Runner.run_sync cannot run inside a running event loop; there, use "
+                "`completion = await runner.run(user_id, session_id, message).completion()` "
+                "(or iterate `async for event in runner.run(...)`)."
+            )
         if self._sync_loop is None:
             self._sync_loop = asyncio.new_event_loop()
 
@@ -376,6 +413,18 @@ class Runner:
         finally:
             loop.close()
             self._sync_loop = None
+
+
+def _error_of(exc: Exception) -> EventError:
+    """The error event's payload for what ended a run: the project's own errors by their
+    ``error_type`` (a guardrail's name as the code), anything else as ``internal_error``."""
+    if isinstance(exc, InvalidRequestError):
+        return EventError(type="invalid_request", message=str(exc))
+    if isinstance(exc, GuardrailTripped):
+        return EventError(type=exc.error_type, message=str(exc), code=exc.guardrail)
+    if isinstance(exc, CallbackError):
+        return EventError(type=exc.error_type, message=str(exc))
+    return EventError(type="internal_error", message=f"{type(exc).__name__}: {exc}")
 
 
 class _RunPlan:
@@ -397,8 +446,10 @@ class _RunPlan:
         timeout_s: float | None,
         fence: int | None,
         attempt: int = 1,
+        run_config: RunConfig | None = None,
     ) -> None:
         self.runner = runner
+        self.run_config = run_config or RunConfig()
         self.agent = runner.agent
         self.service = runner.session_service
         self.user_id = user_id
@@ -424,7 +475,7 @@ class _RunPlan:
         self.handoff = handoff
         self.stop.begin()
         try:
-            outcome = await self._outcome()
+            outcome = await self._after_run(await self._outcome())
         except FencedError as exc:
             handoff.stop(exc)  # not ours any more: nothing more is stored or handed out
             return
@@ -462,16 +513,28 @@ class _RunPlan:
             return await self._fail(failure)
         return outcome
 
+    async def _after_run(self, outcome: RunOutcome) -> RunOutcome:
+        """The plugins' ``after_run`` hooks; one that raises fails the run."""
+        ctx = self.ctx
+        if ctx is None or not ctx.plugins or self.stop.settle() is not None:
+            return outcome
+        try:
+            for plugin in ctx.plugins:
+                where = f"plugin {plugin.name!r} after_run"
+                await call_hook(where, plugin.after_run, ctx, outcome)
+        except FencedError:
+            raise
+        except Exception as exc:
+            return await self._fail(exc)
+        return outcome
+
     async def _fail(self, exc: Exception) -> RunOutcome:
         """End the run ``failed`` with an error event for ``exc``."""
         if isinstance(exc, SessionBackendError):
             error = EventError(type="session_backend_error", message=str(exc))
             self._stamp_and_emit(self._error_event(error))  # the store is failing: not stored
         else:
-            if isinstance(exc, InvalidRequestError):
-                error = EventError(type="invalid_request", message=str(exc))
-            else:
-                error = EventError(type="internal_error", message=f"{type(exc).__name__}: {exc}")
+            error = _error_of(exc)
             await self._emit_error(error)
         return RunOutcome(status="failed", error=error)
 
@@ -484,8 +547,12 @@ class _RunPlan:
             invocation_id=self.invocation_id,
             request_id=self.request_id,
             tool_confirmations=self.decisions,
+            run_config=self.run_config,
+            plugins=self.runner.plugins,
         )
         self.ctx = ctx
+        for plugin in ctx.plugins:
+            await call_hook(f"plugin {plugin.name!r} before_run", plugin.before_run, ctx)
         prior = [e for e in session.events if e.invocation_id == self.invocation_id]
         if prior:
             return await self._continue(ctx, prior)
@@ -542,6 +609,8 @@ class _RunPlan:
     async def _loop(self, ctx: InvocationContext) -> RunOutcome:
         async for event in self.agent.run(ctx):
             await self._record(event)
+            if ctx.ended:
+                break
         return ctx.outcome
 
     # --- sessions ------------------------------------------------------------------------
@@ -633,6 +702,7 @@ class _RunPlan:
         assert self.ctx is not None
         await self.handoff.turn()
         self.stop.check()
+        event = await self._on_event(self._without_temp_state(event))
         self._stamp(event)
         if not event.partial:
             try:
@@ -644,13 +714,38 @@ class _RunPlan:
             except BaseException:
                 self.numbering.take_back()  # not stored, not handed out: seq stays gap-free
                 raise
-            delta = state_delta_of(event)
-            if delta:
-                self.ctx.note_temp_state(delta)
             if event.type == "message" and event.usage is not None:
                 self.usage = self.usage + event.usage
         self.handoff.put(event)
         self.stop.check()
+
+    def _without_temp_state(self, event: Event) -> Event:
+        """The event without its ``temp:`` state, which the run keeps for itself (never
+        stored or published)."""
+        assert self.ctx is not None
+        delta = state_delta_of(event)
+        if not any(key.startswith(TEMP_PREFIX) for key in delta):
+            return event
+        self.ctx.note_temp_state(delta)
+        kept = {k: v for k, v in delta.items() if not k.startswith(TEMP_PREFIX)}
+        if event.type == "state.update":
+            return event.model_copy(update={"state_delta": kept})
+        return event.model_copy(update={"state_delta": kept or None})
+
+    async def _on_event(self, event: Event) -> Event:
+        """The plugins' ``on_event`` hooks: the first that returns an event replaces it."""
+        assert self.ctx is not None
+        for plugin in self.ctx.plugins:
+            where = f"plugin {plugin.name!r} on_event"
+            replaced = await call_hook(where, plugin.on_event, self.ctx, event)
+            if replaced is not None:
+                if not isinstance(replaced, EventBase) or replaced.type != event.type:
+                    raise CallbackError(
+                        f"{where} returned {type(replaced).__name__}; return None or an event "
+                        f"of the same type ({event.type})."
+                    )
+                return type(event).model_validate(replaced.model_dump())  # a checked copy
+        return event
 
     def _error_event(self, error: EventError) -> ErrorEvent:
         return ErrorEvent(
@@ -676,7 +771,7 @@ class _RunPlan:
         return self.session_id or ""
 
     def _completion_event(self, outcome: RunOutcome) -> RunCompletionEvent:
-        price = getattr(self.agent.model, "price", None)
+        price = getattr(getattr(self.agent, "model", None), "price", None)
         status: RunStatus = outcome.status
         return RunCompletionEvent(
             invocation_id=self.invocation_id,
@@ -690,4 +785,5 @@ class _RunPlan:
             usage=self.usage,
             cost=price.cost(self.usage) if price is not None else None,
             error=outcome.error,
+            output=outcome.output,
         )

@@ -87,7 +87,16 @@ class ToolContext:
     of one tool call, including a rerun on another worker after a crash or a partition.
     """
 
-    __slots__ = ("app_name", "invocation_id", "session_id", "state", "tool_call_id", "user_id")
+    __slots__ = (
+        "_end_invocation",
+        "app_name",
+        "invocation_id",
+        "runtime_state",
+        "session_id",
+        "state",
+        "tool_call_id",
+        "user_id",
+    )
 
     def __init__(
         self,
@@ -98,6 +107,8 @@ class ToolContext:
         invocation_id: str,
         tool_call_id: str,
         state: Mapping[str, Any],
+        runtime_state: Mapping[str, Any] | None = None,
+        end_invocation: Callable[[], None] | None = None,
     ) -> None:
         self.app_name = app_name
         self.user_id = user_id
@@ -105,6 +116,15 @@ class ToolContext:
         self.invocation_id = invocation_id
         self.tool_call_id = tool_call_id
         self.state = ToolState(state)
+        #: What the caller passed for this run (``run_config.runtime_state``); read-only,
+        #: never stored or published.
+        self.runtime_state: Mapping[str, Any] = runtime_state or {}
+        self._end_invocation = end_invocation
+
+    def end_invocation(self) -> None:
+        """End the run once this tool's result is recorded: no more model or tool calls."""
+        if self._end_invocation is not None:
+            self._end_invocation()
 
     @property
     def idempotency_key(self) -> str:

@@ -2,7 +2,7 @@
 
 ``AGENT_RUNNER_AGENTS=support=myapp.agents:build_support,triage=myapp.triage:build`` maps app
 names to factories: functions taking no arguments and returning an
-:class:`~runner_core.agent.LLMAgent`. Factories are imported when the worker starts (a bad path
+:class:`~runner_core.agent.LLMAgent` or any :class:`~runner_core.agent.BaseAgent`. Factories are imported when the worker starts (a bad path
 stops it with an error naming the variable) and called once per worker process, on the worker's
 event loop, the first time their app is asked for.
 
@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from runner_core.agent import LLMAgent
+from runner_core.agent import BaseAgent, LLMAgent
 from runner_core.errors import ConfigurationError, InvalidRequestError, ToolExecutionError
 from runner_core.model import Model
 from runner_core.openai_model import OpenAIModel
@@ -36,7 +36,7 @@ __all__ = ["BUILTIN_APP", "AgentRegistry", "build_assistant", "calculator", "cur
 logger = logging.getLogger(__name__)
 
 BUILTIN_APP = "assistant"
-AgentFactory = Callable[[], LLMAgent]
+AgentFactory = Callable[[], BaseAgent]
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -162,13 +162,13 @@ class AgentRegistry:
         self._factories: dict[str, AgentFactory] = {BUILTIN_APP: lambda: build_assistant(settings)}
         for app_name, target in settings.agents.items():
             self._factories[app_name] = _import_factory(app_name, target)
-        self._agents: dict[str, LLMAgent] = {}
+        self._agents: dict[str, BaseAgent] = {}
 
     @property
     def app_names(self) -> list[str]:
         return sorted(self._factories)
 
-    def get(self, app_name: str) -> LLMAgent:
+    def get(self, app_name: str) -> BaseAgent:
         """The agent for ``app_name``, built on first use.
 
         Raises:
@@ -190,10 +190,10 @@ class AgentRegistry:
             raise ConfigurationError(
                 f"the agent factory for app {app_name!r} failed: {type(exc).__name__}: {exc}"
             ) from exc
-        if not isinstance(agent, LLMAgent):
+        if not isinstance(agent, BaseAgent):
             raise ConfigurationError(
                 f"the agent factory for app {app_name!r} returned {type(agent).__name__}, "
-                "not an LLMAgent."
+                "not an agent (an LLMAgent or a subclass of runner_core.BaseAgent)."
             )
         self._agents[app_name] = agent
         return agent
@@ -201,5 +201,6 @@ class AgentRegistry:
     async def close(self) -> None:
         """Close the models of the agents built here."""
         for agent in self._agents.values():
-            await agent.model.close()
+            if agent.model is not None:
+                await agent.model.close()
         self._agents.clear()
