@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from .events import (
     ToolResultEvent,
     Usage,
 )
-from .invocation import InvocationContext, RunOutcome
+from .invocation import InvocationContext, RunOutcome, ToolDecision
 from .messages import Message, ToolCall, coerce_message
 from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
 from .plugins import Guardrail, GuardrailTripped, Hook, first_answer, hook_list
@@ -263,7 +263,7 @@ class LLMAgent(BaseAgent):
         """
         calls = pending_tool_calls(ctx.session.events)
         if calls:
-            async for event in self._execute_calls(ctx, calls):
+            async for event in self._execute_calls(ctx, calls, ctx.tool_confirmations):
                 yield event
 
     async def run(self, ctx: InvocationContext) -> AsyncIterator[Event]:
@@ -431,26 +431,50 @@ class LLMAgent(BaseAgent):
     # --- tools ---------------------------------------------------------------------------
 
     async def _execute_calls(
-        self, ctx: InvocationContext, calls: Sequence[ToolCall]
+        self,
+        ctx: InvocationContext,
+        calls: Sequence[ToolCall],
+        decisions: Mapping[str, ToolDecision] | None = None,
     ) -> AsyncIterator[Event]:
-        """Run approved calls concurrently, emit results in call order, pause for the rest."""
+        """Run approved calls concurrently, emit results in call order, pause for the rest.
+
+        A call the caller answered (``decisions``: the paused calls' answers, only when
+        resuming, since models may reuse call IDs in later turns) goes as answered; any other
+        call waits when its tool says it needs confirmation, and runs otherwise.
+
+        Raises:
+            InvalidRequestError: an answer edits a parameter its tool does not let a person
+                edit; checked before any call of the turn runs.
+            CallbackError: a tool's ``requires_confirmation`` function raised.
+        """
         waiting: list[ToolCall] = []
-        jobs: list[tuple[ToolCall, Any]] = []
+        # Each call to run with its arguments, or None for a call the person refused.
+        jobs: list[tuple[ToolCall, str | dict[str, Any] | None]] = []
         for call in calls:
             fn_tool = self.tools.get(call.function.name)
-            if fn_tool is None or not fn_tool.requires_confirmation:
-                jobs.append((call, self._call_tool(ctx, call, call.function.arguments)))
-                continue
-            decision = ctx.tool_confirmations.get(call.id)
+            decision = decisions.get(call.id) if decisions else None
             if decision is None:
-                waiting.append(call)
+                if fn_tool is not None and await fn_tool.needs_confirmation(
+                    call.function.arguments
+                ):
+                    waiting.append(call)
+                else:
+                    jobs.append((call, call.function.arguments))
             elif decision is False:
-                jobs.append((call, _constant((REFUSED, {}, None))))
+                jobs.append((call, None))
             elif decision is True:
-                jobs.append((call, self._call_tool(ctx, call, call.function.arguments)))
+                jobs.append((call, call.function.arguments))
             else:
-                jobs.append((call, self._call_tool(ctx, call, decision["arguments"])))
-        results = await asyncio.gather(*(job for _, job in jobs))
+                if fn_tool is not None:
+                    fn_tool.check_edit(call.id, call.function.arguments, decision["arguments"])
+                jobs.append((call, decision["arguments"]))
+        results = await asyncio.gather(
+            *(
+                _constant((REFUSED, {}, None)) if arguments is None
+                else self._call_tool(ctx, call, arguments)
+                for call, arguments in jobs
+            )
+        )
         for (call, _), (content, delta, error) in zip(jobs, results, strict=True):
             yield ctx.event(
                 ToolResultEvent,
@@ -460,7 +484,17 @@ class LLMAgent(BaseAgent):
                 error=error,
             )
         if waiting:
-            yield ctx.event(RunPausedEvent, self.name, requested_confirmations=waiting)
+            editable = {
+                call.id: list(self.tools[call.function.name].editable_params)
+                for call in waiting
+                if self.tools[call.function.name].editable_params
+            }
+            yield ctx.event(
+                RunPausedEvent,
+                self.name,
+                requested_confirmations=waiting,
+                editable_params=editable or None,
+            )
             ctx.outcome = RunOutcome(status="paused")
 
     async def _call_tool(

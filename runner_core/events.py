@@ -10,8 +10,8 @@
   ``tool``; ``state_delta`` the tool wrote; ``error`` when it failed)
 - ``state.update`` (:class:`StateUpdateEvent`): a change of session state with no message
 - ``error`` (:class:`ErrorEvent`): something failed (``error``); the run may go on or end
-- ``run.paused`` (:class:`RunPausedEvent`): the run waits for tool confirmations
-  (``requested_confirmations``)
+- ``run.paused`` (:class:`RunPausedEvent`): the run waits for a person to confirm tool calls
+  (``requested_confirmations``; ``editable_params`` per call)
 - ``run.queued`` (:class:`RunQueuedEvent`): the run has not started: its session is busy with
   another run (``waiting_for``); published by a worker, never stored
 - ``run.restarted`` (:class:`RunRestartedEvent`): a new attempt at the run starts after its
@@ -222,10 +222,24 @@ class ErrorEvent(EventBase):
 
 
 class RunPausedEvent(EventBase):
-    """The run waits for confirmations of these tool calls (resume with ``tool_confirmations``)."""
+    """The run waits for a person to confirm these tool calls (resume with
+    ``tool_confirmations``). Every call listed needs confirmation; the calls of the same turn
+    that need none ran already (their ``tool.result`` events come before this one)."""
 
     type: Literal["run.paused"] = "run.paused"
     requested_confirmations: list[ToolCall]
+    editable_params: dict[str, list[str]] | None = Field(
+        default=None,
+        description=(
+            "Per requested call ID, the arguments a person may change when confirming it "
+            "with {'arguments': {...}}; a call left out may only be approved or refused. "
+            "Left out when no call has any (and on events stored before it existed)."
+        ),
+    )
+
+    def editable(self, call_id: str) -> list[str]:
+        """The arguments a person may change in the call ``call_id`` ([] for none)."""
+        return list((self.editable_params or {}).get(call_id, ()))
 
 
 class RunQueuedEvent(EventBase):

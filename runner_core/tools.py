@@ -15,6 +15,13 @@
     @tool(requires_confirmation=True, name="refund")
     async def refund_order(order_id: str, context: ToolContext) -> str: ...
 
+A tool that needs a person's confirmation pauses the run (``run.paused``). Whether a call needs
+it may depend on its arguments, and the tool says which arguments the person may change when
+confirming (any other change is refused)::
+
+    @tool(requires_confirmation=lambda args: args["amount"] > 100, editable_params=["amount"])
+    def transfer(account: str, amount: int) -> str: ...
+
 A parameter annotated :class:`ToolContext` is not part of the schema; it receives the
 invocation ID and the session state. Writes to ``context.state`` become the tool result's
 ``state_delta``, which the Runner stores with the result (``temp:`` keys live only for the run).
@@ -36,8 +43,8 @@ import asyncio
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from typing import Any, get_args, get_type_hints, overload
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, TypeAlias, get_args, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -46,11 +53,17 @@ from .errors import (
     ToolArgumentsError,
     ToolExecutionError,
     describe_validation_error,
+    shown,
 )
+from .plugins import CallbackError, call_hook
 
-__all__ = ["FunctionTool", "ToolContext", "ToolState", "tool"]
+__all__ = ["Confirmation", "FunctionTool", "ToolContext", "ToolState", "tool"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+#: Whether a call needs a person's confirmation: always, never, or a function of the call's
+#: validated arguments (plain or async) that says so.
+Confirmation: TypeAlias = bool | Callable[[dict[str, Any]], bool | Awaitable[bool]]
 
 
 class ToolState(MutableMapping[str, Any]):
@@ -189,11 +202,18 @@ class FunctionTool:
             block the event loop that other runs share.
         name: the name the model sees (default: the function's name).
         description: default: the docstring's summary.
-        requires_confirmation: pause the run before calling it until the caller confirms.
+        requires_confirmation: pause the run before calling it until the caller confirms:
+            True, False, or a function of the call's validated arguments (plain or async)
+            that returns True for the calls that need it. If it raises, the run fails
+            (``callback_error``).
+        editable_params: the parameters a person may change when confirming a call
+            (``{"arguments": {...}}``); an edit of any other is refused. Default: all of
+            them; ``[]``: approve or refuse only.
 
     Raises:
-        InvalidRequestError: the name is not 1-64 letters, digits, ``_`` or ``-``, or a
-            parameter has no type hint.
+        InvalidRequestError: the name is not 1-64 letters, digits, ``_`` or ``-``, a
+            parameter has no type hint, ``requires_confirmation`` is neither a bool nor a
+            function, or ``editable_params`` names a parameter the function does not have.
     """
 
     def __init__(
@@ -202,7 +222,8 @@ class FunctionTool:
         *,
         name: str | None = None,
         description: str | None = None,
-        requires_confirmation: bool = False,
+        requires_confirmation: Confirmation = False,
+        editable_params: Iterable[str] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
@@ -212,7 +233,12 @@ class FunctionTool:
             )
         summary, param_docs = _docstring_parts(fn.__doc__)
         self.description = description if description is not None else summary
-        self.requires_confirmation = requires_confirmation
+        if not (isinstance(requires_confirmation, bool) or callable(requires_confirmation)):
+            raise InvalidRequestError(
+                f"tool {self.name!r}: requires_confirmation must be True, False or a function "
+                f"(args) -> bool, got {type(requires_confirmation).__name__}."
+            )
+        self.requires_confirmation: Confirmation = requires_confirmation
         self.is_async = inspect.iscoroutinefunction(fn)
         self._context_param: str | None = None
 
@@ -241,6 +267,26 @@ class FunctionTool:
         schema = _clean_schema(self.args_model.model_json_schema())
         schema.setdefault("properties", {})
         self.parameters: dict[str, Any] = schema
+        #: The parameters a person may change when confirming a call, in declaration order.
+        self.editable_params: tuple[str, ...] = self._checked_editable(editable_params)
+
+    def _checked_editable(self, names: Iterable[str] | None) -> tuple[str, ...]:
+        params = tuple(self.args_model.model_fields)
+        if names is None:
+            return params
+        if isinstance(names, str):
+            raise InvalidRequestError(
+                f"tool {self.name!r}: editable_params must be a list of parameter names, "
+                f"not the string {names!r}; write [{names!r}]."
+            )
+        wanted = list(names)
+        unknown = [name for name in wanted if name not in params]
+        if unknown:
+            raise InvalidRequestError(
+                f"tool {self.name!r}: editable_params names {', '.join(map(shown, unknown))}, "
+                f"which it does not have; its parameters: {', '.join(params) or 'none'}."
+            )
+        return tuple(name for name in params if name in wanted)
 
     def openai_schema(self) -> dict[str, Any]:
         """The entry for the ``tools`` list of a chat-completions request."""
@@ -280,6 +326,65 @@ class FunctionTool:
             ) from exc
         return {name: getattr(model, name) for name in type(model).model_fields}
 
+    async def needs_confirmation(self, arguments: str | Mapping[str, Any]) -> bool:
+        """Whether a call with these arguments waits for a person's confirmation.
+
+        A ``requires_confirmation`` function gets the validated arguments. A call whose
+        arguments are invalid never runs (the model gets the error), so it is not asked about.
+
+        Raises:
+            CallbackError: the function raised or did not return a bool; the run fails.
+        """
+        rule = self.requires_confirmation
+        if isinstance(rule, bool):
+            return rule
+        try:
+            args = self.parse_arguments(arguments)
+        except ToolArgumentsError:
+            return False
+        where = f"tool {self.name!r} requires_confirmation"
+        answer = await call_hook(where, rule, args)
+        if not isinstance(answer, bool):
+            raise CallbackError(
+                f"{where} returned {type(answer).__name__}; return True (ask) or False (run)."
+            )
+        return answer
+
+    def check_edit(
+        self, call_id: str, original: str | Mapping[str, Any], edited: str | Mapping[str, Any]
+    ) -> None:
+        """Refuse a confirmation whose arguments change a parameter that is not editable.
+
+        A parameter is changed when its value differs from the model's (a missing value counts
+        as the parameter's default). Edited arguments that are not a JSON object are left to
+        :meth:`parse_arguments`, which refuses them when the call runs.
+
+        Raises:
+            InvalidRequestError: naming the call, the parameters and the editable ones.
+        """
+        before, after = _decoded(original), _decoded(edited)
+        if after is None:
+            return
+        before = before or {}
+        fields = self.args_model.model_fields
+        extra = sorted((set(before) | set(after)) - set(fields))
+        changed = []
+        for name in [*fields, *extra]:
+            field = fields.get(name)
+            unset = None
+            if field is not None and not field.is_required():
+                unset = field.get_default(call_default_factory=True)
+            if before.get(name, unset) != after.get(name, unset):
+                changed.append(name)
+        refused = [name for name in changed if name not in self.editable_params]
+        if refused:
+            editable = ", ".join(self.editable_params) or "none (approve or refuse it)"
+            raise InvalidRequestError(
+                f"tool_confirmations[{call_id!r}] changes {', '.join(map(shown, refused))} of "
+                f"tool {self.name!r}, which a person may not edit; editable parameters: "
+                f"{editable}."
+            )
+
     async def call(self, arguments: dict[str, Any], context: ToolContext) -> Any:
         """Run the tool with validated arguments.
 
@@ -302,7 +407,18 @@ class FunctionTool:
 
     def __repr__(self) -> str:
         confirm = self.requires_confirmation
-        return f"FunctionTool(name={self.name!r}, requires_confirmation={confirm})"
+        return f"FunctionTool(name={self.name!r}, requires_confirmation={confirm!r})"
+
+
+def _decoded(arguments: str | Mapping[str, Any]) -> dict[str, Any] | None:
+    """Arguments as a dict, or None when they are not a JSON object."""
+    if not isinstance(arguments, str):
+        return dict(arguments)
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 @overload
@@ -314,7 +430,8 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
-    requires_confirmation: bool = False,
+    requires_confirmation: Confirmation = False,
+    editable_params: Iterable[str] | None = None,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 
 
@@ -324,13 +441,18 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
-    requires_confirmation: bool = False,
+    requires_confirmation: Confirmation = False,
+    editable_params: Iterable[str] | None = None,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Make a :class:`FunctionTool` from a function: ``@tool`` or ``@tool(...)``."""
 
     def wrap(f: Callable[..., Any]) -> FunctionTool:
         return FunctionTool(
-            f, name=name, description=description, requires_confirmation=requires_confirmation
+            f,
+            name=name,
+            description=description,
+            requires_confirmation=requires_confirmation,
+            editable_params=editable_params,
         )
 
     if fn is not None:

@@ -87,3 +87,40 @@ def build_testkit() -> LLMAgent:
     return LLMAgent(
         "testkit", model=model, instruction="test agent", tools=[record, crash_worker, hold, refund]
     )
+
+
+# --- confirmations through a worker (tests/test_confirmations.py) --------------------------
+
+#: The amount ``transfer`` sent, per account.
+TRANSFERS_KEY = "test:transfers"
+
+
+def _over_100(args: dict[str, object]) -> bool:
+    amount = args["amount"]
+    return isinstance(amount, int) and amount > 100
+
+
+@tool(requires_confirmation=_over_100, editable_params=["amount"])
+def transfer(account: str, amount: int) -> str:
+    """Transfer money; above 100 a person confirms it first and may change the amount.
+
+    Args:
+        account: where to.
+        amount: how much.
+    """
+    client = _redis()
+    try:
+        client.hset(TRANSFERS_KEY, account, amount)
+    finally:
+        client.close()
+    return f"sent {amount} to {account}"
+
+
+def build_payments() -> LLMAgent:
+    model = OpenAIModel(
+        os.environ.get("AGENT_RUNNER_MODEL", "scripted"),
+        base_url=os.environ["OPENAI_BASE_URL"],
+        api_key="sk-test",
+        max_retries=0,
+    )
+    return LLMAgent("payments", model=model, instruction="test agent", tools=[transfer])
