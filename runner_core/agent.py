@@ -34,7 +34,7 @@ from .events import (
 from .invocation import InvocationContext, RunOutcome, ToolDecision
 from .messages import Message, ToolCall, coerce_message
 from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
-from .plugins import Guardrail, GuardrailTripped, Hook, first_answer, hook_list
+from .plugins import CallbackError, Guardrail, GuardrailTripped, Hook, first_answer, hook_list
 from .run_config import RunConfig, coerce_run_config
 from .session import validate_identifier
 from .tools import FunctionTool, ToolContext, render_tool_result
@@ -52,8 +52,9 @@ class BaseAgent(ABC):
 
     ``run(ctx)`` is an async generator of events built with ``ctx.event(...)``; it says how the
     run ended by setting ``ctx.outcome`` (default: ``completed``). Whatever it raises ends the
-    run with an ``error`` event and a ``failed`` completion. ``resume(ctx)`` runs what a paused
-    run left (default: nothing).
+    run with an ``error`` event and a ``failed`` completion. Once ``ctx.ended`` is set (a tool
+    or callback called ``end_invocation()``), it stops at its next step. ``resume(ctx)`` runs
+    what a paused run left (default: nothing).
 
     Args:
         name: the agent's name; the author of its events.
@@ -307,6 +308,8 @@ class LLMAgent(BaseAgent):
                     status="completed", final_text=message.content or "", output=final
                 )
                 return
+            if ctx.ended:  # a model hook ended the run: no tool calls are made
+                return
             async for event in self._execute_calls(ctx, message.tool_calls):
                 yield event
             if ctx.outcome.status == "paused":
@@ -354,24 +357,16 @@ class LLMAgent(BaseAgent):
     async def _before_model(
         self, ctx: InvocationContext, request: ModelRequest
     ) -> ModelResponse | None:
-        answer = await first_answer(self._hooks(ctx, "before_model"), ctx, request)
-        if answer is not None and not isinstance(answer, ModelResponse):
-            raise InvalidRequestError(
-                f"a before_model hook returned {type(answer).__name__}; return None or a "
-                "ModelResponse (the answer instead of the model's)."
-            )
+        answer: ModelResponse | None = await first_answer(
+            self._hooks(ctx, "before_model"), ctx, request, returns=ModelResponse
+        )
         return answer
 
     async def _after_model(self, ctx: InvocationContext, response: ModelResponse) -> ModelResponse:
-        answer = await first_answer(self._hooks(ctx, "after_model"), ctx, response)
-        if answer is None:
-            return response
-        if not isinstance(answer, ModelResponse):
-            raise InvalidRequestError(
-                f"an after_model hook returned {type(answer).__name__}; return None or a "
-                "ModelResponse (to replace the model's)."
-            )
-        return answer
+        answer: ModelResponse | None = await first_answer(
+            self._hooks(ctx, "after_model"), ctx, response, returns=ModelResponse
+        )
+        return response if answer is None else answer
 
     # --- guardrails and structured output ------------------------------------------------
 
@@ -404,17 +399,18 @@ class LLMAgent(BaseAgent):
     async def _final_answer(self, ctx: InvocationContext, text: str, streamed: bool) -> Any:
         """Output guardrails and the output schema on the final answer: the parsed output
         (None without a schema), or the error event that ends the run (its outcome set)."""
+        error: EventError | None = None
+        output: Any = None
         try:
             for guardrail in self.output_guardrails:
                 await guardrail.run(ctx, text, "output")
         except GuardrailTripped as exc:
             error = EventError(type=exc.error_type, message=str(exc), code=exc.guardrail)
-            ctx.outcome = RunOutcome(status="failed", error=error)
-            retracts = True if streamed else None
-            return ctx.event(ErrorEvent, self.name, error=error, retracts_streamed_text=retracts)
-        if self.output_schema is not None:
+        except CallbackError as exc:  # the guardrail failed: the answer is refused all the same
+            error = EventError(type=exc.error_type, message=str(exc))
+        if error is None and self.output_schema is not None:
             try:
-                parsed = self.output_schema.model_validate_json(text)
+                output = json.loads(self.output_schema.model_validate_json(text).model_dump_json())
             except ValidationError as exc:
                 error = EventError(
                     type="invalid_output",
@@ -423,10 +419,12 @@ class LLMAgent(BaseAgent):
                         f"{exc.errors(include_url=False)[:3]}"
                     ),
                 )
-                ctx.outcome = RunOutcome(status="failed", error=error)
-                return ctx.event(ErrorEvent, self.name, error=error)
-            return json.loads(parsed.model_dump_json())
-        return None
+        if error is None:
+            return output
+        ctx.outcome = RunOutcome(status="failed", error=error)
+        # The answer is not stored: text of it already streamed is withdrawn.
+        retracts = True if streamed else None
+        return ctx.event(ErrorEvent, self.name, error=error, retracts_streamed_text=retracts)
 
     # --- tools ---------------------------------------------------------------------------
 

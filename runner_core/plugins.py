@@ -14,8 +14,9 @@ None short-circuits the rest, and its value is used:
 Plugins also have ``before_run(ctx)``, ``after_run(ctx, outcome)`` and ``on_event(ctx, event)``
 (return an event to replace it before it is stored and handed out).
 
-Hooks may be plain or ``async`` functions. An exception inside any hook ends the run with an
-``error`` event (``type`` ``callback_error``, naming the hook) and a ``failed`` completion.
+Hooks may be plain or ``async`` functions. An exception inside any hook, or a returned value of
+the wrong type, ends the run with an ``error`` event (``type`` ``callback_error``, naming the
+hook) and a ``failed`` completion.
 
 Guardrails check the user's input before the first model call (``input_guardrails``) and the
 final answer before it is stored (``output_guardrails``): a guardrail returns None to let it
@@ -169,10 +170,21 @@ async def call_hook(where: str, hook: Hook, *args: Any) -> Any:
     return value
 
 
-async def first_answer(hooks: Sequence[tuple[str, Hook]], *args: Any) -> Any:
-    """Run ``(name, hook)`` pairs in order; the first value other than None, else None."""
+async def first_answer(
+    hooks: Sequence[tuple[str, Hook]], *args: Any, returns: type | None = None
+) -> Any:
+    """Run ``(name, hook)`` pairs in order; the first value other than None, else None.
+
+    Raises:
+        CallbackError: a hook raised, or returned something that is not a ``returns``.
+    """
     for where, hook in hooks:
         value = await call_hook(where, hook, *args)
-        if value is not None:
-            return value
+        if value is None:
+            continue
+        if returns is not None and not isinstance(value, returns):
+            raise CallbackError(
+                f"{where} returned {type(value).__name__}; return None or a {returns.__name__}."
+            )
+        return value
     return None

@@ -42,6 +42,7 @@ from .events import (
     EventBase,
     EventError,
     EventNumbering,
+    MessageEvent,
     RunCompletionEvent,
     RunRestartedEvent,
     RunStatus,
@@ -466,6 +467,9 @@ class _RunPlan:
         self.fence = fence
         self.attempt = attempt
         self.usage = Usage()
+        #: A plugin's replacement of the final answer (on_event): (the agent's text, the stored
+        #: text). The completion reports what was stored.
+        self.replaced_answer: tuple[str | None, str | None] | None = None
         self.ctx: InvocationContext | None = None
         self.handoff = _Handoff()
 
@@ -607,10 +611,10 @@ class _RunPlan:
         return await self._loop(ctx)
 
     async def _loop(self, ctx: InvocationContext) -> RunOutcome:
+        # ``ctx.end_invocation()`` is the agent's to honour at its next step: stopping here,
+        # after any event, would drop the other tool results of the turn being recorded.
         async for event in self.agent.run(ctx):
             await self._record(event)
-            if ctx.ended:
-                break
         return ctx.outcome
 
     # --- sessions ------------------------------------------------------------------------
@@ -744,7 +748,14 @@ class _RunPlan:
                         f"{where} returned {type(replaced).__name__}; return None or an event "
                         f"of the same type ({event.type})."
                     )
-                return type(event).model_validate(replaced.model_dump())  # a checked copy
+                checked = type(event).model_validate(replaced.model_dump())  # a checked copy
+                if (
+                    isinstance(event, MessageEvent)
+                    and isinstance(checked, MessageEvent)
+                    and event.is_final_response()
+                ):
+                    self.replaced_answer = (event.message.content, checked.message.content)
+                return checked
         return event
 
     def _error_event(self, error: EventError) -> ErrorEvent:
@@ -773,6 +784,9 @@ class _RunPlan:
     def _completion_event(self, outcome: RunOutcome) -> RunCompletionEvent:
         price = getattr(getattr(self.agent, "model", None), "price", None)
         status: RunStatus = outcome.status
+        final_text = outcome.final_text
+        if self.replaced_answer is not None and final_text == self.replaced_answer[0]:
+            final_text = self.replaced_answer[1]
         return RunCompletionEvent(
             invocation_id=self.invocation_id,
             author=self.runner.app_name,
@@ -781,7 +795,7 @@ class _RunPlan:
             session_id=self._session_id_for_events(),
             request_id=self.request_id,
             status=status,
-            final_text=outcome.final_text,
+            final_text=final_text,
             usage=self.usage,
             cost=price.cost(self.usage) if price is not None else None,
             error=outcome.error,

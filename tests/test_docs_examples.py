@@ -222,7 +222,13 @@ def test_blocks_are_found_with_their_line_and_no_run_marker(tmp_path: Path) -> N
 def test_the_docs_have_python_examples() -> None:
     documented = {example.path.relative_to(ROOT).as_posix() for example in EXAMPLES}
 
-    assert {"README.md", "docs/events.md", "docs/sessions.md", "docs/summaries.md"} <= documented
+    assert {
+        "README.md",
+        "docs/events.md",
+        "docs/extending.md",
+        "docs/sessions.md",
+        "docs/summaries.md",
+    } <= documented
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda example: example.id)
