@@ -79,6 +79,16 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "request_id": st.text(max_size=20),
     "multitask_strategy": st.sampled_from(["enqueue", "reject", "interrupt"]),
     "run_timeout_s": st.floats(min_value=0.001, max_value=1e6),
+    "run_config": st.fixed_dictionaries(
+        {},
+        optional={
+            "streaming": st.booleans(),
+            "model": st.text(min_size=1, max_size=10),
+            "generation": st.fixed_dictionaries({}, optional={"temperature": st.floats(0, 2)}),
+            "max_iterations": st.integers(1, 50),
+            "runtime_state": st.dictionaries(TEXT, JSON_VALUES, max_size=3),
+        },
+    ),
 }
 JUNK = st.one_of(IDS, MESSAGES, JSON_VALUES, st.sampled_from(["queue", -1.0, float("inf")]))
 
@@ -167,6 +177,13 @@ def test_any_arguments_give_a_request_or_an_error_that_can_be_published(
         (["a", "u", "s", {"role": "assistant", "content": "hi"}], {}, "role 'user'"),
         (["a", "u", "s", "hi"], {"messages": [{"role": "nobody"}]}, "messages[0]"),
         (["a", "u", "s", "x" * 600], {}, "the limit is 500"),
+        (["a", "u", "s", "hi"], {"run_config": {"max_iterations": 0}}, "run_config.max_iterations"),
+        (["a", "u", "s", "hi"], {"run_config": {"y" * 5000: 1}}, "Extra inputs are not permitted"),
+        (
+            ["a", "u", "s", "hi"],
+            {"run_config": {"runtime_state": {"k": "x\udfff"}}},
+            "run_config.runtime_state.k contains a lone surrogate",
+        ),
     ],
 )
 def test_an_invalid_request_names_the_field_without_echoing_what_cannot_be_shown(

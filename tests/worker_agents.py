@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis
+from pydantic import BaseModel
 
+from runner_core import BaseAgent, Event, InvocationContext, Message, RunOutcome
 from runner_core.agent import LLMAgent
 from runner_core.openai_model import OpenAIModel
-from runner_core.tools import tool
+from runner_core.tools import ToolContext, tool
 
 TOOL_COUNTER_KEY = "test:tool-executions"
 
@@ -87,6 +90,120 @@ def build_testkit() -> LLMAgent:
     return LLMAgent(
         "testkit", model=model, instruction="test agent", tools=[record, crash_worker, hold, refund]
     )
+
+
+# --- the extension contract through a worker (tests/test_extensions_worker.py) --------------
+
+#: What the extension tools saw, per invocation ID: a hash per kind (``runtime``, ``temp``).
+SEEN_KEY = "test:extension-seen:{kind}"
+#: The value ``remember`` writes under a ``temp:`` key: the model never sees it in a call's
+#: arguments, so finding it anywhere outside the run can only mean the key leaked.
+TEMP_VALUE = "scratch-7f3c9e21"
+
+
+def _scripted_model() -> OpenAIModel:
+    return OpenAIModel(
+        os.environ.get("AGENT_RUNNER_MODEL", "scripted"),
+        base_url=os.environ["OPENAI_BASE_URL"],
+        api_key="sk-test",
+        max_retries=0,
+    )
+
+
+def _note_seen(kind: str, invocation_id: str, value: str) -> None:
+    client = _redis()
+    try:
+        client.hset(SEEN_KEY.format(kind=kind), invocation_id, value)
+    finally:
+        client.close()
+
+
+@tool
+def use_secret(context: ToolContext) -> str:
+    """Use the caller's secret (``runtime_state['secret']``) without ever showing it."""
+    secret = context.runtime_state.get("secret")
+    _note_seen("runtime", context.invocation_id, str(secret))
+    return "secret used" if secret else "no secret given"
+
+
+@tool
+def remember(context: ToolContext) -> str:
+    """Keep a scratch value for this run only (``temp:``) and a note for the session."""
+    context.state["temp:scratch"] = TEMP_VALUE
+    context.state["kept"] = "kept for the session"
+    return "remembered"
+
+
+@tool
+def recall(context: ToolContext) -> str:
+    """Look for the scratch value of this run."""
+    scratch = context.state.get("temp:scratch")
+    _note_seen("temp", context.invocation_id, str(scratch))
+    return "found it" if scratch else "nothing to recall"
+
+
+def build_extkit() -> LLMAgent:
+    tools = [use_secret, remember, recall]
+    return LLMAgent("extkit", model=_scripted_model(), instruction="test agent", tools=tools)
+
+
+class Verdict(BaseModel):
+    label: str
+    score: int
+
+
+def build_structured() -> LLMAgent:
+    return LLMAgent(
+        "structured", model=_scripted_model(), instruction="classify", output_schema=Verdict
+    )
+
+
+def no_passwords(ctx: InvocationContext, text: str) -> str | None:
+    return "the message holds a password" if "password" in text.lower() else None
+
+
+def no_shouting(ctx: InvocationContext, text: str) -> str | None:
+    return "the answer shouts" if text.isupper() else None
+
+
+def build_guarded() -> LLMAgent:
+    return LLMAgent(
+        "guarded",
+        model=_scripted_model(),
+        instruction="be polite",
+        input_guardrails=[no_passwords],
+        output_guardrails=[no_shouting],
+    )
+
+
+class MirrorAgent(BaseAgent):
+    """A custom agent with no model: answers with the user's message backwards."""
+
+    async def run(self, ctx: InvocationContext) -> AsyncIterator[Event]:
+        text = next(
+            e.message.text
+            for e in reversed(ctx.session.events)
+            if e.type == "message" and e.message.role == "user"
+        )
+        reply = text[::-1]
+        yield ctx.message_event(self.name, Message.assistant(reply))
+        ctx.outcome = RunOutcome(status="completed", final_text=reply)
+
+
+class BrokenAgent(BaseAgent):
+    """A custom agent that raises before it says anything."""
+
+    async def run(self, ctx: InvocationContext) -> AsyncIterator[Event]:
+        raise RuntimeError("the custom agent broke")
+        yield  # an async generator that raises on its first step
+
+
+def build_mirror() -> BaseAgent:
+    return MirrorAgent("mirror")
+
+
+def build_broken() -> BaseAgent:
+    return BrokenAgent("broken")
 
 
 # --- confirmations through a worker (tests/test_confirmations.py) --------------------------

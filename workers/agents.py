@@ -2,9 +2,10 @@
 
 ``AGENT_RUNNER_AGENTS=support=myapp.agents:build_support,triage=myapp.triage:build`` maps app
 names to factories: functions taking no arguments and returning an
-:class:`~runner_core.agent.LLMAgent` or any :class:`~runner_core.agent.BaseAgent`. Factories are imported when the worker starts (a bad path
-stops it with an error naming the variable) and called once per worker process, on the worker's
-event loop, the first time their app is asked for.
+:class:`~runner_core.agent.LLMAgent` or any :class:`~runner_core.agent.BaseAgent`. Factories are
+imported when the worker starts (a bad path stops it with an error naming the variable) and
+called once per worker process, on the worker's event loop, the first time their app is asked
+for.
 
 The built-in app ``assistant`` is an LLM agent with a ``calculator`` and a ``current_time``
 tool. Its model is ``OpenAIModel(AGENT_RUNNER_MODEL)`` when ``OPENAI_API_KEY`` or

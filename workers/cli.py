@@ -3,7 +3,7 @@
 ::
 
     agent-runner dev [--flower]                      local stack + interactive chat
-    agent-runner submit APP USER SESSION MESSAGE [--follow]
+    agent-runner submit APP USER SESSION MESSAGE [--follow] [--run-config JSON]
     agent-runner tail INVOCATION_ID [--after-seq N] [--wait S]
                                                      print a run's events until it completes
     agent-runner cancel INVOCATION_ID
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -186,6 +187,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         args.session_id,
         args.message,
         multitask_strategy=args.strategy,
+        run_config=args.run_config,
     )
     if not args.follow:
         print(invocation_id)
@@ -400,6 +402,16 @@ def _non_negative(value: str) -> float:
     return number
 
 
+def _json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object {{...}}, got {value}")
+    return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent-runner",
@@ -434,6 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("enqueue", "reject", "interrupt"),
         default="enqueue",
         help="what to do if the session is busy (default: enqueue)",
+    )
+    submit.add_argument(
+        "--run-config",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="this run's options, a JSON object: streaming, model, generation, max_iterations, "
+        "runtime_state",
     )
     submit.add_argument("--json", action="store_true", help="events as JSON lines")
     submit.add_argument("--timeout", type=_positive, default=None, help="seconds per event")

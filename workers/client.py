@@ -42,6 +42,7 @@ from kombu.exceptions import OperationalError
 from runner_core.errors import AgentRunnerError, InvalidRequestError
 from runner_core.events import Event, RunCompletionEvent
 from runner_core.messages import Message
+from runner_core.run_config import RunConfig
 from runner_core.wire import (
     DEFAULT_RUNS_QUEUE,
     ID_RE,
@@ -143,7 +144,10 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
         app_name, user_id, session_id: which agent and which conversation.
         message: text, an OpenAI-style message dict, or a :class:`~runner_core.messages.Message`.
         **options: the other fields of ``submit_run`` (``messages``, ``resume``,
-            ``tool_confirmations``, ``request_id``, ``multitask_strategy``, ``run_timeout_s``).
+            ``tool_confirmations``, ``request_id``, ``multitask_strategy``, ``run_timeout_s``,
+            ``run_config``). ``run_config`` is a :class:`~runner_core.run_config.RunConfig` or
+            a dict of its fields; it is sent as a JSON object, so ``runtime_state`` must hold
+            JSON values only.
 
     Returns:
         The invocation ID (the Celery task ID); read the run with :func:`stream_events`.
@@ -160,6 +164,9 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
 
     if isinstance(message, Message):
         message = message.to_openai()
+    if isinstance(options.get("run_config"), RunConfig):
+        # As the dict it travels as, so the request checks its values like any sender's.
+        options["run_config"] = options["run_config"].model_dump(exclude_defaults=True)
     settings = Settings.from_env()  # read once per submit: size limit, queue, events Redis
     fields = {"app_name": app_name, "user_id": user_id, "session_id": session_id}
     request = RunRequest.from_task_arguments(

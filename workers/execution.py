@@ -364,6 +364,7 @@ async def _run_with_lease(
         # any stored event the dead attempt did not publish), so readers drop its partial reply.
         # Published by _pump like every other event, so it is fenced like them.
         attempt=claimed.attempt,
+        run_config=request.run_config,
     )
     identity = _labels(request, key.session_id).identity
     return await _pump(rt, stream, claimed.lease, cancelled, identity)

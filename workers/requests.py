@@ -16,7 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from runner_core.errors import (
     InvalidRequestError,
@@ -26,6 +33,7 @@ from runner_core.errors import (
     shown,
 )
 from runner_core.messages import coerce_message
+from runner_core.run_config import RunConfig, coerce_run_config
 from runner_core.session import validate_identifier
 from runner_core.wire import ID_RE, MAX_ID_LENGTH, SUBMIT_RUN
 
@@ -169,6 +177,25 @@ def _child_path(path: str, key: object) -> str:
     return f"{path}[{shown(key)}]"
 
 
+def _check_run_config(config: RunConfig) -> None:
+    """What the fields of ``run_config`` cannot say for themselves: the generation settings
+    (``run_config.generation.temperature``, ...), and that every value is JSON, since a run
+    request travels as JSON only.
+
+    Raises:
+        InvalidRequestError: naming the field.
+    """
+    coerce_run_config(config)
+    for name in ("generation", "runtime_state"):
+        try:
+            json.dumps(getattr(config, name), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(
+                f"run_config.{name} holds a value that is not JSON ({safe_text(str(exc))}); "
+                "send only objects, arrays, text, finite numbers, true, false and null."
+            ) from None
+
+
 def _limit(context: Any) -> int:
     if isinstance(context, Mapping) and isinstance(context.get(_LIMIT), int):
         return int(context[_LIMIT])
@@ -190,6 +217,13 @@ class RunRequest(BaseModel):
     request_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
     multitask_strategy: MultitaskStrategy = "enqueue"
     run_timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    run_config: RunConfig | None = Field(
+        default=None,
+        description=(
+            "this run's options (runner_core.RunConfig) as a JSON object: streaming, model, "
+            "generation, max_iterations, runtime_state"
+        ),
+    )
 
     @field_validator("app_name", "user_id")
     @classmethod
@@ -229,6 +263,13 @@ class RunRequest(BaseModel):
                 "(AGENT_RUNNER_MAX_MESSAGE_CHARS). Send less, or raise the limit on the workers "
                 "and producers."
             )
+        if self.run_config is not None:
+            _check_run_config(self.run_config)
+
+    @field_serializer("run_config")
+    def _run_config_json(self, value: RunConfig | None) -> dict[str, Any] | None:
+        # On the wire: the fields that were set, as the JSON object the worker validates.
+        return None if value is None else value.model_dump(exclude_defaults=True)
 
     @classmethod
     def validate_request(cls, **fields: Any) -> RunRequest:
@@ -293,7 +334,9 @@ class RunRequest(BaseModel):
                 "(a JSON '\\ud800'-'\\udfff' escape needs its pair); send it as UTF-8."
             )
         try:
-            return cls.model_validate(fields, context={_LIMIT: max_message_chars})
+            # strict=True reaches into run_config too (a nested model keeps its own lax
+            # config otherwise): "yes" is no boolean and 2.0 no iteration count, in any field.
+            return cls.model_validate(fields, strict=True, context={_LIMIT: max_message_chars})
         except ValidationError as exc:
             problems = describe_validation_error(exc, whole="request")
             raise InvalidRequestError(f"invalid run request: {problems}") from None

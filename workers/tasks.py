@@ -2,8 +2,9 @@
 
 Producers call ``submit_run.delay(app_name, user_id, session_id, message, *, messages=None,
 resume=False, tool_confirmations=None, request_id=None, multitask_strategy="enqueue",
-run_timeout_s=None)`` (or ``send_task("agent_runner.submit_run", ..., queue="runs")`` from any
-Celery client: name the queue, ``AGENT_RUNNER_QUEUE``, or the task lands on Celery's default one).
+run_timeout_s=None, run_config=None)`` (or ``send_task("agent_runner.submit_run", ...,
+queue="runs")`` from any Celery client: name the queue, ``AGENT_RUNNER_QUEUE``, or the task lands
+on Celery's default one).
 The returned ``AsyncResult.id`` is the invocation ID; the events are on
 ``agent-runner:stream:{invocation_id}`` (see docs/events.md).
 
@@ -62,7 +63,6 @@ from .task_messages import PROBLEM_HEADER
 __all__ = ["SUBMIT_RUN", "submit_run"]
 
 logger = logging.getLogger(__name__)
-
 
 
 async def _reject_invalid(
@@ -198,7 +198,9 @@ def _submit_run(self: Task, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
     new session named after the invocation ID), ``message`` (text or an OpenAI-style user
     message dict; None only with ``resume``/``tool_confirmations``). Keyword only:
     ``messages``, ``resume``, ``tool_confirmations``, ``request_id``, ``multitask_strategy``
-    (``enqueue`` | ``reject`` | ``interrupt``), ``run_timeout_s``.
+    (``enqueue`` | ``reject`` | ``interrupt``), ``run_timeout_s``, ``run_config`` (this run's
+    options as a JSON object, the fields of :class:`~runner_core.run_config.RunConfig`:
+    ``streaming``, ``model``, ``generation``, ``max_iterations``, ``runtime_state``).
 
     Returns:
         The ``runner.completion`` event as a JSON dict, for a run that ended ``completed`` or
