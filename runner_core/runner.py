@@ -462,6 +462,8 @@ class _RunPlan:
         self.request_id = request_id
         self.invocation_id = invocation_id
         self.numbering = EventNumbering(next_seq)
+        #: message.delta text was handed out since the last complete event.
+        self._text_open = False
         self.timeout_s = timeout_s
         self.stop = RunStop(timeout_s)
         self.fence = fence
@@ -670,6 +672,14 @@ class _RunPlan:
     # --- emitting ------------------------------------------------------------------------
 
     def _stamp(self, event: Event) -> Event:
+        """Number the event. An ``error`` that ends text still being streamed (a model that
+        failed mid-reply, a hook that refused the answer, a timeout) says it withdraws it."""
+        if event.type == "error" and self._text_open and event.retracts_streamed_text is None:
+            event.retracts_streamed_text = True
+        if event.type == "message.delta":
+            self._text_open = True
+        elif event.type != "run.restarted":
+            self._text_open = False
         self.numbering.stamp(event)
         return event
 

@@ -1066,3 +1066,26 @@ def test_runner_refuses_what_is_not_a_plugin(model: FakeModel, plugin: Any) -> N
 def test_llm_agent_refuses_a_callback_that_is_not_callable(model: FakeModel) -> None:
     with pytest.raises(InvalidRequestError, match="before_model_callback must be a function"):
         LLMAgent("a", model=model, before_model_callback=["not callable"])  # type: ignore[list-item]
+
+
+async def test_a_run_that_fails_mid_reply_retracts_the_text_it_streamed(
+    model: FakeModel, service: InMemorySessionService
+) -> None:
+    # Given a model that streams part of its reply, then stalls past the run's deadline
+    model.add_text("one two three four", chunk_delay=0.2)
+    runner = make_runner(model, service)
+    # When the run times out with text half streamed
+    events = await run_all(runner, timeout_s=0.3)
+    # Then the error that ends it withdraws that text, and only then
+    kinds = [e.type for e in events]
+    assert "message.delta" in kinds and kinds[-2:] == ["error", "runner.completion"]
+    assert error_of(events).retracts_streamed_text is True
+    assert events[-1].type == "runner.completion" and events[-1].status == "timeout"
+
+
+async def test_an_error_after_a_complete_message_retracts_nothing(
+    model: FakeModel, service: InMemorySessionService
+) -> None:
+    model.add_error(500)
+    events = await run_all(make_runner(model, service))
+    assert error_of(events).retracts_streamed_text is None
