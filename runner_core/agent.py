@@ -78,6 +78,11 @@ class BaseAgent(ABC):
         return
         yield  # an async generator that yields nothing
 
+    def output_of(self, final_text: str) -> Any:
+        """The completion's ``output`` for a final answer already stored (a redelivered run
+        that finds its answer in the session); default: None."""
+        return None
+
 
 def _checked_summarizer(summarizer: object) -> Summarizer | None:
     from .summarizer import Summarizer
@@ -396,6 +401,17 @@ class LLMAgent(BaseAgent):
         for guardrail in self.input_guardrails:
             await guardrail.run(ctx, text, "input")
 
+    def output_of(self, final_text: str) -> Any:
+        """The parsed structured output of a stored final answer (None without a schema or
+        when it does not parse)."""
+        if self.output_schema is None:
+            return None
+        try:
+            parsed = self.output_schema.model_validate_json(final_text)
+        except ValidationError:
+            return None
+        return json.loads(parsed.model_dump_json())
+
     async def _final_answer(self, ctx: InvocationContext, text: str, streamed: bool) -> Any:
         """Output guardrails and the output schema on the final answer: the parsed output
         (None without a schema), or the error event that ends the run (its outcome set)."""
@@ -466,13 +482,21 @@ class LLMAgent(BaseAgent):
                 if fn_tool is not None:
                     fn_tool.check_edit(call.id, call.function.arguments, decision["arguments"])
                 jobs.append((call, decision["arguments"]))
-        results = await asyncio.gather(
-            *(
-                _constant((REFUSED, {}, None)) if arguments is None
+        tasks = [
+            asyncio.ensure_future(
+                _constant((REFUSED, {}, None))
+                if arguments is None
                 else self._call_tool(ctx, call, arguments)
-                for call, arguments in jobs
             )
-        )
+            for call, arguments in jobs
+        ]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one call's hook failed the run: stop the others too
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         for (call, _), (content, delta, error) in zip(jobs, results, strict=True):
             yield ctx.event(
                 ToolResultEvent,

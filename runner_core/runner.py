@@ -601,7 +601,9 @@ class _RunPlan:
         await self._announce_restart(discard_after_seq=prior[-1].seq)
         last = prior[-1]
         if last.type == "message" and last.is_final_response():
-            return RunOutcome(status="completed", final_text=last.message.content or "")
+            text = last.message.content or ""
+            output = self.agent.output_of(text)
+            return RunOutcome(status="completed", final_text=text, output=output)
         if last.type == "error":
             return RunOutcome(status="failed", error=last.error)
         if last.type == "run.paused" and not self.decisions:

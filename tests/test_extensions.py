@@ -1089,3 +1089,47 @@ async def test_an_error_after_a_complete_message_retracts_nothing(
     model.add_error(500)
     events = await run_all(make_runner(model, service))
     assert error_of(events).retracts_streamed_text is None
+
+
+async def test_a_redelivered_run_whose_answer_was_stored_still_reports_its_output(
+    model: FakeModel, service: InMemorySessionService
+) -> None:
+    # Given a run whose structured answer was stored (its worker died before the completion)
+    model.add_text('{"city": "Oslo", "celsius": -3.5}')
+    runner = make_runner(model, service, output_schema=Weather)
+    first = await run_all(runner, invocation_id="inv-redelivered")
+    assert first[-1].type == "runner.completion" and first[-1].output is not None
+    # When the same invocation runs again (a redelivery): it finds its answer in the session
+    again = await run_all(runner, invocation_id="inv-redelivered")
+    # Then it completes with the same parsed output, without calling the model again
+    assert again[-1].type == "runner.completion" and again[-1].status == "completed"
+    assert again[-1].output == {"city": "Oslo", "celsius": -3.5}
+    assert len(model.requests) == 1
+
+
+async def test_a_hook_that_fails_one_call_stops_the_other_calls_of_its_turn(
+    model: FakeModel, service: InMemorySessionService
+) -> None:
+    finished: list[str] = []
+
+    async def slow(x: int) -> str:
+        """Takes its time."""
+        await asyncio.sleep(2)
+        finished.append("slow")
+        return "late"
+
+    def boom(x: int) -> str:
+        """Never runs: its hook fails first."""
+        return "never"
+
+    def refuse_boom(ctx: Any, call: Any, args: dict[str, Any]) -> None:
+        if call.function.name == "boom":
+            raise RuntimeError("policy says no")
+
+    model.add_tool_calls([("c1", "slow", {"x": 1}), ("c2", "boom", {"x": 2})])
+    runner = make_runner(model, service, tools=[slow, boom], before_tool_callback=refuse_boom)
+    events = await run_all(runner)
+    assert error_of(events).error.type == "callback_error"
+    assert events[-1].type == "runner.completion" and events[-1].status == "failed"
+    await asyncio.sleep(2.2)
+    assert finished == []  # the sibling call was cancelled with the run, not left running
