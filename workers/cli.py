@@ -142,9 +142,12 @@ class EventPrinter:
         self._line(note + "]")
 
     def _on_run_paused(self, event: RunPausedEvent) -> None:
-        calls = event.requested_confirmations
-        waiting = ", ".join(f"{c.function.name} (call {c.id})" for c in calls)
-        self._line(f"  [paused] waiting for confirmation of: {waiting or 'nothing'}")
+        parts = []
+        for call in event.requested_confirmations:
+            editable = event.editable(call.id)
+            note = f"; may edit: {', '.join(editable)}" if editable else ""
+            parts.append(f"{call.function.name} (call {call.id}{note})")
+        self._line(f"  [paused] waiting for confirmation of: {', '.join(parts) or 'nothing'}")
 
     def _on_runner_completion(self, event: RunCompletionEvent) -> None:
         usage = event.usage
