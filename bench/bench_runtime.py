@@ -35,7 +35,7 @@ from bench.report import (
     rounded,
     summarize,
 )
-from runner_core import LLMAgent, Runner, RunQueuedEvent, StateUpdateEvent, tool
+from runner_core import AgentTransferEvent, LLMAgent, Runner, RunQueuedEvent, StateUpdateEvent, tool
 from runner_core.testing import ScriptedModelServer, scripted_model
 from session_backends import InMemorySessionService
 
@@ -145,6 +145,10 @@ async def cover_other_types(server: ScriptedModelServer, sizes: EventSizes) -> N
             invocation_id=str(uuid.uuid4()), seq=5, author="bench", state_delta={"step": 2}
         )
         sizes.add_built(update, 'built, delta `{"step": 2}` (no code emits it yet)')
+        transfer = AgentTransferEvent(
+            invocation_id=str(uuid.uuid4()), seq=4, author="triage", to_agent="billing"
+        )
+        sizes.add_built(transfer, "built as a transfer between two agents")
 
 
 async def measure(runs: int, warmup: int) -> dict[str, Any]:

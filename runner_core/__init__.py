@@ -25,6 +25,7 @@ from .errors import (
     UnknownToolCallError,
 )
 from .events import (
+    AgentTransferEvent,
     ErrorEvent,
     Event,
     EventError,
@@ -62,6 +63,7 @@ from .tools import FunctionTool, ToolContext, tool
 
 __all__ = [
     "AgentRunnerError",
+    "AgentTransferEvent",
     "BaseAgent",
     "CallResult",
     "CallbackError",

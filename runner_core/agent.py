@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,18 +56,95 @@ class BaseAgent(ABC):
     or callback called ``end_invocation()``), it stops at its next step. ``resume(ctx)`` runs
     what a paused run left (default: nothing).
 
+    Agents form a tree: ``sub_agents`` become this agent's children (each has one parent,
+    ``parent_agent``); names are unique within a tree.
+
     Args:
         name: the agent's name; the author of its events.
+        description: what the agent does, for the agents that may hand work to it.
+        sub_agents: child agents (for transfers and workflow agents).
         summarizer: the :class:`~runner_core.summarizer.Summarizer` that compresses this app's
             sessions (workers schedule it after runs); None: no summaries.
+
+    Raises:
+        InvalidRequestError: a bad name; a sub-agent that is not an agent, already has a
+            parent, or would make a cycle; two agents of the tree with one name.
     """
 
     #: The agent's model, when it has one (the Runner reads its ``price`` for the cost).
     model: Model | None = None
 
-    def __init__(self, name: str, *, summarizer: Summarizer | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        sub_agents: Iterable[BaseAgent] = (),
+        summarizer: Summarizer | None = None,
+    ) -> None:
         self.name = validate_identifier(name, "agent name")
+        if not isinstance(description, str):
+            raise InvalidRequestError(f"agent {name!r}: description must be text.")
+        self.description = description
         self.summarizer = _checked_summarizer(summarizer)
+        self.parent_agent: BaseAgent | None = None
+        self.sub_agents: list[BaseAgent] = []
+        for sub in sub_agents:
+            self.add_sub_agent(sub)
+
+    # --- the tree ------------------------------------------------------------------------
+
+    def add_sub_agent(self, sub: BaseAgent) -> None:
+        """Make ``sub`` a child of this agent.
+
+        Raises:
+            InvalidRequestError: ``sub`` is not an agent, already has a parent, is this agent
+                or one of its ancestors (a cycle), or shares a name with an agent of this tree.
+        """
+        if not isinstance(sub, BaseAgent):
+            raise InvalidRequestError(
+                f"agent {self.name!r}: sub_agents must be agents, got {type(sub).__name__}."
+            )
+        if sub.parent_agent is not None:
+            raise InvalidRequestError(
+                f"agent {sub.name!r} is already a sub-agent of {sub.parent_agent.name!r}; an "
+                f"agent has one parent, so it cannot also be one of {self.name!r}. Build "
+                "another agent for the second place."
+            )
+        ancestor: BaseAgent | None = self
+        while ancestor is not None:
+            if ancestor is sub:
+                raise InvalidRequestError(
+                    f"agent {sub.name!r} cannot be a sub-agent of {self.name!r}: it is that "
+                    "agent or one of its parents (a cycle)."
+                )
+            ancestor = ancestor.parent_agent
+        taken = {agent.name for agent in self.root_agent.walk()}
+        clash = sorted(taken & {agent.name for agent in sub.walk()})
+        if clash:
+            raise InvalidRequestError(
+                f"two agents of one tree are named {clash[0]!r} (adding {sub.name!r} under "
+                f"{self.name!r}); agent names must be unique within a tree."
+            )
+        sub.parent_agent = self
+        self.sub_agents.append(sub)
+
+    @property
+    def root_agent(self) -> BaseAgent:
+        agent = self
+        while agent.parent_agent is not None:
+            agent = agent.parent_agent
+        return agent
+
+    def walk(self) -> Iterator[BaseAgent]:
+        """This agent and every agent below it, depth first."""
+        yield self
+        for sub in self.sub_agents:
+            yield from sub.walk()
+
+    def find_agent(self, name: str) -> BaseAgent | None:
+        """The agent of this subtree named ``name``, or None."""
+        return next((agent for agent in self.walk() if agent.name == name), None)
 
     @abstractmethod
     def run(self, ctx: InvocationContext) -> AsyncIterator[Event]:
@@ -140,7 +217,7 @@ class LLMAgent(BaseAgent):
         output_schema: a pydantic model the final answer must be JSON of; the model is asked
             for it (``response_format``) and the completion carries the parsed object
             (``output``). Invalid output ends the run ``failed`` (``invalid_output``).
-        summarizer: see :class:`BaseAgent`.
+        summarizer, description, sub_agents: see :class:`BaseAgent`.
 
     Raises:
         InvalidRequestError: a bad name, no model, ``max_iterations < 1``, two tools with one
@@ -169,8 +246,12 @@ class LLMAgent(BaseAgent):
         stream_guarded_output: bool = False,
         output_schema: type[BaseModel] | None = None,
         summarizer: Summarizer | None = None,
+        description: str = "",
+        sub_agents: Iterable[BaseAgent] = (),
     ) -> None:
-        super().__init__(name, summarizer=summarizer)
+        super().__init__(
+            name, description=description, sub_agents=sub_agents, summarizer=summarizer
+        )
         if not isinstance(model, Model):
             raise InvalidRequestError(
                 f"LLMAgent {name!r} needs a model (an OpenAIModel, or anything with "

@@ -17,12 +17,15 @@
 - ``run.restarted`` (:class:`RunRestartedEvent`): a new attempt at the run starts after its
   worker died (``attempt``); the ``message.delta`` text published after ``discard_after_seq``
   is void; never stored
+- ``agent.transfer`` (:class:`AgentTransferEvent`): the conversation passes from ``author`` to
+  ``to_agent`` (stored: the session's next run starts with that agent)
 - ``runner.completion`` (:class:`RunCompletionEvent`): always the last event of a run
   (``status``, ``usage``, ``final_text``, ``cost``, ``error``) and the one that names the run
   (``app_name``, ``user_id``, ``session_id``, ``request_id``)
 
 Every event has ``type``, ``seq`` (0, 1, 2, ... gap-free within the invocation),
-``invocation_id``, ``author`` and ``created_at``. Its ID is ``"{invocation_id}:{seq}"``
+``invocation_id``, ``author`` and ``created_at``; ``branch`` says which branch of a parallel
+agent wrote it (absent on the main line). Its ID is ``"{invocation_id}:{seq}"``
 (:attr:`EventBase.id`), so the wire leaves it out; only events stored by versions that drew
 random IDs carry their own ``id``.
 
@@ -46,6 +49,7 @@ from .messages import Message, ToolCall
 
 __all__ = [
     "COMPLETION_STATUSES",
+    "AgentTransferEvent",
     "ErrorEvent",
     "Event",
     "EventBase",
@@ -77,6 +81,7 @@ EventType = Literal[
     "run.paused",
     "run.queued",
     "run.restarted",
+    "agent.transfer",
     "runner.completion",
 ]
 RunStatus = Literal["completed", "failed", "cancelled", "timeout", "paused"]
@@ -128,6 +133,13 @@ class EventBase(BaseModel):
     invocation_id: str
     author: str = Field(description="Who produced it: an agent's name, or 'user'.")
     created_at: datetime = Field(default_factory=_now)
+    branch: str | None = Field(
+        default=None,
+        description=(
+            "The branch of the agent tree that wrote it: the dotted names of the parallel "
+            "agent and its sub-agent ('fanout.researcher'); absent on the main line."
+        ),
+    )
     stored_id: str | None = Field(
         default=None,
         alias="id",
@@ -266,6 +278,14 @@ class RunRestartedEvent(EventBase):
     )
 
 
+class AgentTransferEvent(EventBase):
+    """The conversation passes from ``author`` to ``to_agent``; the run goes on with it, and
+    so does the session's next run (stored)."""
+
+    type: Literal["agent.transfer"] = "agent.transfer"
+    to_agent: str = Field(description="The agent that takes over.")
+
+
 class RunCompletionEvent(EventBase):
     """The last event of every run, exactly once; the one event that names the run."""
 
@@ -294,6 +314,7 @@ AnyEvent: TypeAlias = (
     | RunPausedEvent
     | RunQueuedEvent
     | RunRestartedEvent
+    | AgentTransferEvent
     | RunCompletionEvent
 )
 #: Any event: narrow it with ``event.type == "..."`` (or ``isinstance``).

@@ -57,6 +57,14 @@ class InvocationContext:
     plugins: list[Plugin] = field(default_factory=list)
     #: Set by :meth:`end_invocation`: the agent stops at its next step.
     ended: bool = False
+    #: The branch of the agent tree this context runs on (a parallel agent's sub-agents each
+    #: get their own: ``"fanout.researcher"``); None on the main line. Stamped on events.
+    branch: str | None = None
+    #: Set by :meth:`escalate`: a loop agent stops repeating its sub-agents.
+    escalated: bool = False
+    #: The agent a transfer asked for (set with the ``agent.transfer`` event); the Runner
+    #: goes on with it.
+    transfer_to: str | None = None
 
     @property
     def runtime_state(self) -> Mapping[str, Any]:
@@ -64,13 +72,20 @@ class InvocationContext:
         never stored or published."""
         return MappingProxyType(self.run_config.runtime_state)
 
+    def escalate(self) -> None:
+        """Ask the enclosing loop agent to stop repeating (a tool or callback may call it)."""
+        self.escalated = True
+
     def end_invocation(self) -> None:
         """End the run after the current step (a callback or tool may call it): no more model
         or tool calls; the run completes with ``ctx.outcome`` as it stands."""
         self.ended = True
 
     def event(self, cls: type[E], author: str, **fields: Any) -> E:
-        """A new event of this invocation; the Runner numbers it (``seq``) on emission."""
+        """A new event of this invocation, on this context's branch; the Runner numbers it
+        (``seq``) on emission."""
+        if self.branch is not None:
+            fields.setdefault("branch", self.branch)
         return cls(invocation_id=self.invocation_id, author=author, **fields)
 
     def message_event(self, author: str, message: Message, **fields: Any) -> MessageEvent:
