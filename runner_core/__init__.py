@@ -4,6 +4,7 @@ Importable without Celery, Redis or PostgreSQL.
 """
 
 from .agent import BaseAgent, CallResult, LLMAgent
+from .agent_tool import AgentTool
 from .errors import (
     AgentRunnerError,
     ConfigurationError,
@@ -63,6 +64,7 @@ from .tools import FunctionTool, ToolContext, tool
 
 __all__ = [
     "AgentRunnerError",
+    "AgentTool",
     "AgentTransferEvent",
     "BaseAgent",
     "CallResult",

@@ -15,7 +15,7 @@ import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -182,6 +182,17 @@ class CallResult:
     @property
     def text(self) -> str:
         return self.message.text
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolOutcome:
+    """What one tool call leaves for its ``tool.result`` event."""
+
+    content: str
+    state_delta: dict[str, Any] = field(default_factory=dict)
+    error: EventError | None = None
+    #: The model calls the tool made (:meth:`ToolContext.add_usage`).
+    usage: Usage | None = None
 
 
 @dataclass(slots=True)
@@ -565,7 +576,7 @@ class LLMAgent(BaseAgent):
                 jobs.append((call, decision["arguments"]))
         tasks = [
             asyncio.ensure_future(
-                _constant((REFUSED, {}, None))
+                _constant(_ToolOutcome(REFUSED))
                 if arguments is None
                 else self._call_tool(ctx, call, arguments)
             )
@@ -578,13 +589,14 @@ class LLMAgent(BaseAgent):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        for (call, _), (content, delta, error) in zip(jobs, results, strict=True):
+        for (call, _), outcome in zip(jobs, results, strict=True):
             yield ctx.event(
                 ToolResultEvent,
                 self.name,
-                message=Message.tool(call.id, content, name=call.function.name),
-                state_delta=delta or None,
-                error=error,
+                message=Message.tool(call.id, outcome.content, name=call.function.name),
+                state_delta=outcome.state_delta or None,
+                error=outcome.error,
+                usage=outcome.usage,
             )
         if waiting:
             editable = {
@@ -602,12 +614,13 @@ class LLMAgent(BaseAgent):
 
     async def _call_tool(
         self, ctx: InvocationContext, call: ToolCall, arguments: str | dict[str, Any]
-    ) -> tuple[str, dict[str, Any], EventError | None]:
+    ) -> _ToolOutcome:
         """Run one call; failures become an error result the model can read and correct.
 
         The ``before_tool`` hooks see the validated arguments (and may change them or answer
         instead of the tool); the ``after_tool`` hooks see the rendered result.
         """
+        tool_ctx: ToolContext | None = None
         try:
             fn_tool = self.tools.get(call.function.name)
             if fn_tool is None:
@@ -630,13 +643,15 @@ class LLMAgent(BaseAgent):
             value = answer if answer is not None else await fn_tool.call(args, tool_ctx)
             content = render_tool_result(value)
         except ToolError as exc:
-            return f"Error: {exc}", {}, EventError(type=exc.error_type, message=str(exc))
+            error = EventError(type=exc.error_type, message=str(exc))
+            usage = tool_ctx.usage if tool_ctx is not None else None
+            return _ToolOutcome(f"Error: {exc}", error=error, usage=usage)
         replaced = await first_answer(self._hooks(ctx, "after_tool"), ctx, call, args, content)
         if replaced is not None:
             content = render_tool_result(replaced)
-        return content, tool_ctx.state.delta, None
+        return _ToolOutcome(content, tool_ctx.state.delta, usage=tool_ctx.usage)
 
 
-async def _constant(value: tuple[str, dict[str, Any], EventError | None]) -> Any:
+async def _constant(value: _ToolOutcome) -> _ToolOutcome:
     return value
 

@@ -7,7 +7,8 @@
 - ``message`` (:class:`MessageEvent`): a complete message: the user input, assistant text or
   assistant tool calls (``message``; ``usage`` of the model call)
 - ``tool.result`` (:class:`ToolResultEvent`): the result of one tool call (``message`` with role
-  ``tool``; ``state_delta`` the tool wrote; ``error`` when it failed)
+  ``tool``; ``state_delta`` the tool wrote; ``error`` when it failed; ``usage`` of the model
+  calls the tool made, such as an agent called as a tool)
 - ``state.update`` (:class:`StateUpdateEvent`): a change of session state with no message
 - ``error`` (:class:`ErrorEvent`): something failed (``error``); the run may go on or end
 - ``run.paused`` (:class:`RunPausedEvent`): the run waits for a person to confirm tool calls
@@ -70,6 +71,7 @@ __all__ = [
     "encode_event",
     "event_json_schema",
     "state_delta_of",
+    "usage_of",
 ]
 
 EventType = Literal[
@@ -91,7 +93,7 @@ COMPLETION_TYPE: Final = "runner.completion"
 
 
 class Usage(BaseModel):
-    """Token usage. On a model's ``message`` event: that call. On the completion: the run."""
+    """Token usage: of a model call (``message``), of a tool's calls (``tool.result``), of a run."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -207,6 +209,13 @@ class ToolResultEvent(EventBase):
         default=None, description="The state the tool wrote."
     )
     error: EventError | None = None
+    usage: Usage | None = Field(
+        default=None,
+        description=(
+            "The usage of the model calls the tool made (an agent called as a tool); counted "
+            "in the run's usage. Absent for tools that call no model."
+        ),
+    )
 
 
 class StateUpdateEvent(EventBase):
@@ -390,6 +399,14 @@ def state_delta_of(event: EventBase) -> dict[str, Any]:
     """The state change an event carries ({} for types that carry none)."""
     delta = getattr(event, "state_delta", None)
     return delta if delta else {}
+
+
+def usage_of(event: EventBase) -> Usage | None:
+    """The model usage an event adds to its run's total: a model turn's (``message``) or that
+    of the model calls a tool made (``tool.result``); None for every other event."""
+    if isinstance(event, MessageEvent | ToolResultEvent):
+        return event.usage
+    return None
 
 
 class EventNumbering:

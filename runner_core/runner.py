@@ -49,6 +49,7 @@ from .events import (
     ToolResultEvent,
     Usage,
     state_delta_of,
+    usage_of,
 )
 from .invocation import InvocationContext, RunOutcome, ToolDecision
 from .messages import Message, coerce_message
@@ -592,8 +593,8 @@ class _RunPlan:
         first_unseen = self.numbering.next_seq
         self.numbering.next_seq = max(first_unseen, max(e.seq for e in prior) + 1)
         for event in prior:
-            if event.type == "message" and event.usage is not None:
-                self.usage = self.usage + event.usage
+            if (usage := usage_of(event)) is not None:
+                self.usage = self.usage + usage
             if event.seq >= first_unseen:
                 await self.handoff.turn()
                 self.stop.check()
@@ -730,8 +731,8 @@ class _RunPlan:
             except BaseException:
                 self.numbering.take_back()  # not stored, not handed out: seq stays gap-free
                 raise
-            if event.type == "message" and event.usage is not None:
-                self.usage = self.usage + event.usage
+            if (usage := usage_of(event)) is not None:
+                self.usage = self.usage + usage
         self.handoff.put(event)
         self.stop.check()
 

@@ -55,6 +55,7 @@ from .errors import (
     describe_validation_error,
     shown,
 )
+from .events import Usage
 from .plugins import CallbackError, call_hook
 
 __all__ = ["Confirmation", "FunctionTool", "ToolContext", "ToolState", "tool"]
@@ -108,6 +109,7 @@ class ToolContext:
         "session_id",
         "state",
         "tool_call_id",
+        "usage",
         "user_id",
     )
 
@@ -132,12 +134,19 @@ class ToolContext:
         #: What the caller passed for this run (``run_config.runtime_state``); read-only,
         #: never stored or published.
         self.runtime_state: Mapping[str, Any] = runtime_state or {}
+        #: The model calls this tool made (:meth:`add_usage`); None when it made none.
+        self.usage: Usage | None = None
         self._end_invocation = end_invocation
 
     def end_invocation(self) -> None:
         """End the run once this tool's result is recorded: no more model or tool calls."""
         if self._end_invocation is not None:
             self._end_invocation()
+
+    def add_usage(self, usage: Usage) -> None:
+        """Count model calls this tool made (an agent it ran, ``LLMAgent.call``) in the run's
+        usage: the tool's ``tool.result`` carries the sum, whether the call succeeds or fails."""
+        self.usage = usage if self.usage is None else self.usage + usage
 
     @property
     def idempotency_key(self) -> str:
