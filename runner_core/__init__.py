@@ -61,6 +61,7 @@ from .summarizer import (
     get_session_summary_text,
 )
 from .tools import FunctionTool, ToolContext, tool
+from .workflow import LoopAgent, ParallelAgent, SequentialAgent
 
 __all__ = [
     "AgentRunnerError",
@@ -86,6 +87,7 @@ __all__ = [
     "InvocationContext",
     "InvocationOwnedError",
     "LLMAgent",
+    "LoopAgent",
     "Message",
     "MessageDeltaEvent",
     "MessageEvent",
@@ -98,6 +100,7 @@ __all__ = [
     "ModelResponse",
     "ModelTimeoutError",
     "OpenAIModel",
+    "ParallelAgent",
     "Plugin",
     "RunCompletionEvent",
     "RunConfig",
@@ -109,6 +112,7 @@ __all__ = [
     "RunStatus",
     "RunStream",
     "Runner",
+    "SequentialAgent",
     "Session",
     "SessionBackendError",
     "SessionKey",

@@ -311,7 +311,10 @@ class LLMAgent(BaseAgent):
             messages.append(summary_message(summary))
         messages.extend(
             history_messages(
-                ctx.session.events, max_history_runs=self.max_history_runs, summary=summary
+                ctx.session.events,
+                max_history_runs=self.max_history_runs,
+                summary=summary,
+                branch=ctx.branch,
             )
         )
         return messages
@@ -359,7 +362,7 @@ class LLMAgent(BaseAgent):
         Raises:
             UnknownToolCallError: via the Runner's check of ``tool_confirmations``.
         """
-        calls = pending_tool_calls(ctx.session.events)
+        calls = pending_tool_calls(ctx.session.events, branch=ctx.branch)
         if calls:
             async for event in self._execute_calls(ctx, calls, ctx.tool_confirmations):
                 yield event
@@ -638,6 +641,7 @@ class LLMAgent(BaseAgent):
                 state=ctx.state,
                 runtime_state=ctx.runtime_state,
                 end_invocation=ctx.end_invocation,
+                escalate=ctx.escalate,
             )
             answer = await first_answer(self._hooks(ctx, "before_tool"), ctx, call, args)
             value = answer if answer is not None else await fn_tool.call(args, tool_ctx)

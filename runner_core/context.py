@@ -4,22 +4,35 @@ The history sent to the model is always a valid chat: every assistant tool call 
 one result per call. A session that ends with unanswered calls (a cancelled or crashed run, or a
 paused run that the caller moved past without resuming) gets a "not executed" result in the
 context it sends; nothing is written to the session for it.
+
+Branches (a parallel agent's sub-agents each run on one, see :mod:`runner_core.workflow`): an
+agent on a branch sees the main line (the history up to the fork), its own branch and the
+branches forked below it, never a sibling branch's turns (:func:`sees_branch`). The main line
+sees every branch, so the agent after a fan-out reads what each branch found; the turns of
+concurrent branches are regrouped branch by branch (:func:`branch_view`), so each branch's
+tool calls stay next to their results.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from .events import Event
+from .events import Event, MessageEvent
 from .messages import Message, ToolCall
 from .session import Summary
 
 __all__ = [
     "NOT_EXECUTED",
+    "WaitingTurn",
+    "branch_view",
     "history_messages",
     "pending_tool_calls",
     "sanitize_tool_calls",
+    "sees_branch",
     "summary_message",
+    "waiting_tool_calls",
+    "waiting_turns",
 ]
 
 NOT_EXECUTED = "Tool call was not executed: the run that requested it ended before it ran."
@@ -39,6 +52,55 @@ def _last_runs(events: Sequence[Event], runs: int) -> Sequence[Event]:
     return [e for e in events if e.invocation_id in keep]
 
 
+def sees_branch(branch: str | None, event_branch: str | None) -> bool:
+    """Whether an agent on ``branch`` sees an event written on ``event_branch``.
+
+    Yes for the main line's events (``None``), its own branch's, its ancestors' (the history
+    up to its fork) and its descendants' (forks of its own work); no for a sibling's. An agent
+    on the main line sees every branch.
+    """
+    if branch is None or event_branch is None or event_branch == branch:
+        return True
+    return branch.startswith(event_branch + ".") or event_branch.startswith(branch + ".")
+
+
+def branch_view(events: Sequence[Event], branch: str | None) -> list[Event]:
+    """The events an agent on ``branch`` sees (:func:`sees_branch`), in session order, except
+    that the turns of concurrent branches below it are regrouped: within each stretch of
+    branch events, one branch's events after another's, in the order the branches first
+    wrote, recursively for forks within a branch."""
+    visible = [e for e in events if sees_branch(branch, e.branch)]
+    out: list[Event] = []
+    lanes: dict[str, list[Event]] = {}
+
+    def close_stretch() -> None:
+        for lane, lane_events in lanes.items():
+            out.extend(branch_view(lane_events, lane))
+        lanes.clear()
+
+    for event in visible:
+        lane = _lane_below(branch, event.branch)
+        if lane is None:
+            close_stretch()
+            out.append(event)
+        else:
+            lanes.setdefault(lane, []).append(event)
+    close_stretch()
+    return out
+
+
+def _lane_below(branch: str | None, event_branch: str | None) -> str | None:
+    """The branch just below ``branch`` that ``event_branch`` lies on (a fork adds two names,
+    ``{parallel agent}.{sub-agent}``); None for an event on ``branch`` or above it."""
+    if event_branch is None or event_branch == branch:
+        return None
+    prefix = "" if branch is None else branch + "."
+    if not event_branch.startswith(prefix):
+        return None  # an ancestor's event
+    names = event_branch[len(prefix) :].split(".")
+    return prefix + ".".join(names[:2])
+
+
 def summary_message(summary: Summary) -> Message:
     return Message.system(
         "Summary of the conversation so far:\n<summary_of_previous_interactions>\n"
@@ -51,17 +113,20 @@ def history_messages(
     *,
     max_history_runs: int = 0,
     summary: Summary | None = None,
+    branch: str | None = None,
 ) -> list[Message]:
     """The chat history for the model.
 
     With ``summary``, only events after its boundary are included (the caller adds the summary
     itself, see :func:`summary_message`). Otherwise ``max_history_runs > 0`` keeps the events
-    of the last N invocations.
+    of the last N invocations. ``branch``: the agent's branch; it sees what
+    :func:`branch_view` gives.
     """
     if summary is not None:
         events = _events_after_summary(events, summary)
     elif max_history_runs > 0:
         events = _last_runs(events, max_history_runs)
+    events = branch_view(events, branch)
     messages = [e.message for e in events if e.type == "message" or e.type == "tool.result"]
     return sanitize_tool_calls(messages)
 
@@ -90,13 +155,30 @@ def sanitize_tool_calls(messages: Sequence[Message]) -> list[Message]:
     return out
 
 
-def pending_tool_calls(events: Sequence[Event]) -> list[ToolCall]:
+def pending_tool_calls(events: Sequence[Event], *, branch: str | None = None) -> list[ToolCall]:
     """Tool calls of the last assistant tool-call turn that have no result yet.
 
-    Only the newest assistant turn counts, and only if no user message came after it.
+    Only the newest assistant turn counts, and only if no user message came after it. On a
+    ``branch``, only the events that branch sees (:func:`sees_branch`) count.
     """
+    waiting = _waiting_turn(events, branch)
+    return waiting.calls if waiting is not None else []
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingTurn:
+    """An assistant turn whose tool calls wait for results: the event (its ``author`` wrote
+    the calls, on its ``branch``) and the calls still without one."""
+
+    event: MessageEvent
+    calls: list[ToolCall]
+
+
+def _waiting_turn(events: Sequence[Event], branch: str | None) -> WaitingTurn | None:
     answered: set[str] = set()
     for event in reversed(events):
+        if not sees_branch(branch, event.branch):
+            continue
         if event.type == "tool.result":
             if event.message.tool_call_id:
                 answered.add(event.message.tool_call_id)
@@ -104,8 +186,29 @@ def pending_tool_calls(events: Sequence[Event]) -> list[ToolCall]:
         if event.type != "message":
             continue
         if event.message.role == "user":
-            return []
+            return None
         elif event.message.role == "assistant":
-            calls = event.message.tool_calls or []
-            return [call for call in calls if call.id not in answered]
-    return []
+            calls = [call for call in event.message.tool_calls or [] if call.id not in answered]
+            return WaitingTurn(event, calls) if calls else None
+    return None
+
+
+def waiting_turns(events: Sequence[Event], *, branch: str | None = None) -> list[WaitingTurn]:
+    """The turns whose calls wait for results on ``branch`` or a branch below it, at most one
+    per branch: what a resume answers. A paused parallel agent leaves calls on one branch
+    while a sibling's final answer came after them, so each branch is asked on its own."""
+    below = [e.branch for e in events if e.branch != branch and sees_branch(branch, e.branch)]
+    turns: dict[str, WaitingTurn] = {}
+    for each in dict.fromkeys([branch, *below]):
+        if each != branch and _lane_below(branch, each) is None:
+            continue  # an ancestor's events: not this branch's work
+        waiting = _waiting_turn(events, each)
+        if waiting is not None:
+            turns.setdefault(waiting.event.id, waiting)
+    return list(turns.values())
+
+
+def waiting_tool_calls(events: Sequence[Event], *, branch: str | None = None) -> list[ToolCall]:
+    """Every call waiting for its result on ``branch`` or a branch below it
+    (:func:`waiting_turns`)."""
+    return [call for turn in waiting_turns(events, branch=branch) for call in turn.calls]

@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from .agent import BaseAgent
-from .context import pending_tool_calls
+from .context import waiting_tool_calls
 from .errors import (
     AgentRunnerError,
     FencedError,
@@ -565,7 +565,7 @@ class _RunPlan:
             return await self._continue(ctx, prior)
         await self._announce_restart(discard_after_seq=self.numbering.next_seq - 1)
 
-        pending_ids = {call.id for call in pending_tool_calls(session.events)}
+        pending_ids = {call.id for call in waiting_tool_calls(session.events)}
         unknown = sorted(set(self.decisions) - pending_ids)
         if unknown:
             waiting = ", ".join(sorted(pending_ids)) or "none"
@@ -580,8 +580,7 @@ class _RunPlan:
         if self.seed and not session.events:
             await self._append_seed(ctx)
         if self.resume and pending_ids:
-            async for event in self.agent.resume(ctx):
-                await self._record(event)
+            await self._record_all(self.agent.resume(ctx))
             if ctx.outcome.status == "paused":
                 return ctx.outcome
         if self.message is not None and not self._seed_ends_with_message():
@@ -609,8 +608,7 @@ class _RunPlan:
             return RunOutcome(status="failed", error=last.error)
         if last.type == "run.paused" and not self.decisions:
             return RunOutcome(status="paused")
-        async for event in self.agent.resume(ctx):
-            await self._record(event)
+        await self._record_all(self.agent.resume(ctx))
         if ctx.outcome.status == "paused":
             return ctx.outcome
         return await self._loop(ctx)
@@ -618,9 +616,20 @@ class _RunPlan:
     async def _loop(self, ctx: InvocationContext) -> RunOutcome:
         # ``ctx.end_invocation()`` is the agent's to honour at its next step: stopping here,
         # after any event, would drop the other tool results of the turn being recorded.
-        async for event in self.agent.run(ctx):
-            await self._record(event)
+        await self._record_all(self.agent.run(ctx))
         return ctx.outcome
+
+    async def _record_all(self, events: AsyncIterator[Event]) -> None:
+        """Record an agent's events. However it stops (a cancel, a timeout), the agent's
+        generator is closed before the run goes on, so its clean-up (a parallel agent's
+        branches, a model stream) is done before the completion."""
+        try:
+            async for event in events:
+                await self._record(event)
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
 
     # --- sessions ------------------------------------------------------------------------
 

@@ -103,6 +103,7 @@ class ToolContext:
 
     __slots__ = (
         "_end_invocation",
+        "_escalate",
         "app_name",
         "invocation_id",
         "runtime_state",
@@ -124,6 +125,7 @@ class ToolContext:
         state: Mapping[str, Any],
         runtime_state: Mapping[str, Any] | None = None,
         end_invocation: Callable[[], None] | None = None,
+        escalate: Callable[[], None] | None = None,
     ) -> None:
         self.app_name = app_name
         self.user_id = user_id
@@ -137,11 +139,19 @@ class ToolContext:
         #: The model calls this tool made (:meth:`add_usage`); None when it made none.
         self.usage: Usage | None = None
         self._end_invocation = end_invocation
+        self._escalate = escalate
 
     def end_invocation(self) -> None:
         """End the run once this tool's result is recorded: no more model or tool calls."""
         if self._end_invocation is not None:
             self._end_invocation()
+
+    def escalate(self) -> None:
+        """Stop the enclosing :class:`~runner_core.workflow.LoopAgent` from repeating: the
+        agent calling this tool finishes its turn, then the loop (and any sequential agent
+        between it and this agent) runs no further sub-agents."""
+        if self._escalate is not None:
+            self._escalate()
 
     def add_usage(self, usage: Usage) -> None:
         """Count model calls this tool made (an agent it ran, ``LLMAgent.call``) in the run's
