@@ -61,6 +61,7 @@ from .summarizer import (
     get_session_summary_text,
 )
 from .tools import FunctionTool, ToolContext, tool
+from .transfer import transfer_targets
 from .workflow import LoopAgent, ParallelAgent, SequentialAgent
 
 __all__ = [
@@ -138,4 +139,5 @@ __all__ = [
     "create_session_summary",
     "get_session_summary_text",
     "tool",
+    "transfer_targets",
 ]

@@ -38,6 +38,7 @@ from .plugins import CallbackError, Guardrail, GuardrailTripped, Hook, first_ans
 from .run_config import RunConfig, coerce_run_config
 from .session import validate_identifier
 from .tools import FunctionTool, ToolContext, render_tool_result
+from .transfer import TRANSFER_TOOL_NAME, TransferTool, transfer_tool
 
 if TYPE_CHECKING:
     from .summarizer import Summarizer
@@ -57,7 +58,9 @@ class BaseAgent(ABC):
     what a paused run left (default: nothing).
 
     Agents form a tree: ``sub_agents`` become this agent's children (each has one parent,
-    ``parent_agent``); names are unique within a tree.
+    ``parent_agent``); names are unique within a tree. An agent may hand the conversation to
+    its sub-agents, its parent and its peers (:mod:`runner_core.transfer`); a subclass switches
+    each off with the ``allow_transfer_to_*`` attributes below.
 
     Args:
         name: the agent's name; the author of its events.
@@ -73,6 +76,10 @@ class BaseAgent(ABC):
 
     #: The agent's model, when it has one (the Runner reads its ``price`` for the cost).
     model: Model | None = None
+    #: Which agents this agent may transfer to (:func:`runner_core.transfer.transfer_targets`).
+    allow_transfer_to_sub_agents: bool = True
+    allow_transfer_to_parent: bool = True
+    allow_transfer_to_peers: bool = True
 
     def __init__(
         self,
@@ -193,6 +200,8 @@ class _ToolOutcome:
     error: EventError | None = None
     #: The model calls the tool made (:meth:`ToolContext.add_usage`).
     usage: Usage | None = None
+    #: The agent a ``transfer_to_agent`` call hands the conversation to, when it was made.
+    transfer_to: str | None = None
 
 
 @dataclass(slots=True)
@@ -229,10 +238,14 @@ class LLMAgent(BaseAgent):
             for it (``response_format``) and the completion carries the parsed object
             (``output``). Invalid output ends the run ``failed`` (``invalid_output``).
         summarizer, description, sub_agents: see :class:`BaseAgent`.
+        allow_transfer_to_sub_agents, allow_transfer_to_parent, allow_transfer_to_peers:
+            which agents the model may hand the conversation to with the built-in
+            ``transfer_to_agent`` tool (:mod:`runner_core.transfer`); all True by default.
 
     Raises:
         InvalidRequestError: a bad name, no model, ``max_iterations < 1``, two tools with one
-            name, or a callback that is not callable.
+            name, a tool named ``transfer_to_agent``, a transfer switch that is not a bool, or
+            a callback that is not callable.
     """
 
     model: Model
@@ -259,10 +272,24 @@ class LLMAgent(BaseAgent):
         summarizer: Summarizer | None = None,
         description: str = "",
         sub_agents: Iterable[BaseAgent] = (),
+        allow_transfer_to_sub_agents: bool = True,
+        allow_transfer_to_parent: bool = True,
+        allow_transfer_to_peers: bool = True,
     ) -> None:
         super().__init__(
             name, description=description, sub_agents=sub_agents, summarizer=summarizer
         )
+        switches = {
+            "allow_transfer_to_sub_agents": allow_transfer_to_sub_agents,
+            "allow_transfer_to_parent": allow_transfer_to_parent,
+            "allow_transfer_to_peers": allow_transfer_to_peers,
+        }
+        for switch, value in switches.items():
+            if not isinstance(value, bool):
+                raise InvalidRequestError(f"LLMAgent {name!r}: {switch} must be True or False.")
+        self.allow_transfer_to_sub_agents = allow_transfer_to_sub_agents
+        self.allow_transfer_to_parent = allow_transfer_to_parent
+        self.allow_transfer_to_peers = allow_transfer_to_peers
         if not isinstance(model, Model):
             raise InvalidRequestError(
                 f"LLMAgent {name!r} needs a model (an OpenAIModel, or anything with "
@@ -297,6 +324,11 @@ class LLMAgent(BaseAgent):
                 raise InvalidRequestError(
                     f"two tools are named {fn_tool.name!r}; give one another name= ."
                 )
+            if fn_tool.name == TRANSFER_TOOL_NAME:
+                raise InvalidRequestError(
+                    f"LLMAgent {name!r}: the tool name {TRANSFER_TOOL_NAME!r} is the built-in "
+                    "transfer tool's; give your tool another name= ."
+                )
             self.tools[fn_tool.name] = fn_tool
         self._tool_schemas = [t.openai_schema() for t in self.tools.values()]
 
@@ -314,6 +346,7 @@ class LLMAgent(BaseAgent):
                 ctx.session.events,
                 max_history_runs=self.max_history_runs,
                 summary=summary,
+                agent_name=self.name,
                 branch=ctx.branch,
             )
         )
@@ -379,9 +412,10 @@ class LLMAgent(BaseAgent):
         for _ in range(max_iterations):
             if ctx.ended:
                 return
+            transfer = transfer_tool(self)
             request = ModelRequest(
                 messages=self.build_messages(ctx),
-                tools=self._tool_schemas,
+                tools=self._tool_schemas + ([transfer.openai_schema()] if transfer else []),
                 generation=generation,
                 model=config.model,
                 response_format=self._response_format(),
@@ -410,9 +444,11 @@ class LLMAgent(BaseAgent):
                 return
             if ctx.ended:  # a model hook ended the run: no tool calls are made
                 return
+            transferred = False
             async for event in self._execute_calls(ctx, message.tool_calls):
+                transferred = transferred or event.type == "agent.transfer"
                 yield event
-            if ctx.outcome.status == "paused":
+            if ctx.outcome.status == "paused" or transferred:  # a transfer ends the turn
                 return
         error = EventError(
             type="max_iterations_exceeded",
@@ -577,13 +613,16 @@ class LLMAgent(BaseAgent):
                 if fn_tool is not None:
                     fn_tool.check_edit(call.id, call.function.arguments, decision["arguments"])
                 jobs.append((call, decision["arguments"]))
+        not_made = _transfers_not_made(jobs, paused=bool(waiting))
         tasks = [
             asyncio.ensure_future(
                 _constant(_ToolOutcome(REFUSED))
                 if arguments is None
+                else _constant(not_made[index])
+                if index in not_made
                 else self._call_tool(ctx, call, arguments)
             )
-            for call, arguments in jobs
+            for index, (call, arguments) in enumerate(jobs)
         ]
         try:
             results = await asyncio.gather(*tasks)
@@ -601,6 +640,9 @@ class LLMAgent(BaseAgent):
                 error=outcome.error,
                 usage=outcome.usage,
             )
+        to_agent = next((outcome.transfer_to for outcome in results if outcome.transfer_to), None)
+        if to_agent is not None:
+            yield ctx.transfer(self.name, to_agent)
         if waiting:
             editable = {
                 call.id: list(self.tools[call.function.name].editable_params)
@@ -624,8 +666,10 @@ class LLMAgent(BaseAgent):
         instead of the tool); the ``after_tool`` hooks see the rendered result.
         """
         tool_ctx: ToolContext | None = None
+        transfer_to: str | None = None
         try:
-            fn_tool = self.tools.get(call.function.name)
+            transfer = transfer_tool(self) if call.function.name == TRANSFER_TOOL_NAME else None
+            fn_tool = self.tools.get(call.function.name) or transfer
             if fn_tool is None:
                 available = ", ".join(sorted(self.tools)) or "none"
                 raise ToolNotFoundError(
@@ -644,7 +688,13 @@ class LLMAgent(BaseAgent):
                 escalate=ctx.escalate,
             )
             answer = await first_answer(self._hooks(ctx, "before_tool"), ctx, call, args)
-            value = answer if answer is not None else await fn_tool.call(args, tool_ctx)
+            if answer is not None:
+                value = answer
+            elif isinstance(fn_tool, TransferTool):  # acts on the run: see _execute_calls
+                value = fn_tool.accept(args)
+                transfer_to = args["agent_name"]
+            else:
+                value = await fn_tool.call(args, tool_ctx)
             content = render_tool_result(value)
         except ToolError as exc:
             error = EventError(type=exc.error_type, message=str(exc))
@@ -653,9 +703,31 @@ class LLMAgent(BaseAgent):
         replaced = await first_answer(self._hooks(ctx, "after_tool"), ctx, call, args, content)
         if replaced is not None:
             content = render_tool_result(replaced)
-        return _ToolOutcome(content, tool_ctx.state.delta, usage=tool_ctx.usage)
+        return _ToolOutcome(
+            content, tool_ctx.state.delta, usage=tool_ctx.usage, transfer_to=transfer_to
+        )
 
 
 async def _constant(value: _ToolOutcome) -> _ToolOutcome:
     return value
 
+
+def _transfers_not_made(
+    jobs: Sequence[tuple[ToolCall, Any]], *, paused: bool
+) -> dict[int, _ToolOutcome]:
+    """The ``transfer_to_agent`` calls of a turn that are not made, by position, with their
+    error results: all of them in a turn that pauses (the paused calls stay with this agent),
+    else every one after the first (one transfer per turn)."""
+    positions = [i for i, (call, _) in enumerate(jobs) if call.function.name == TRANSFER_TOOL_NAME]
+    if paused:
+        why = (
+            "other calls of this turn wait for a person's confirmation; call it again once "
+            "they are answered"
+        )
+        refused = positions
+    else:
+        why = "only the first transfer_to_agent call of a turn is made"
+        refused = positions[1:]
+    message = f"transfer_to_agent was not done: {why}."
+    error = EventError(type="tool_invalid_arguments", message=message)
+    return {i: _ToolOutcome(f"Error: {message}", error=error) for i in refused}

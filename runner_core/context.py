@@ -5,6 +5,12 @@ one result per call. A session that ends with unanswered calls (a cancelled or c
 paused run that the caller moved past without resuming) gets a "not executed" result in the
 context it sends; nothing is written to the session for it.
 
+In a tree of agents, an agent sees the whole conversation, but only its own turns as assistant
+turns: another agent's text, tool calls and tool results come as a user message of context
+attributed to that agent (as ADK does), e.g. ``For context:\n[billing] said: ...``. Its own
+tool calls keep their results, so the chat stays valid, and the model does not take another
+agent's words (or a transfer it did not make) for its own.
+
 Branches (a parallel agent's sub-agents each run on one, see :mod:`runner_core.workflow`): an
 agent on a branch sees the main line (the history up to the fork), its own branch and the
 branches forked below it, never a sibling branch's turns (:func:`sees_branch`). The main line
@@ -18,13 +24,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .events import Event, MessageEvent
+from .events import Event, MessageEvent, ToolResultEvent
 from .messages import Message, ToolCall
 from .session import Summary
 
 __all__ = [
     "NOT_EXECUTED",
     "WaitingTurn",
+    "as_seen_by",
     "branch_view",
     "history_messages",
     "pending_tool_calls",
@@ -113,22 +120,47 @@ def history_messages(
     *,
     max_history_runs: int = 0,
     summary: Summary | None = None,
+    agent_name: str | None = None,
     branch: str | None = None,
 ) -> list[Message]:
     """The chat history for the model.
 
     With ``summary``, only events after its boundary are included (the caller adds the summary
     itself, see :func:`summary_message`). Otherwise ``max_history_runs > 0`` keeps the events
-    of the last N invocations. ``branch``: the agent's branch; it sees what
-    :func:`branch_view` gives.
+    of the last N invocations. With ``agent_name``, the assistant turns and tool results of
+    other agents come as context attributed to them (:func:`as_seen_by`). ``branch``: the
+    agent's branch; it sees what :func:`branch_view` gives.
     """
     if summary is not None:
         events = _events_after_summary(events, summary)
     elif max_history_runs > 0:
         events = _last_runs(events, max_history_runs)
     events = branch_view(events, branch)
-    messages = [e.message for e in events if e.type == "message" or e.type == "tool.result"]
+    messages = [
+        as_seen_by(agent_name, e) for e in events if e.type == "message" or e.type == "tool.result"
+    ]
     return sanitize_tool_calls(messages)
+
+
+def as_seen_by(agent_name: str | None, event: MessageEvent | ToolResultEvent) -> Message:
+    """The event's message as the agent ``agent_name`` sees it: its own turns, the user's and
+    the system's as they are; another agent's turn as a user message of context naming it."""
+    message = event.message
+    if agent_name is None or event.author == agent_name or message.role in ("user", "system"):
+        return message
+    lines = ["For context:"]
+    if message.role == "tool":
+        tool = f"tool `{message.name}`" if message.name else "a tool"
+        lines.append(f"[{event.author}] {tool} returned result: {message.text}")
+    else:
+        if message.content:
+            lines.append(f"[{event.author}] said: {message.content}")
+        lines += [
+            f"[{event.author}] called tool `{call.function.name}` with parameters: "
+            f"{call.function.arguments}"
+            for call in message.tool_calls or ()
+        ]
+    return Message.user("\n".join(lines))
 
 
 def sanitize_tool_calls(messages: Sequence[Message]) -> list[Message]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .events import EventBase, EventError, MessageEvent, RunStatus
+from .events import AgentTransferEvent, EventBase, EventError, MessageEvent, RunStatus
 from .messages import Message
 from .run_config import RunConfig
 from .session import TEMP_PREFIX, Session
@@ -90,6 +90,14 @@ class InvocationContext:
 
     def message_event(self, author: str, message: Message, **fields: Any) -> MessageEvent:
         return self.event(MessageEvent, author, message=message, **fields)
+
+    def transfer(self, author: str, to_agent: str) -> AgentTransferEvent:
+        """The ``agent.transfer`` event handing the conversation from ``author`` to
+        ``to_agent``; sets :attr:`transfer_to`. A custom agent yields it and ends its run; the
+        Runner checks that ``author`` may reach ``to_agent`` (else the run fails) and goes on
+        with ``to_agent`` (:mod:`runner_core.transfer`)."""
+        self.transfer_to = to_agent
+        return self.event(AgentTransferEvent, author, to_agent=to_agent)
 
     @property
     def state(self) -> dict[str, Any]:

@@ -11,6 +11,14 @@ past its ``timeout_s`` ends ``timeout`` the same way. Both always win, whatever 
 awaits does with a cancellation (:mod:`runner_core.stopping`): an append in flight lands first,
 and what the store holds is what the stream handed out.
 
+The Runner runs a tree of agents (``agent`` is its root). A run starts with the session's
+active agent: the one the session's last ``agent.transfer`` handed to, else the root. When that
+agent's run ends after a transfer, the Runner goes on with the target in the same invocation
+(``seq`` continuing), at most ``max_transfers`` times; a transfer the Runner refuses (past the
+limit, or to an agent its author may not reach) ends the run ``failed`` with an ``error``
+event. A redelivered or resumed run goes on with the agent that was active
+(:mod:`runner_core.transfer`).
+
 A run given a ``fence`` (a worker's lease token) takes the session's fence before it reads the
 session and stores every event with it. If a newer owner took the session, the store refuses
 the write (:class:`~runner_core.errors.FencedError`) and the run stops quietly: no error event,
@@ -37,6 +45,7 @@ from .errors import (
     UnknownToolCallError,
 )
 from .events import (
+    AgentTransferEvent,
     ErrorEvent,
     Event,
     EventBase,
@@ -57,8 +66,12 @@ from .plugins import CallbackError, GuardrailTripped, Plugin, call_hook
 from .run_config import RunConfig, coerce_run_config
 from .session import TEMP_PREFIX, Session, SessionService, validate_identifier
 from .stopping import RunStop, call_store
+from .transfer import active_agent, check_agent_tree, transfer_problem
 
-__all__ = ["RunStream", "Runner"]
+__all__ = ["DEFAULT_MAX_TRANSFERS", "RunStream", "Runner"]
+
+#: How many transfers between agents one run may make unless ``Runner(max_transfers=)`` says.
+DEFAULT_MAX_TRANSFERS = 10
 
 
 class _Handoff:
@@ -218,10 +231,14 @@ class Runner:
             Runner closes in :meth:`close`. A store passed in is never closed by the Runner.
         plugins: runner-wide hooks (:class:`~runner_core.plugins.Plugin`), run before the
             agent's own callbacks.
+        max_transfers: the most transfers between agents one run may make (default 10); the
+            one past it ends the run ``failed`` (``max_transfers_exceeded``).
 
     Raises:
         InvalidRequestError: ``app_name`` is empty, too long or has invalid characters; the
-            agent is not an agent; a plugin is not a Plugin.
+            agent is not an agent or not the root of a valid tree
+            (:func:`~runner_core.transfer.check_agent_tree`); a plugin is not a Plugin;
+            ``max_transfers`` is not an int >= 1.
     """
 
     def __init__(
@@ -231,6 +248,7 @@ class Runner:
         *,
         session_service: SessionService | None = None,
         plugins: Sequence[Plugin] = (),
+        max_transfers: int = DEFAULT_MAX_TRANSFERS,
     ) -> None:
         self.app_name = validate_identifier(app_name, "app_name")
         if not isinstance(agent, BaseAgent):
@@ -238,6 +256,15 @@ class Runner:
                 f"Runner({app_name!r}, agent) needs an agent (an LLMAgent or a subclass of "
                 f"runner_core.BaseAgent), got {type(agent).__name__}."
             )
+        check_agent_tree(agent)
+        if isinstance(max_transfers, bool) or not isinstance(max_transfers, int):
+            raise InvalidRequestError("max_transfers must be an int >= 1.")
+        if max_transfers < 1:
+            raise InvalidRequestError(
+                "max_transfers must be >= 1; to stop an agent from transferring, switch off "
+                "its allow_transfer_to_* settings."
+            )
+        self.max_transfers = max_transfers
         for plugin in plugins:
             if not isinstance(plugin, Plugin):
                 raise InvalidRequestError(
@@ -452,7 +479,12 @@ class _RunPlan:
     ) -> None:
         self.runner = runner
         self.run_config = run_config or RunConfig()
+        #: The root of the agent tree.
         self.agent = runner.agent
+        #: The agent running now: the session's active agent, then each transfer's target.
+        self.active: BaseAgent = runner.agent
+        #: Transfers made in this invocation (stored ones included, on a redelivery).
+        self.transfers = 0
         self.service = runner.session_service
         self.user_id = user_id
         self.session_id = session_id
@@ -470,6 +502,8 @@ class _RunPlan:
         self.fence = fence
         self.attempt = attempt
         self.usage = Usage()
+        #: The run's usage per author of the events that carry it, to price it per agent.
+        self.usage_by_author: dict[str, Usage] = {}
         #: A plugin's replacement of the final answer (on_event): (the agent's text, the stored
         #: text). The completion reports what was stored.
         self.replaced_answer: tuple[str | None, str | None] | None = None
@@ -558,6 +592,7 @@ class _RunPlan:
             plugins=self.runner.plugins,
         )
         self.ctx = ctx
+        self.active = active_agent(self.agent, session.events)
         for plugin in ctx.plugins:
             await call_hook(f"plugin {plugin.name!r} before_run", plugin.before_run, ctx)
         prior = [e for e in session.events if e.invocation_id == self.invocation_id]
@@ -580,7 +615,9 @@ class _RunPlan:
         if self.seed and not session.events:
             await self._append_seed(ctx)
         if self.resume and pending_ids:
-            await self._record_all(self.agent.resume(ctx))
+            refused = await self._drive(ctx, self.active.resume(ctx))
+            if refused is not None:
+                return refused
             if ctx.outcome.status == "paused":
                 return ctx.outcome
         if self.message is not None and not self._seed_ends_with_message():
@@ -591,9 +628,9 @@ class _RunPlan:
         """A redelivered invocation: hand out what subscribers may have missed, then go on."""
         first_unseen = self.numbering.next_seq
         self.numbering.next_seq = max(first_unseen, max(e.seq for e in prior) + 1)
+        self.transfers = sum(event.type == "agent.transfer" for event in prior)
         for event in prior:
-            if (usage := usage_of(event)) is not None:
-                self.usage = self.usage + usage
+            self._count_usage(event)
             if event.seq >= first_unseen:
                 await self.handoff.turn()
                 self.stop.check()
@@ -602,34 +639,95 @@ class _RunPlan:
         last = prior[-1]
         if last.type == "message" and last.is_final_response():
             text = last.message.content or ""
-            output = self.agent.output_of(text)
+            output = (self.agent.find_agent(last.author) or self.active).output_of(text)
             return RunOutcome(status="completed", final_text=text, output=output)
         if last.type == "error":
             return RunOutcome(status="failed", error=last.error)
         if last.type == "run.paused" and not self.decisions:
             return RunOutcome(status="paused")
-        await self._record_all(self.agent.resume(ctx))
+        refused = await self._drive(ctx, self.active.resume(ctx))
+        if refused is not None:
+            return refused
         if ctx.outcome.status == "paused":
             return ctx.outcome
         return await self._loop(ctx)
 
     async def _loop(self, ctx: InvocationContext) -> RunOutcome:
-        # ``ctx.end_invocation()`` is the agent's to honour at its next step: stopping here,
-        # after any event, would drop the other tool results of the turn being recorded.
-        await self._record_all(self.agent.run(ctx))
-        return ctx.outcome
+        """Run the active agent; after a transfer, its target, until one ends without one.
 
-    async def _record_all(self, events: AsyncIterator[Event]) -> None:
-        """Record an agent's events. However it stops (a cancel, a timeout), the agent's
-        generator is closed before the run goes on, so its clean-up (a parallel agent's
-        branches, a model stream) is done before the completion."""
+        A transfer takes effect when its agent's run ends ``completed`` and the invocation was
+        not ended (``end_invocation``); the session's next run starts with the target anyway.
+        """
+        while True:
+            if ctx.transfer_to is not None:
+                if ctx.ended or ctx.outcome.status != "completed":
+                    return ctx.outcome
+                target = self.agent.find_agent(ctx.transfer_to)
+                assert target is not None  # checked when the transfer was recorded
+                self.active = target
+                ctx.transfer_to = None
+                ctx.outcome = RunOutcome()
+            # ``ctx.end_invocation()`` is the agent's to honour at its next step: stopping
+            # here, after any event, would drop the other tool results of the turn.
+            refused = await self._drive(ctx, self.active.run(ctx))
+            if refused is not None:
+                return refused
+            if ctx.transfer_to is None:
+                return ctx.outcome
+
+    async def _drive(
+        self, ctx: InvocationContext, events: AsyncIterator[Event]
+    ) -> RunOutcome | None:
+        """Record an agent's events. A transfer among them sets ``ctx.transfer_to`` once the
+        Runner accepts it; one it refuses stops the agent and ends the run: the returned
+        outcome (None when the agent ran to its end).
+
+        However it stops (a refused transfer, a cancel, a timeout), the agent's generator is
+        closed before the run goes on, so its clean-up (a parallel agent's branches, a model
+        stream) is done before the completion."""
         try:
             async for event in events:
+                if event.type == "agent.transfer":
+                    error = self._refusal(event)
+                    if error is not None:
+                        close = getattr(events, "aclose", None)
+                        if close is not None:
+                            await close()
+                        await self._emit_error(error)
+                        return RunOutcome(status="failed", error=error)
+                    self.transfers += 1
+                    ctx.transfer_to = event.to_agent
                 await self._record(event)
         finally:
             close = getattr(events, "aclose", None)
             if close is not None:
                 await close()
+        return None
+
+    def _refusal(self, event: AgentTransferEvent) -> EventError | None:
+        """Why the Runner refuses a transfer (its run then fails), or None."""
+        if self.transfers >= self.runner.max_transfers:
+            return EventError(
+                type="max_transfers_exceeded",
+                message=(
+                    f"agent {event.author!r} asked for transfer number {self.transfers + 1} "
+                    f"(to {event.to_agent!r}); a run may make {self.runner.max_transfers}. "
+                    "Check the agents' instructions, or raise Runner(max_transfers=)."
+                ),
+            )
+        author = self.agent.find_agent(event.author)
+        problem = (
+            f"{event.author!r} is not an agent of {self.agent.name!r}'s tree."
+            if author is None
+            else transfer_problem(author, event.to_agent)
+        )
+        if problem is None:
+            return None
+        return EventError(
+            type="invalid_transfer",
+            message=f"the transfer from {event.author!r} to {event.to_agent!r} was refused: "
+            f"{problem}",
+        )
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -740,10 +838,30 @@ class _RunPlan:
             except BaseException:
                 self.numbering.take_back()  # not stored, not handed out: seq stays gap-free
                 raise
-            if (usage := usage_of(event)) is not None:
-                self.usage = self.usage + usage
+            self._count_usage(event)
         self.handoff.put(event)
         self.stop.check()
+
+    def _count_usage(self, event: Event) -> None:
+        if (usage := usage_of(event)) is not None:
+            self.usage = self.usage + usage
+            before = self.usage_by_author.get(event.author, Usage())
+            self.usage_by_author[event.author] = before + usage
+
+    def _cost(self) -> float | None:
+        """The run's cost: each event's usage at the price of its author's model (an author
+        outside the tree, at the root's); None when one of them has no price."""
+        root_price = getattr(self.agent.model, "price", None)
+        if not self.usage_by_author:
+            return root_price.cost(self.usage) if root_price is not None else None
+        cost = 0.0
+        for author, usage in self.usage_by_author.items():
+            agent = self.agent.find_agent(author)
+            price = getattr(agent.model, "price", None) if agent is not None else root_price
+            if price is None:
+                return None
+            cost += price.cost(usage)
+        return cost
 
     def _without_temp_state(self, event: Event) -> Event:
         """The event without its ``temp:`` state, which the run keeps for itself (never
@@ -804,7 +922,6 @@ class _RunPlan:
         return self.session_id or ""
 
     def _completion_event(self, outcome: RunOutcome) -> RunCompletionEvent:
-        price = getattr(getattr(self.agent, "model", None), "price", None)
         status: RunStatus = outcome.status
         final_text = outcome.final_text
         if self.replaced_answer is not None and final_text == self.replaced_answer[0]:
@@ -819,7 +936,7 @@ class _RunPlan:
             status=status,
             final_text=final_text,
             usage=self.usage,
-            cost=price.cost(self.usage) if price is not None else None,
+            cost=self._cost(),
             error=outcome.error,
             output=outcome.output,
         )

@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 from runner_core.errors import AgentRunnerError
 from runner_core.events import (
+    AgentTransferEvent,
     ErrorEvent,
     Event,
     MessageDeltaEvent,
@@ -68,15 +69,29 @@ def _short(text: str, limit: int = 300) -> str:
 class EventPrinter:
     """Renders events for a terminal: streamed text as it comes, tool calls, results, errors.
 
+    In a tree of agents, the main agent's text is labelled ``assistant>`` and any other
+    agent's with its name (``billing> ...``); transfers print as ``[transfer] a -> b``.
+
     Args:
         out: where to write.
         show_user: also print user messages (``tail``); the chat has already shown them.
+        main_agent: the agent labelled ``assistant``; default: the first agent that speaks
+            or transfers in what this printer shows (the root, from a session's start).
     """
 
-    def __init__(self, out: TextIO, *, show_user: bool = False) -> None:
+    def __init__(
+        self, out: TextIO, *, show_user: bool = False, main_agent: str | None = None
+    ) -> None:
         self.out = out
         self.show_user = show_user
         self.in_text = False  # inside a line of streamed assistant text
+        self.main_agent = main_agent
+
+    def _speaker(self, author: str) -> str:
+        """The label of an agent's text: ``assistant`` for the main agent, else its name."""
+        if self.main_agent is None:
+            self.main_agent = author
+        return "assistant" if author == self.main_agent else author
 
     def _end_text(self) -> None:
         if self.in_text:
@@ -99,7 +114,7 @@ class EventPrinter:
 
     def _on_message_delta(self, event: MessageDeltaEvent) -> None:
         if not self.in_text:
-            self.out.write("assistant> ")
+            self.out.write(f"{self._speaker(event.author)}> ")
             self.in_text = True
         self.out.write(event.delta)
 
@@ -109,13 +124,14 @@ class EventPrinter:
             if self.show_user:
                 self._line(f"user> {message.text}")
             return
+        speaker = self._speaker(event.author) if message.role == "assistant" else message.role
         for call in message.tool_calls or []:
             self._line(f"  [tool call] {call.function.name}({call.function.arguments})")
         if message.content and not message.tool_calls:
             if self.in_text:
                 self._end_text()  # it was streamed already
             else:
-                self._line(f"{message.role}> {message.content}")
+                self._line(f"{speaker}> {message.content}")
 
     def _on_tool_result(self, event: ToolResultEvent) -> None:
         message = event.message
@@ -148,6 +164,10 @@ class EventPrinter:
             note = f"; may edit: {', '.join(editable)}" if editable else ""
             parts.append(f"{call.function.name} (call {call.id}{note})")
         self._line(f"  [paused] waiting for confirmation of: {', '.join(parts) or 'nothing'}")
+
+    def _on_agent_transfer(self, event: AgentTransferEvent) -> None:
+        self._speaker(event.author)  # the agent handing over spoke first
+        self._line(f"  [transfer] {event.author} -> {event.to_agent}")
 
     def _on_runner_completion(self, event: RunCompletionEvent) -> None:
         usage = event.usage
@@ -256,6 +276,8 @@ class Chat:
         self.timeout = timeout
         self.out = out
         self.session_id = self._new_session_id()
+        #: The agent the chat's first run spoke with (the root): later runs label it the same.
+        self.main_agent: str | None = None
 
     @staticmethod
     def _new_session_id() -> str:
@@ -292,7 +314,7 @@ class Chat:
         except AgentRunnerError as exc:
             self.say(f"  [not sent] {exc}")
             return
-        printer = EventPrinter(self.out)
+        printer = EventPrinter(self.out, main_agent=self.main_agent)
         last_seq: int | None = None
         events = client.stream_events(invocation_id, timeout=self.timeout)
         try:
@@ -310,6 +332,7 @@ class Chat:
             printer.note(f"[no answer] {exc}")
         finally:
             events.close()
+            self.main_agent = printer.main_agent
 
     def show_history(self) -> None:
         session = asyncio.run(self._load_session())
