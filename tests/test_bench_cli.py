@@ -115,6 +115,19 @@ def test_no_write_prints_and_writes_nothing(tmp_path: Path) -> None:
     assert set(table) == set(get_args(EventType))
     for row in table.values():
         assert len(row) == 6 and all(cell.isdigit() for cell in (row[2], row[3], row[5]))
+    # ... with a row for a transfer and one for a parallel fan-out, each against the raw client
+    trees = done.stdout.partition("### Trees of agents")[2].split("\n\n###", 1)[0]
+    rows = [line for line in trees.splitlines() if line.startswith("| a ")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| a transfer (root model call, transfer, sub-agent answers)",
+        "| a parallel fan-out of 3 branches, one call each",
+    ]
+    assert [row.split(" | ")[1] for row in rows] == ["2", "3"]  # model calls per run
+    for row in rows:
+        assert re.search(r"\| \*\*-?\d+\.\d+\*\* \(-?\d+\.\d+\) \|", row), row  # overhead
+        assert re.search(r"\| \d+\.\d+x \|$", row), row  # Runner / raw
+    # ... and the transfer's bytes come from the measured transfer runs
+    assert table["agent.transfer"][0].startswith("a transfer")
     # ... and the reference delta held against its target
     assert re.search(r"Reference event.*\*\*\d+ bytes\*\*, target ≤ 200: (meets|misses) it",
                      done.stdout)  # fmt: skip

@@ -110,6 +110,23 @@ def test_dev_chats_through_the_local_stack_and_cleans_up() -> None:
 
 
 @pytest.mark.celery
+def test_dev_shows_the_demo_assistant_handing_a_time_question_to_clock_and_back() -> None:
+    # Given the demo model (no API key) and a time question, then arithmetic
+    result = agent_runner("dev", stdin="what time is it?\nwhat is 6*7\n/exit\n", env=NO_MODEL)
+
+    # Then the chat shows the transfer to clock, clock's answer, and the hand back
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "  [transfer] assistant -> clock" in lines
+    assert any(line.startswith("clock> The current time is ") for line in lines)
+    assert "  [transfer] clock -> assistant" in lines
+    assert "assistant> 6*7 = 42." in lines
+    assert lines.index("  [transfer] assistant -> clock") < lines.index(
+        "  [transfer] clock -> assistant"
+    )
+
+
+@pytest.mark.celery
 def test_dev_exits_at_end_of_input() -> None:
     result = agent_runner("dev", stdin="hello\n", env=NO_MODEL)
 
@@ -563,4 +580,67 @@ def test_printer_names_the_paused_calls_and_what_a_person_may_edit() -> None:
     assert lines == [
         "  [paused] waiting for confirmation of: refund (call call_7; may edit: amount), "
         "notify (call call_8)"
+    ]
+
+
+# --- the printer: branches of a parallel agent -----------------------------------------------
+
+
+def branch_event(seq: int, author: str, **fields: Any) -> Event:
+    """An event of agent ``author`` on the branch ``fanout.<author>``."""
+    fields.setdefault("type", "message.delta")
+    return make_event(author=author, branch=f"fanout.{author}", seq=seq, **fields, **RUN)
+
+
+def test_printer_names_the_branch_and_gives_each_writer_its_own_line() -> None:
+    # Given two branches whose streamed replies interleave, one calling a tool first
+    lookup = ToolCall.make("call_1", "lookup", {"q": "north"})
+    lines = printed(
+        [
+            make_event(type="message", author="user", message=Message.user("go"), seq=0, **RUN),
+            branch_event(
+                1, "left", type="message", message=Message.assistant(None, tool_calls=[lookup])
+            ),
+            branch_event(2, "right", delta="One "),
+            branch_event(3, "right", delta="two "),
+            branch_event(
+                4, "left", type="tool.result", message=Message.tool("call_1", "cold", name="lookup")
+            ),
+            branch_event(5, "left", delta="North "),
+            branch_event(6, "right", delta="three."),
+            branch_event(7, "right", type="message", message=Message.assistant("One two three.")),
+            branch_event(8, "left", delta="is cold."),
+            branch_event(9, "left", type="message", message=Message.assistant("North is cold.")),
+            make_event(
+                type="message", author="merger", message=Message.assistant("Both."), seq=10, **RUN
+            ),
+        ]
+    )
+    # Then every line of text is one agent's, labelled with its branch; other lines name it
+    assert lines == [
+        "user> go",
+        '  [fanout.left] [tool call] lookup({"q": "north"})',
+        "right [fanout.right]> One two ",
+        "  [fanout.left] [tool result] lookup: cold",
+        "left [fanout.left]> North ",
+        "right [fanout.right]> three.",
+        "left [fanout.left]> is cold.",
+        # And the main line's agent after the fan-out is the main one
+        "assistant> Both.",
+    ]
+
+
+def test_printer_names_the_branch_of_a_pause_and_of_an_error() -> None:
+    pay = ToolCall.make("call_9", "pay", {"amount": 7})
+    lines = printed(
+        [
+            branch_event(3, "payer", type="run.paused", requested_confirmations=[pay]),
+            branch_event(
+                4, "writer", type="error", error={"type": "model_http_error", "message": "down"}
+            ),
+        ]
+    )
+    assert lines == [
+        "  [fanout.payer] [paused] waiting for confirmation of: pay (call call_9)",
+        "  [fanout.writer] [error] model_http_error: down",
     ]

@@ -1,4 +1,5 @@
-"""The offline demo model: tool calls for arithmetic and time, a helpful reply otherwise."""
+"""The offline demo model: tool calls for arithmetic and time, a transfer to the agent that has
+the tool, a helpful reply otherwise; and the built-in ``assistant`` app's transfer with it."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from typing import Any
 
 import pytest
 
+from runner_core import AgentTransferEvent, Event, LLMAgent, Runner
 from runner_core.messages import Message
 from runner_core.model import GenerationConfig, Model, ModelRequest, ModelResponse, TextDelta
+from runner_core.transfer import transfer_tool
+from workers.agents import build_assistant
 from workers.demo_model import DemoModel, find_arithmetic
+from workers.settings import Settings
 
 TOOLS: list[dict[str, Any]] = [
     {
@@ -139,3 +144,106 @@ async def test_usage_is_sensible() -> None:
 )
 def test_find_arithmetic(text: str, expression: str | None) -> None:
     assert find_arithmetic(text) == expression
+
+
+# --- transfers --------------------------------------------------------------------------------
+
+
+def transfer_schema(**descriptions: str) -> dict[str, Any]:
+    """The real ``transfer_to_agent`` schema of an agent whose sub-agents are ``descriptions``
+    (name -> description)."""
+    subs = [LLMAgent(name, model=DemoModel(), description=d) for name, d in descriptions.items()]
+    tool = transfer_tool(LLMAgent("root", model=DemoModel(), sub_agents=subs))
+    assert tool is not None
+    return tool.openai_schema()
+
+
+def transfer_target(response: ModelResponse) -> str | None:
+    calls = response.message.tool_calls or []
+    if [c.function.name for c in calls] != ["transfer_to_agent"]:
+        return None
+    target: str = json.loads(calls[0].function.arguments)["agent_name"]
+    return target
+
+
+async def test_a_time_question_goes_to_the_agent_whose_description_is_about_time() -> None:
+    # Given the model is offered no current_time tool, but a transfer to a clock agent
+    tools = [
+        TOOLS[0],
+        transfer_schema(billing="Invoices and refunds.", clock="Tells the current date and time."),
+    ]
+    # When asked the time
+    _, response = await turn([Message.user("What time is it?")], tools=tools)
+    # Then it hands the conversation to that agent
+    assert transfer_target(response) == "clock"
+    assert response.finish_reason == "tool_calls"
+
+
+async def test_arithmetic_goes_to_the_agent_with_a_calculator_when_it_has_none() -> None:
+    tools = [transfer_schema(assistant="Does arithmetic with a calculator.")]
+    _, response = await turn([Message.user("what is 6*7")], tools=tools)
+    assert transfer_target(response) == "assistant"
+
+
+async def test_it_uses_its_own_tool_before_any_transfer() -> None:
+    tools = [*TOOLS, transfer_schema(clock="Tells the current date and time.")]
+    _, response = await turn([Message.user("What time is it?")], tools=tools)
+    assert [c.function.name for c in response.message.tool_calls or []] == ["current_time"]
+
+
+async def test_without_an_agent_for_the_topic_it_does_not_transfer() -> None:
+    tools = [transfer_schema(billing="Invoices and refunds.")]
+    _, arithmetic = await turn([Message.user("what is 6*7")], tools=tools)
+    assert arithmetic.message.content == "6*7 = 42."
+    _, time = await turn([Message.user("What time is it?")], tools=tools)
+    assert transfer_target(time) is None and "offline demo" in (time.message.content or "")
+
+
+async def test_the_question_is_the_users_not_another_agents_turn_shown_as_context() -> None:
+    # Given an agent transferred to: the newest messages are the other agent's, as context
+    call = 'called tool `transfer_to_agent` with parameters: {"agent_name": "clock"}'
+    result = "tool `transfer_to_agent` returned result: Transferred to clock."
+    messages = [
+        Message.user("What time is it?"),
+        Message.user(f"For context:\n[assistant] {call}"),
+        Message.user(f"For context:\n[assistant] {result}"),
+    ]
+    # When its model is asked
+    _, response = await turn(messages)
+    # Then it answers the user's question
+    assert [c.function.name for c in response.message.tool_calls or []] == ["current_time"]
+
+
+# --- the built-in assistant app ---------------------------------------------------------------
+
+
+async def run_assistant(runner: Runner, message: str) -> list[Event]:
+    events = [event async for event in runner.run("alice", "s1", message)]
+    assert events[-1].type == "runner.completion" and events[-1].status == "completed"
+    return events
+
+
+def transfers(events: list[Event]) -> list[tuple[str, str]]:
+    return [(e.author, e.to_agent) for e in events if isinstance(e, AgentTransferEvent)]
+
+
+async def test_the_assistant_app_hands_a_time_question_to_clock_and_gets_arithmetic_back() -> None:
+    # Given the built-in app with the offline demo model (no API key, no base URL)
+    agent = build_assistant(Settings.from_env({}))
+    assert isinstance(agent.model, DemoModel)
+    agent.model.delay_s = 0
+    async with Runner("assistant", agent) as runner:
+        # When the user asks the time
+        first = await run_assistant(runner, "what time is it?")
+        # Then the assistant transfers to clock, which answers with its current_time tool
+        assert transfers(first) == [("assistant", "clock")]
+        final = first[-2]
+        assert final.type == "message" and final.author == "clock"
+        assert (final.message.content or "").startswith("The current time is ")
+        # When the same session asks arithmetic, clock (now active) hands it back
+        second = await run_assistant(runner, "what is 6*7")
+        assert transfers(second) == [("clock", "assistant")]
+        assert second[-1].final_text == "6*7 = 42."
+        # And arithmetic asked first is the assistant's own: no transfer (the main command)
+        third = [event async for event in runner.run("alice", "s2", "what is 6*7")]
+        assert transfers(third) == [] and third[-1].final_text == "6*7 = 42."

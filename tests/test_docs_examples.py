@@ -224,6 +224,7 @@ def test_the_docs_have_python_examples() -> None:
 
     assert {
         "README.md",
+        "docs/agents.md",
         "docs/events.md",
         "docs/extending.md",
         "docs/sessions.md",

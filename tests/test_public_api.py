@@ -23,6 +23,12 @@ EXPECTED = {
         "ToolExecutionError", "ToolNotFoundError", "UnknownToolCallError", "Usage",
         "check_event_count", "check_idle_time", "check_token_count", "create_session_summary",
         "get_session_summary_text", "tool",
+        # The extension contract (issue 14).
+        "BaseAgent", "CallResult", "CallbackError", "Guardrail", "GuardrailTripped",
+        "InMemorySessionService", "InvocationContext", "Plugin", "RunConfig", "RunOutcome",
+        # Trees of agents (issue 15).
+        "AgentTool", "AgentTransferEvent", "LoopAgent", "ParallelAgent", "SequentialAgent",
+        "transfer_targets",
     },
 }
 

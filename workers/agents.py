@@ -7,9 +7,12 @@ imported when the worker starts (a bad path stops it with an error naming the va
 called once per worker process, on the worker's event loop, the first time their app is asked
 for.
 
-The built-in app ``assistant`` is an LLM agent with a ``calculator`` and a ``current_time``
-tool. Its model is ``OpenAIModel(AGENT_RUNNER_MODEL)`` when ``OPENAI_API_KEY`` or
-``OPENAI_BASE_URL`` is set, else the offline :class:`workers.demo_model.DemoModel`.
+The built-in app ``assistant`` is a small tree of agents (docs/agents.md): the ``assistant``
+LLM agent with a ``calculator`` tool, and its sub-agent ``clock`` with a ``current_time`` tool.
+A question about the time is handed to ``clock`` (an ``agent.transfer``), which keeps the
+session until a question it cannot answer sends it back. Both use one model:
+``OpenAIModel(AGENT_RUNNER_MODEL)`` when ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set, else
+the offline :class:`workers.demo_model.DemoModel`, which makes the same transfers.
 """
 
 from __future__ import annotations
@@ -32,11 +35,20 @@ from runner_core.tools import tool
 
 from .settings import Settings
 
-__all__ = ["BUILTIN_APP", "AgentRegistry", "build_assistant", "calculator", "current_time"]
+__all__ = [
+    "BUILTIN_APP",
+    "CLOCK_AGENT",
+    "AgentRegistry",
+    "build_assistant",
+    "calculator",
+    "current_time",
+]
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_APP = "assistant"
+#: The built-in app's sub-agent for the date and time.
+CLOCK_AGENT = "clock"
 AgentFactory = Callable[[], BaseAgent]
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
@@ -122,16 +134,30 @@ def _model(settings: Settings) -> Model:
 
 
 def build_assistant(settings: Settings | None = None) -> LLMAgent:
-    """The built-in ``assistant`` agent (calculator and current-time tools)."""
+    """The built-in ``assistant`` app: the ``assistant`` agent (calculator tool) with its
+    sub-agent ``clock`` (current-time tool), both on one model."""
     settings = settings or Settings.from_env()
+    model = _model(settings)
+    clock = LLMAgent(
+        CLOCK_AGENT,
+        model=model,
+        description="Tells the current date and time, in any time zone.",
+        instruction=(
+            "You tell the current date and time: use the current_time tool, then answer "
+            "briefly. For anything else, transfer back to the assistant agent."
+        ),
+        tools=[current_time],
+    )
     return LLMAgent(
         BUILTIN_APP,
-        model=_model(settings),
+        model=model,
+        description="Answers general questions and does arithmetic with a calculator.",
         instruction=(
-            "You are a helpful assistant. Use the calculator tool for any arithmetic and the "
-            "current_time tool for questions about the date or time. Answer briefly."
+            "You are a helpful assistant. Use the calculator tool for any arithmetic. For "
+            "questions about the date or time, transfer to the clock agent. Answer briefly."
         ),
-        tools=[calculator, current_time],
+        tools=[calculator],
+        sub_agents=[clock],
     )
 
 

@@ -70,13 +70,18 @@ class EventPrinter:
     """Renders events for a terminal: streamed text as it comes, tool calls, results, errors.
 
     In a tree of agents, the main agent's text is labelled ``assistant>`` and any other
-    agent's with its name (``billing> ...``); transfers print as ``[transfer] a -> b``.
+    agent's with its name (``billing> ...``); transfers print as ``[transfer] a -> b``. An
+    event on a parallel agent's branch names it: text as ``researcher [fanout.researcher]>``,
+    other lines with the branch first (``  [fanout.researcher] [tool call] ...``). When
+    branches stream at once, each change of writer starts a new line with its label, so every
+    line of text is one agent's.
 
     Args:
         out: where to write.
         show_user: also print user messages (``tail``); the chat has already shown them.
         main_agent: the agent labelled ``assistant``; default: the first agent that speaks
-            or transfers in what this printer shows (the root, from a session's start).
+            or transfers on the main line in what this printer shows (the root, from a
+            session's start). An agent on a branch is always labelled with its name.
     """
 
     def __init__(
@@ -86,6 +91,10 @@ class EventPrinter:
         self.show_user = show_user
         self.in_text = False  # inside a line of streamed assistant text
         self.main_agent = main_agent
+        #: Whose streamed text the open line holds: (author, branch).
+        self._line_writer: tuple[str, str | None] | None = None
+        #: The writers whose streamed text is printed and whose complete message is to come.
+        self._streamed: set[tuple[str, str | None]] = set()
 
     def _speaker(self, author: str) -> str:
         """The label of an agent's text: ``assistant`` for the main agent, else its name."""
@@ -93,14 +102,26 @@ class EventPrinter:
             self.main_agent = author
         return "assistant" if author == self.main_agent else author
 
+    def _label(self, event: Event) -> str:
+        """Who wrote ``event``'s text: ``assistant``, ``billing``, ``left [fanout.left]``."""
+        if event.branch is None:
+            return self._speaker(event.author)
+        return f"{event.author} [{event.branch}]"
+
     def _end_text(self) -> None:
         if self.in_text:
             self.out.write("\n")
             self.in_text = False
+            self._line_writer = None
 
     def _line(self, text: str) -> None:
         self._end_text()
         self.out.write(text + "\n")
+
+    def _note_of(self, event: Event, text: str) -> None:
+        """An indented line about ``event``, naming its branch when it has one."""
+        where = f"[{event.branch}] " if event.branch is not None else ""
+        self._line(f"  {where}{text}")
 
     def note(self, text: str) -> None:
         """An indented line of our own (not from an event), on a fresh line."""
@@ -113,9 +134,14 @@ class EventPrinter:
         self.out.flush()
 
     def _on_message_delta(self, event: MessageDeltaEvent) -> None:
+        writer = (event.author, event.branch)
+        if self.in_text and self._line_writer != writer:
+            self._end_text()  # another branch's text comes in: a line of its own
         if not self.in_text:
-            self.out.write(f"{self._speaker(event.author)}> ")
+            self.out.write(f"{self._label(event)}> ")
             self.in_text = True
+            self._line_writer = writer
+        self._streamed.add(writer)
         self.out.write(event.delta)
 
     def _on_message(self, event: MessageEvent) -> None:
@@ -124,25 +150,31 @@ class EventPrinter:
             if self.show_user:
                 self._line(f"user> {message.text}")
             return
-        speaker = self._speaker(event.author) if message.role == "assistant" else message.role
+        if message.role == "assistant" and event.branch is None:
+            self._speaker(event.author)  # a turn of tool calls is speaking too
+        writer = (event.author, event.branch)
+        streamed = writer in self._streamed
+        self._streamed.discard(writer)
         for call in message.tool_calls or []:
-            self._line(f"  [tool call] {call.function.name}({call.function.arguments})")
-        if message.content and not message.tool_calls:
-            if self.in_text:
-                self._end_text()  # it was streamed already
-            else:
-                self._line(f"{speaker}> {message.content}")
+            self._note_of(event, f"[tool call] {call.function.name}({call.function.arguments})")
+        if not message.content or message.tool_calls:
+            return
+        if not streamed:
+            label = self._label(event) if message.role == "assistant" else message.role
+            self._line(f"{label}> {message.content}")
+        elif self._line_writer == writer:
+            self._end_text()  # its text is on the open line already
 
     def _on_tool_result(self, event: ToolResultEvent) -> None:
         message = event.message
         name = message.name or message.tool_call_id or "tool"
-        self._line(f"  [tool result] {name}: {_short(message.text)}")
+        self._note_of(event, f"[tool result] {name}: {_short(message.text)}")
 
     def _on_state_update(self, event: StateUpdateEvent) -> None:
-        self._line(f"  [state] {', '.join(sorted(event.state_delta)) or '(no keys)'}")
+        self._note_of(event, f"[state] {', '.join(sorted(event.state_delta)) or '(no keys)'}")
 
     def _on_error(self, event: ErrorEvent) -> None:
-        self._line(f"  [error] {event.error.type}: {event.error.message}")
+        self._note_of(event, f"[error] {event.error.type}: {event.error.message}")
 
     def _on_run_queued(self, event: RunQueuedEvent) -> None:
         self._line(
@@ -155,6 +187,7 @@ class EventPrinter:
         note = f"  [restarted: attempt {event.attempt}"
         if self.in_text:
             note += "; the partial reply above is discarded"
+        self._streamed.clear()  # the new attempt streams those replies again
         self._line(note + "]")
 
     def _on_run_paused(self, event: RunPausedEvent) -> None:
@@ -163,11 +196,14 @@ class EventPrinter:
             editable = event.editable(call.id)
             note = f"; may edit: {', '.join(editable)}" if editable else ""
             parts.append(f"{call.function.name} (call {call.id}{note})")
-        self._line(f"  [paused] waiting for confirmation of: {', '.join(parts) or 'nothing'}")
+        self._note_of(
+            event, f"[paused] waiting for confirmation of: {', '.join(parts) or 'nothing'}"
+        )
 
     def _on_agent_transfer(self, event: AgentTransferEvent) -> None:
-        self._speaker(event.author)  # the agent handing over spoke first
-        self._line(f"  [transfer] {event.author} -> {event.to_agent}")
+        if event.branch is None:
+            self._speaker(event.author)  # the agent handing over spoke first
+        self._note_of(event, f"[transfer] {event.author} -> {event.to_agent}")
 
     def _on_runner_completion(self, event: RunCompletionEvent) -> None:
         usage = event.usage

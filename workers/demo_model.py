@@ -3,12 +3,21 @@
 :class:`DemoModel` implements :class:`runner_core.model.Model` well enough to show the whole
 path (streamed text, a tool call, the tool's result, the answer) without an LLM:
 
-- arithmetic in the last user message ("what is 12*7") -> a ``calculator`` tool call with
+- arithmetic in the user's last message ("what is 12*7") -> a ``calculator`` tool call with
   ``{"expression": "12*7"}``, then, after the tool result, an answer quoting it;
 - a question about the time -> a ``current_time`` tool call, then the answer;
 - anything else -> a short reply saying it is the offline demo and how to connect a real model.
 
-A tool is called only if the request offers it; otherwise arithmetic is answered directly.
+A tool is called only if the request offers it. When it is not offered but the built-in
+``transfer_to_agent`` tool is, and one of the agents that tool lists has a description about the
+question's topic (the time and date; arithmetic or a calculator), the model hands the
+conversation to that agent, as an LLM would: that is how the built-in ``assistant`` app shows a
+transfer (time questions go to its ``clock`` sub-agent, and arithmetic asked of ``clock`` goes
+back). Otherwise arithmetic is answered directly.
+
+In a tree of agents, other agents' turns reach the model as user messages starting with
+``For context:`` (:func:`runner_core.context.as_seen_by`); the question is the newest user
+message that is not one of those.
 """
 
 from __future__ import annotations
@@ -25,16 +34,21 @@ from typing import Any
 from runner_core.events import Usage
 from runner_core.messages import Message, ToolCall
 from runner_core.model import ModelPrice, ModelRequest, ModelResponse, TextDelta
+from runner_core.transfer import TRANSFER_TOOL_NAME
 
-__all__ = ["CALCULATOR_TOOL", "CURRENT_TIME_TOOL", "DemoModel", "find_arithmetic"]
+__all__ = ["CALCULATOR_TOOL", "CURRENT_TIME_TOOL", "TRANSFER_TOOL", "DemoModel", "find_arithmetic"]
 
 CALCULATOR_TOOL = "calculator"
 CURRENT_TIME_TOOL = "current_time"
+TRANSFER_TOOL = TRANSFER_TOOL_NAME
+#: How other agents' turns begin in an agent's history (runner_core.context.as_seen_by).
+_CONTEXT_PREFIX = "For context:"
 
 OFFLINE_REPLY = (
     "Hello! I am the offline demo model of agent-runner: no LLM is connected, so I can only do "
-    'arithmetic (try "what is 12*7") and tell the time, both through tools. To talk to a real '
-    "model, set OPENAI_API_KEY for the OpenAI API, or OPENAI_BASE_URL for any OpenAI-compatible "
+    'arithmetic (try "what is 12*7") and tell the time (try "what time is it?": the assistant '
+    "hands that to its clock agent), both through tools. To talk to a real model, set "
+    "OPENAI_API_KEY for the OpenAI API, or OPENAI_BASE_URL for any OpenAI-compatible "
     "endpoint (with OPENAI_API_KEY if it needs one), and AGENT_RUNNER_MODEL for the model name, "
     "then start again."
 )
@@ -42,6 +56,10 @@ OFFLINE_REPLY = (
 _NUMBER = r"\(*\s*-?\d+(?:\.\d+)?\s*\)*"
 _ARITHMETIC_RE = re.compile(rf"{_NUMBER}(?:\s*(?:\*\*|[-+*/%^x\u00d7\u00f7])\s*{_NUMBER})+")
 _TIME_RE = re.compile(r"\b(time|clock|what day|date|today)\b", re.IGNORECASE)
+#: An agent description about arithmetic (the time topic reuses _TIME_RE).
+_ARITHMETIC_TOPIC_RE = re.compile(r"arithmetic|calculat|\bmath", re.IGNORECASE)
+#: One agent in the transfer tool's description: ``- clock: Tells the time.``
+_TARGET_LINE_RE = re.compile(r"^- (?P<name>[^:\s]+)(?:: (?P<description>.*))?$", re.MULTILINE)
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -150,21 +168,28 @@ class DemoModel:
         """Nothing to release."""
 
     def _reply(self, request: ModelRequest) -> Message:
-        offered = {str(t.get("function", {}).get("name", t.get("name", ""))) for t in request.tools}
+        offered = {_tool_name(t) for t in request.tools}
         last = request.messages[-1] if request.messages else Message.user("")
         if last.role == "tool":
             return Message.assistant(self._answer_tool_result(request.messages))
-        text = last.text if last.role == "user" else ""
+        text = _question(request.messages)
         expression = find_arithmetic(text)
         if expression is not None:
             if CALCULATOR_TOOL in offered:
                 return self._call(CALCULATOR_TOOL, {"expression": expression})
+            target = _transfer_target(request.tools, _ARITHMETIC_TOPIC_RE)
+            if target is not None:
+                return self._call(TRANSFER_TOOL, {"agent_name": target})
             try:
                 return Message.assistant(f"{expression} = {_format(_evaluate(expression))}.")
             except (ValueError, ZeroDivisionError, SyntaxError, OverflowError):
                 return Message.assistant(f"I cannot work out {expression}, sorry.")
-        if _TIME_RE.search(text) and CURRENT_TIME_TOOL in offered:
-            return self._call(CURRENT_TIME_TOOL, {})
+        if _TIME_RE.search(text):
+            if CURRENT_TIME_TOOL in offered:
+                return self._call(CURRENT_TIME_TOOL, {})
+            target = _transfer_target(request.tools, _TIME_RE)
+            if target is not None:
+                return self._call(TRANSFER_TOOL, {"agent_name": target})
         return Message.assistant(OFFLINE_REPLY)
 
     @staticmethod
@@ -192,6 +217,35 @@ class DemoModel:
         if call.function.name == CURRENT_TIME_TOOL:
             return f"The current time is {output}."
         return f"{call.function.name} answered: {output}"
+
+
+def _tool_name(schema: dict[str, Any]) -> str:
+    return str(schema.get("function", {}).get("name", schema.get("name", "")))
+
+
+def _question(messages: list[Message]) -> str:
+    """The user's question: the newest user message that is not another agent's turn shown
+    as context; empty when the newest message that is neither is not the user's."""
+    for message in reversed(messages):
+        if message.role == "user" and message.text.startswith(_CONTEXT_PREFIX):
+            continue
+        return message.text if message.role == "user" else ""
+    return ""
+
+
+def _transfer_target(tools: list[dict[str, Any]], topic: re.Pattern[str]) -> str | None:
+    """The first agent the request's ``transfer_to_agent`` tool offers whose description is
+    about ``topic``; None without that tool or such an agent."""
+    for schema in tools:
+        if _tool_name(schema) != TRANSFER_TOOL:
+            continue
+        function = schema.get("function", {})
+        enum = function.get("parameters", {}).get("properties", {}).get("agent_name", {})
+        reachable = set(enum.get("enum", ()))
+        for line in _TARGET_LINE_RE.finditer(str(function.get("description", ""))):
+            if line["name"] in reachable and topic.search(line["description"] or ""):
+                return line["name"]
+    return None
 
 
 def _format(value: float | int) -> str:
