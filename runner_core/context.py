@@ -29,6 +29,7 @@ from .messages import Message, ToolCall
 from .session import Summary
 
 __all__ = [
+    "CONTEXT_PREFIX",
     "NOT_EXECUTED",
     "WaitingTurn",
     "as_seen_by",
@@ -43,6 +44,10 @@ __all__ = [
 ]
 
 NOT_EXECUTED = "Tool call was not executed: the run that requested it ended before it ran."
+
+
+#: How another agent's turn starts when shown to an agent (``For context:`` as in ADK).
+CONTEXT_PREFIX = "For context:"
 
 
 def _events_after_summary(events: Sequence[Event], summary: Summary) -> Sequence[Event]:
@@ -148,7 +153,7 @@ def as_seen_by(agent_name: str | None, event: MessageEvent | ToolResultEvent) ->
     message = event.message
     if agent_name is None or event.author == agent_name or message.role in ("user", "system"):
         return message
-    lines = ["For context:"]
+    lines = [CONTEXT_PREFIX]
     if message.role == "tool":
         tool = f"tool `{message.name}`" if message.name else "a tool"
         lines.append(f"[{event.author}] {tool} returned result: {message.text}")

@@ -226,8 +226,14 @@ class AgentRegistry:
         return agent
 
     async def close(self) -> None:
-        """Close the models of the agents built here."""
-        for agent in self._agents.values():
-            if agent.model is not None:
-                await agent.model.close()
+        """Close the models of the agents built here (every agent of each tree; a model
+        shared by several agents is closed once)."""
+        models = {
+            id(agent.model): agent.model
+            for root in self._agents.values()
+            for agent in root.walk()
+            if agent.model is not None
+        }
+        for model in models.values():
+            await model.close()
         self._agents.clear()

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from runner_core.context import CONTEXT_PREFIX
 from runner_core.events import Usage
 from runner_core.messages import Message, ToolCall
 from runner_core.model import ModelPrice, ModelRequest, ModelResponse, TextDelta
@@ -42,7 +43,7 @@ CALCULATOR_TOOL = "calculator"
 CURRENT_TIME_TOOL = "current_time"
 TRANSFER_TOOL = TRANSFER_TOOL_NAME
 #: How other agents' turns begin in an agent's history (runner_core.context.as_seen_by).
-_CONTEXT_PREFIX = "For context:"
+_CONTEXT_PREFIX = CONTEXT_PREFIX
 
 OFFLINE_REPLY = (
     "Hello! I am the offline demo model of agent-runner: no LLM is connected, so I can only do "
