@@ -65,6 +65,10 @@ class InvocationContext:
     #: The agent a transfer asked for (set with the ``agent.transfer`` event); the Runner
     #: goes on with it.
     transfer_to: str | None = None
+    #: How many runs each agent started, per (segment, agent, branch): where a redelivered
+    #: or resumed invocation stands (:mod:`runner_core.progress`). Shared by the contexts of
+    #: a parallel agent's branches.
+    runs_started: dict[tuple[int, str, str | None], int] = field(default_factory=dict, repr=False)
 
     @property
     def runtime_state(self) -> Mapping[str, Any]:

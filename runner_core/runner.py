@@ -17,7 +17,7 @@ agent's run ends after a transfer, the Runner goes on with the target in the sam
 (``seq`` continuing), at most ``max_transfers`` times; a transfer the Runner refuses (past the
 limit, or to an agent its author may not reach) ends the run ``failed`` with an ``error``
 event. A redelivered or resumed run goes on with the agent that was active
-(:mod:`runner_core.transfer`).
+(:mod:`runner_core.transfer`), where that agent's tree was (:mod:`runner_core.progress`).
 
 A run given a ``fence`` (a worker's lease token) takes the session's fence before it reads the
 session and stores every event with it. If a newer owner took the session, the store refuses
@@ -63,6 +63,7 @@ from .events import (
 from .invocation import InvocationContext, RunOutcome, ToolDecision
 from .messages import Message, coerce_message
 from .plugins import CallbackError, GuardrailTripped, Plugin, call_hook
+from .progress import run_of
 from .run_config import RunConfig, coerce_run_config
 from .session import TEMP_PREFIX, Session, SessionService, validate_identifier
 from .stopping import RunStop, call_store
@@ -625,7 +626,14 @@ class _RunPlan:
         return await self._loop(ctx)
 
     async def _continue(self, ctx: InvocationContext, prior: list[Event]) -> RunOutcome:
-        """A redelivered invocation: hand out what subscribers may have missed, then go on."""
+        """A redelivered invocation: hand out what subscribers may have missed, then go on.
+
+        A run that ended with an error, or paused with no answers given, ends so again.
+        Otherwise the calls the last turn left without results run, and the active agent runs
+        again from the session: its runs (and its sub-agents') that answered are done and not
+        run again (:mod:`runner_core.progress`), so a finished invocation completes with its
+        stored answer without a model call, and a tree goes on where it was.
+        """
         first_unseen = self.numbering.next_seq
         self.numbering.next_seq = max(first_unseen, max(e.seq for e in prior) + 1)
         self.transfers = sum(event.type == "agent.transfer" for event in prior)
@@ -637,10 +645,6 @@ class _RunPlan:
                 self.handoff.put(event)
         await self._announce_restart(discard_after_seq=prior[-1].seq)
         last = prior[-1]
-        if last.type == "message" and last.is_final_response():
-            text = last.message.content or ""
-            output = (self.agent.find_agent(last.author) or self.active).output_of(text)
-            return RunOutcome(status="completed", final_text=text, output=output)
         if last.type == "error":
             return RunOutcome(status="failed", error=last.error)
         if last.type == "run.paused" and not self.decisions:
@@ -669,7 +673,7 @@ class _RunPlan:
                 ctx.outcome = RunOutcome()
             # ``ctx.end_invocation()`` is the agent's to honour at its next step: stopping
             # here, after any event, would drop the other tool results of the turn.
-            refused = await self._drive(ctx, self.active.run(ctx))
+            refused = await self._drive(ctx, run_of(self.active, ctx))
             if refused is not None:
                 return refused
             if ctx.transfer_to is None:

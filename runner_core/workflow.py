@@ -27,6 +27,12 @@ assistant turn, on its branch), and ``run`` then goes on where the run paused: a
 loop agent with the paused sub-agent and then the ones after it, a parallel agent only with
 the branches that got answers (the others answered already). A loop counts its iterations
 afresh in the resumed run, as an ``LLMAgent`` counts its model calls.
+
+**Redelivery.** A run redelivered after its worker died goes on where it was: the sub-agents
+that answered in this invocation are not run again, a loop is back at the iteration it was
+in, a parallel agent runs only the branches still going. :mod:`runner_core.progress` owns
+these rules, and where a resumed run goes on; every sub-agent run starts through its
+:func:`~runner_core.progress.run_of`.
 """
 
 from __future__ import annotations
@@ -39,10 +45,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .agent import BaseAgent
-from .context import sees_branch, waiting_turns
+from .context import waiting_turns
 from .errors import InvalidRequestError
 from .events import ErrorEvent, Event, EventError
 from .invocation import InvocationContext, RunOutcome
+from .progress import resumed_sub_agents, run_of
 
 if TYPE_CHECKING:
     from .summarizer import Summarizer
@@ -76,7 +83,7 @@ class _WorkflowAgent(BaseAgent):
     ) -> AsyncIterator[Event]:
         """Run ``sub_agents`` one after another on ``ctx`` until one stops the workflow."""
         for sub in sub_agents:
-            async with _closing(sub.run(ctx)) as events:
+            async with _closing(run_of(sub, ctx)) as events:
                 async for event in events:
                     yield event
             if _stops_workflow(ctx):
@@ -84,10 +91,8 @@ class _WorkflowAgent(BaseAgent):
 
     def _resumed_at(self, ctx: InvocationContext) -> int:
         """The index of the sub-agent a resumed run goes on with; 0 for a fresh start."""
-        resumed = _resumed_results(ctx, self)
-        if not resumed:
-            return 0
-        return next(i for i, sub in enumerate(self.sub_agents) if _wrote(sub, resumed[-1].author))
+        resumed = resumed_sub_agents(self, ctx)
+        return self.sub_agents.index(resumed[0]) if resumed else 0
 
     async def resume(self, ctx: InvocationContext) -> AsyncIterator[Event]:
         """Hand the paused calls' answers to the sub-agent that wrote them."""
@@ -217,13 +222,10 @@ class ParallelAgent(_WorkflowAgent):
         return own if ctx.branch is None else f"{ctx.branch}.{own}"
 
     async def run(self, ctx: InvocationContext) -> AsyncIterator[Event]:
-        branches = [
-            (sub, _branch_context(ctx, self.branch_of(ctx, sub))) for sub in self.sub_agents
-        ]
-        if _resumed_results(ctx, self):
-            # A resumed run: only the branches with answers their agent has not read yet.
-            branches = [(sub, bctx) for sub, bctx in branches if _answered(bctx, sub)]
-        fan_out = _FanOut(ctx, [(bctx, sub.run(bctx)) for sub, bctx in branches])
+        # A resumed run: only the branches with answers their agent has not read yet.
+        subs = resumed_sub_agents(self, ctx) or self.sub_agents
+        branches = [(sub, _branch_context(ctx, self.branch_of(ctx, sub))) for sub in subs]
+        fan_out = _FanOut(ctx, [(bctx, run_of(sub, bctx)) for sub, bctx in branches])
         async with _closing(fan_out.events()) as events:
             async for event in events:
                 yield event
@@ -407,35 +409,6 @@ def _stops_workflow(ctx: InvocationContext) -> bool:
 def _wrote(agent: BaseAgent, author: str) -> bool:
     """Whether ``author`` is ``agent`` or one of the agents below it."""
     return agent.find_agent(author) is not None
-
-
-def _resumed_results(ctx: InvocationContext, agent: BaseAgent) -> list[Event]:
-    """The tool results a resume wrote for ``agent``'s sub-agents in this invocation, if they
-    are all this invocation holds from them, so the run goes on where it paused; else [].
-
-    Read from the session alone, so a resume on any worker (or a redelivered one) finds it;
-    and only before the resumed sub-agent wrote anything else, so a loop's next iteration
-    starts afresh.
-    """
-    mine = [
-        event
-        for event in ctx.session.events
-        if event.invocation_id == ctx.invocation_id
-        and event.author != agent.name
-        and _wrote(agent, event.author)
-        and sees_branch(ctx.branch, event.branch)
-    ]
-    if mine and all(event.type == "tool.result" for event in mine):
-        return mine
-    return []
-
-
-def _answered(bctx: InvocationContext, sub: BaseAgent) -> bool:
-    """Whether the branch's last event is a tool result: answers its agent has not read yet."""
-    for event in reversed(bctx.session.events):
-        if _wrote(sub, event.author) and sees_branch(bctx.branch, event.branch):
-            return event.type == "tool.result"
-    return False
 
 
 def _waiting_authors(ctx: InvocationContext, branch: str | None) -> set[str]:

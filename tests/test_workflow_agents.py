@@ -17,6 +17,7 @@ import pytest
 from runner_core import (
     BaseAgent,
     Event,
+    FunctionTool,
     InMemorySessionService,
     InvalidRequestError,
     InvocationContext,
@@ -615,3 +616,316 @@ async def test_nested_parallel_agents_name_their_branches_under_the_outer_one(
         "y on outer.inner.inner.y",
         "z on outer.z",
     ]
+
+
+# --- a redelivered run inside a tree --------------------------------------------------------
+#
+# A worker that dies mid-run leaves the invocation's events in the session; the redelivered run
+# has the same invocation ID. Here the first attempt "dies" once its reader has an event: the
+# run is closed there, as a killed worker stores and publishes nothing more, and the second
+# attempt is given the same invocation ID, the next seq and attempt=2, as a worker gives it.
+
+
+async def crash_after(
+    runner: Runner, invocation_id: str, last_seen: str, message: str | None = "go", **options: Any
+) -> list[Event]:
+    """The events a first attempt hands out up to the first one whose description
+    (:func:`describe`) is ``last_seen``; then the attempt dies."""
+    seen: list[Event] = []
+    stream = runner.run("alice", "s1", message, invocation_id=invocation_id, **options)
+
+    async def read() -> None:
+        async for event in stream:
+            seen.append(event)
+            if describe(event) == last_seen:
+                return
+        raise AssertionError(f"the run ended before {last_seen!r}: {[describe(e) for e in seen]}")
+
+    await asyncio.wait_for(read(), RUN_DEADLINE_S)
+    await stream.aclose()
+    return seen
+
+
+async def redeliver(
+    runner: Runner,
+    invocation_id: str,
+    seen: list[Event],
+    message: str | None = "go",
+    **options: Any,
+) -> list[Event]:
+    """The second attempt: what the reader missed, then the rest of the run."""
+    first_seq = seen[-1].seq + 1
+    return await run_all(
+        runner, message, invocation_id=invocation_id, first_seq=first_seq, attempt=2, **options
+    )
+
+
+def describe(event: Event) -> str:
+    """``"type author"``, with ``: text`` for a final answer or a tool result."""
+    text = ""
+    if isinstance(event, MessageEvent) and event.is_final_response():
+        text = f": {event.message.text}"
+    elif isinstance(event, ToolResultEvent):
+        text = f": {event.message.text}"
+    return f"{event.type} {event.author}{text}"
+
+
+def assert_one_stream(first: list[Event], second: list[Event]) -> None:
+    """Both attempts' events make one gap-free stream with one completion."""
+    both = first + second
+    assert [e.seq for e in both] == list(range(len(both)))
+    assert [e.type for e in both].count("runner.completion") == 1
+
+
+def counting(executions: list[str]) -> FunctionTool:
+    """A tool that appends its label to ``executions`` each time it runs."""
+
+    @tool
+    def count(label: str) -> str:
+        """Count one execution.
+
+        Args:
+            label: what to count.
+        """
+        executions.append(label)
+        return f"counted {label}"
+
+    return count
+
+
+async def test_a_sequence_redelivered_between_sub_agents_goes_on_with_the_next_one(
+    service: InMemorySessionService,
+) -> None:
+    # Given a sequence whose first agent answered when the worker died, in the second agent's
+    # model call
+    first, second = FakeModel(), FakeModel()
+    first.add_text("The facts.")
+    second.add_hang()
+    second.add_text("The essay.")
+    pipeline = SequentialAgent("pipeline", sub_agents=[llm("a", first), llm("b", second)])
+    runner = Runner("demo", pipeline, session_service=service)
+    seen = await crash_after(runner, "inv-1", "message a: The facts.")
+    # When the run is redelivered
+    again = await redeliver(runner, "inv-1", seen)
+    # Then it goes on with the second agent (it does not end with the first one's answer)
+    assert again[-1].status == "completed"
+    assert again[-1].final_text == "The essay."
+    assert answers(await stored(service)) == [("a", None, "The facts."), ("b", None, "The essay.")]
+    # And the first agent's model was not called again
+    assert len(first.requests) == 1
+    assert "The facts." in request_text(second.requests[-1])
+    assert_one_stream(seen, again)
+
+
+async def test_a_sequence_redelivered_mid_tool_runs_each_tool_once(
+    service: InMemorySessionService,
+) -> None:
+    # Given a sequence of two agents with a tool each; the second one's tool result was stored
+    # when the worker died, in that agent's next model call
+    executions: list[str] = []
+    count = counting(executions)
+    first, second = FakeModel(), FakeModel()
+    first.add_tool_calls([("call_a", "count", {"label": "a"})])
+    first.add_text("A counted.")
+    second.add_tool_calls([("call_b", "count", {"label": "b"})])
+    second.add_hang()
+    second.add_text("B counted.")
+    pipeline = SequentialAgent(
+        "pipeline", sub_agents=[llm("a", first, tools=[count]), llm("b", second, tools=[count])]
+    )
+    runner = Runner("demo", pipeline, session_service=service)
+    seen = await crash_after(runner, "inv-2", "tool.result b: counted b")
+    # When the run is redelivered
+    again = await redeliver(runner, "inv-2", seen)
+    # Then it completes with the second agent's answer, each tool having run once
+    assert again[-1].final_text == "B counted."
+    assert executions == ["a", "b"]
+    assert (len(first.requests), len(second.requests)) == (2, 3)
+    assert_one_stream(seen, again)
+
+
+async def test_a_sequence_redelivered_while_a_tool_ran_runs_that_call_again(
+    service: InMemorySessionService,
+) -> None:
+    # Given a sequence whose second agent's tool was running (no result stored) when the
+    # worker died
+    finished: list[str] = []
+    release = asyncio.Event()
+
+    @tool
+    async def slow(label: str) -> str:
+        """Finish once released.
+
+        Args:
+            label: what to count.
+        """
+        if not finished and not release.is_set():
+            await asyncio.sleep(30)  # the first attempt dies in here
+        finished.append(label)
+        return f"finished {label}"
+
+    first, second = FakeModel(), FakeModel()
+    first.add_text("Ready.")
+    second.add_tool_calls([("call_s", "slow", {"label": "b"})])
+    second.add_text("Done.")
+    pipeline = SequentialAgent(
+        "pipeline", sub_agents=[llm("a", first), llm("b", second, tools=[slow])]
+    )
+    runner = Runner("demo", pipeline, session_service=service)
+    seen = await crash_after(runner, "inv-3", "message b")
+    assert finished == []
+    # When the run is redelivered
+    release.set()
+    again = await redeliver(runner, "inv-3", seen)
+    # Then the call without a result runs (once) and the agent answers it; nothing else reruns
+    assert [describe(e) for e in again if e.type not in ("message.delta", "run.restarted")] == [
+        "tool.result b: finished b",
+        "message b: Done.",
+        "runner.completion demo",
+    ]
+    assert finished == ["b"]
+    assert (len(first.requests), len(second.requests)) == (1, 2)
+    assert_one_stream(seen, again)
+
+
+async def test_a_loop_redelivered_mid_iteration_is_back_at_that_iteration(
+    service: InMemorySessionService,
+) -> None:
+    # Given a writer and a critic in a loop; in the second iteration the worker died in the
+    # critic's model call
+    writer, critic = FakeModel(), FakeModel()
+    writer.add_text("Draft one.")
+    critic.add_text("Shorter, please.")
+    writer.add_text("Draft two.")
+    critic.add_hang()
+    critic.add_tool_calls([("call_ok", "approve", {})])
+    critic.add_text("Approved.")
+    loop = LoopAgent(
+        "refine",
+        sub_agents=[llm("writer", writer), llm("critic", critic, tools=[approve])],
+        max_iterations=3,
+    )
+    runner = Runner("demo", loop, session_service=service)
+    seen = await crash_after(runner, "inv-4", "message writer: Draft two.")
+    # When the run is redelivered
+    again = await redeliver(runner, "inv-4", seen)
+    # Then the critic of the second iteration goes on and approves; the writer is not asked
+    # for a third draft, and the loop did not start over
+    assert again[-1].status == "completed"
+    assert again[-1].final_text == "Approved."
+    assert [a for a, _, _ in answers(await stored(service))] == [
+        "writer", "critic", "writer", "critic",
+    ]  # fmt: skip
+    assert len(writer.requests) == 2
+    assert_one_stream(seen, again)
+
+
+async def test_a_parallel_agent_redelivered_runs_only_the_branches_still_going(
+    service: InMemorySessionService,
+) -> None:
+    # Given two branches: one answered, the other's tool result was stored when the worker
+    # died in that branch's next model call
+    executions: list[str] = []
+    count = counting(executions)
+    quick, slow = FakeModel(), FakeModel()
+    quick.add_text("Quick answer.")
+    slow.add_tool_calls([("call_s", "count", {"label": "slow"})], delay=0.05)
+    slow.add_hang()
+    slow.add_text("Slow answer.")
+    fanout = ParallelAgent(
+        "fanout", sub_agents=[llm("quick", quick), llm("slow", slow, tools=[count])]
+    )
+    runner = Runner("demo", fanout, session_service=service)
+    seen = await crash_after(runner, "inv-5", "tool.result slow: counted slow")
+    assert "message quick: Quick answer." in [describe(e) for e in seen]
+    # When the run is redelivered
+    again = await redeliver(runner, "inv-5", seen)
+    # Then only the unfinished branch goes on, on its branch; its tool is not run again
+    went_on = [(e.author, e.branch) for e in again if e.type == "message"]
+    assert went_on == [("slow", "fanout.slow")]
+    assert again[-1].final_text == "Slow answer."
+    assert len(quick.requests) == 1
+    assert executions == ["slow"]
+    assert_one_stream(seen, again)
+
+
+async def test_a_finished_tree_redelivered_completes_without_a_model_call(
+    service: InMemorySessionService,
+) -> None:
+    # Given a sequence that stored every event, whose completion was never published
+    first, second = FakeModel(), FakeModel()
+    first.add_text("One.")
+    second.add_text("Two.")
+    pipeline = SequentialAgent("pipeline", sub_agents=[llm("a", first), llm("b", second)])
+    runner = Runner("demo", pipeline, session_service=service)
+    events = await run_all(runner, invocation_id="inv-6")
+    # When the run is delivered again
+    again = await run_all(runner, invocation_id="inv-6", first_seq=events[-1].seq)
+    # Then it completes with the stored answer and calls no model
+    assert [e.type for e in again] == ["runner.completion"]
+    assert again[0].final_text == "Two."
+    assert (len(first.requests), len(second.requests)) == (1, 1)
+
+
+async def test_a_resumed_sequence_redelivered_goes_on_after_the_paused_agent(
+    service: InMemorySessionService,
+) -> None:
+    # Given a sequence paused in its middle agent, and a resume that died in the last agent
+    paid: list[int] = []
+
+    @tool(requires_confirmation=True)
+    def pay_once(amount: int) -> str:
+        """Pay (a person confirms it first).
+
+        Args:
+            amount: how much.
+        """
+        paid.append(amount)
+        return f"paid {amount}"
+
+    reader, payer, clerk = FakeModel(), FakeModel(), FakeModel()
+    reader.add_text("The bill is 40.")
+    payer.add_tool_calls([("call_pay", "pay_once", {"amount": 40})])
+    payer.add_text("Paid.")
+    clerk.add_hang()
+    clerk.add_text("Receipt sent.")
+    pipeline = SequentialAgent(
+        "pipeline",
+        sub_agents=[
+            llm("reader", reader), llm("payer", payer, tools=[pay_once]), llm("clerk", clerk),
+        ],
+    )  # fmt: skip
+    runner = Runner("demo", pipeline, session_service=service)
+    assert (await run_all(runner))[-1].status == "paused"
+    confirm = {"tool_confirmations": {"call_pay": True}}
+    seen = await crash_after(runner, "inv-7", "message payer: Paid.", None, **confirm)
+    # When the resume is redelivered (with the same confirmations, as the task carries them)
+    again = await redeliver(runner, "inv-7", seen, None, **confirm)
+    # Then the clerk answers; the payment ran once and no agent before the clerk ran again
+    assert again[-1].status == "completed"
+    assert again[-1].final_text == "Receipt sent."
+    assert paid == [40]
+    assert (len(reader.requests), len(payer.requests)) == (1, 2)
+    assert_one_stream(seen, again)
+
+
+async def test_a_run_redelivered_after_a_transfer_goes_on_inside_the_target(
+    service: InMemorySessionService,
+) -> None:
+    # Given a desk agent that transferred to a sequence, which died in its second agent
+    desk, first, second = FakeModel(), FakeModel(), FakeModel()
+    desk.add_tool_calls([("call_t", "transfer_to_agent", {"agent_name": "pipeline"})])
+    first.add_text("Step one.")
+    second.add_hang()
+    second.add_text("Step two.")
+    pipeline = SequentialAgent("pipeline", sub_agents=[llm("a", first), llm("b", second)])
+    root = llm("desk", desk, sub_agents=[pipeline])
+    runner = Runner("demo", root, session_service=service)
+    seen = await crash_after(runner, "inv-8", "message a: Step one.")
+    # When the run is redelivered
+    again = await redeliver(runner, "inv-8", seen)
+    # Then it goes on in the sequence, with its second agent: no agent answers twice
+    assert again[-1].final_text == "Step two."
+    assert (len(desk.requests), len(first.requests)) == (1, 1)
+    assert [a for a, _, _ in answers(await stored(service))] == ["a", "b"]
+    assert_one_stream(seen, again)

@@ -11,11 +11,22 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import redis
 from pydantic import BaseModel
 
-from runner_core import BaseAgent, Event, InvocationContext, Message, RunOutcome
+from runner_core import (
+    AgentTool,
+    BaseAgent,
+    Event,
+    InvocationContext,
+    LoopAgent,
+    Message,
+    ParallelAgent,
+    RunOutcome,
+    SequentialAgent,
+)
 from runner_core.agent import LLMAgent
 from runner_core.openai_model import OpenAIModel
 from runner_core.tools import ToolContext, tool
@@ -241,3 +252,110 @@ def build_payments() -> LLMAgent:
         max_retries=0,
     )
     return LLMAgent("payments", model=model, instruction="test agent", tools=[transfer])
+
+
+# --- trees of agents through a worker (tests/test_multi_agent_worker.py) -------------------
+#
+# Each agent's instruction is "You are {name}.", which no other agent's request holds: the
+# scripted server routes a reply to one agent with match="You are {name}.".
+
+#: The worker process that ran a tool, per label (``note_worker``, ``refund_here``).
+WORKER_PIDS_KEY = "test:worker-pids"
+
+
+def _note_pid(label: str) -> None:
+    client = _redis()
+    try:
+        client.hset(WORKER_PIDS_KEY, label, os.getpid())
+    finally:
+        client.close()
+
+
+def _count(label: str) -> str:
+    client = _redis()
+    try:
+        count = client.hincrby(TOOL_COUNTER_KEY, label, 1)
+    finally:
+        client.close()
+    return f"recorded {label} ({count})"
+
+
+def _tree_agent(name: str, **options: Any) -> LLMAgent:
+    return LLMAgent(name, model=_scripted_model(), instruction=f"You are {name}.", **options)
+
+
+@tool
+def approve(label: str, context: ToolContext) -> str:
+    """Approve the draft: the loop around this agent stops (counted under ``label``).
+
+    Args:
+        label: what to count.
+    """
+    context.escalate()
+    return _count(label)
+
+
+@tool
+def note_worker(label: str) -> str:
+    """Note which worker process runs this call, under ``label``.
+
+    Args:
+        label: what to note it under.
+    """
+    _note_pid(label)
+    return f"noted {label}"
+
+
+@tool(requires_confirmation=True)
+def refund_here(label: str, amount: int) -> str:
+    """Refund an amount once a person confirmed it; notes the worker process under ``label``.
+
+    Args:
+        label: what to note the worker under.
+        amount: how much to refund.
+    """
+    _note_pid(label)
+    _count(label)
+    return f"refunded {amount}"
+
+
+def build_desk() -> BaseAgent:
+    """A triage agent that can hand the conversation to billing."""
+    billing = _tree_agent("billing", description="Answers questions about invoices.")
+    return _tree_agent("desk", description="Sends each question on.", sub_agents=[billing])
+
+
+def build_fanout() -> BaseAgent:
+    """Two branches that run at once."""
+    return ParallelAgent("fanout", sub_agents=[_tree_agent("left"), _tree_agent("right")])
+
+
+def build_refine() -> BaseAgent:
+    """A writer and a critic in a loop until the critic approves."""
+    return LoopAgent(
+        "refine",
+        sub_agents=[_tree_agent("writer"), _tree_agent("critic", tools=[approve])],
+        max_iterations=4,
+    )
+
+
+def build_consult() -> BaseAgent:
+    """An agent that calls a helper agent as a tool."""
+    helper = _tree_agent("helper", description="Answers one question on its own.")
+    return _tree_agent("consultant", tools=[AgentTool(helper)])
+
+
+def build_approvals() -> BaseAgent:
+    """A clerk, then a cashier whose refund waits for a person's confirmation."""
+    return SequentialAgent(
+        "approvals",
+        sub_agents=[_tree_agent("clerk"), _tree_agent("cashier", tools=[note_worker, refund_here])],
+    )
+
+
+def build_chain() -> BaseAgent:
+    """Two agents in turn, each with a tool that counts its executions."""
+    return SequentialAgent(
+        "chain",
+        sub_agents=[_tree_agent("first", tools=[record]), _tree_agent("second", tools=[record])],
+    )
