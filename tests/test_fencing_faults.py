@@ -309,7 +309,9 @@ def test_a_run_survives_its_paused_worker_and_then_the_death_of_its_new_owner(
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert completions(events) == [events[-1]]
     assert (events[-1]["status"], events[-1]["final_text"]) == ("completed", SHORT_ANSWER.content)
-    assert f"agent_runner.submit_run[{run_id}] succeeded" in finisher.log_tail(200_000)
+    # The task is logged as succeeded just after its completion is published: wait for the line
+    succeeded = f"agent_runner.submit_run[{run_id}] succeeded"
+    wait_until(lambda: succeeded in finisher.log_tail(200_000), "the finisher to log success")
     result = producer.AsyncResult(run_id)
     assert (result.state, result.result) == ("SUCCESS", events[-1])
     # And the session holds each turn once, as published; the tool ran once
