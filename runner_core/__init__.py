@@ -5,6 +5,7 @@ Importable without Celery, Redis or PostgreSQL.
 
 from .agent import BaseAgent, CallResult, LLMAgent
 from .agent_tool import AgentTool
+from .background_summaries import BackgroundSummaries
 from .errors import (
     AgentRunnerError,
     ConfigurationError,
@@ -68,6 +69,7 @@ __all__ = [
     "AgentRunnerError",
     "AgentTool",
     "AgentTransferEvent",
+    "BackgroundSummaries",
     "BaseAgent",
     "CallResult",
     "CallbackError",

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from .agent import BaseAgent
+from .background_summaries import BackgroundSummaries
 from .context import waiting_tool_calls
 from .errors import (
     AgentRunnerError,
@@ -65,7 +66,7 @@ from .messages import Message, coerce_message
 from .plugins import CallbackError, GuardrailTripped, Plugin, call_hook
 from .progress import run_of
 from .run_config import RunConfig, coerce_run_config
-from .session import TEMP_PREFIX, Session, SessionService, validate_identifier
+from .session import TEMP_PREFIX, Session, SessionKey, SessionService, validate_identifier
 from .stopping import RunStop, call_store
 from .transfer import active_agent, check_agent_tree, transfer_problem
 
@@ -234,12 +235,18 @@ class Runner:
             agent's own callbacks.
         max_transfers: the most transfers between agents one run may make (default 10); the
             one past it ends the run ``failed`` (``max_transfers_exceeded``).
+        background_summaries: summarise sessions in this process
+            (:class:`~runner_core.background_summaries.BackgroundSummaries`): after each
+            completed run, once its completion is handed out, a summary job is queued for the
+            session. :meth:`close` drains it (waits for queued and running jobs up to its
+            ``drain_timeout_s``, then cancels them).
 
     Raises:
         InvalidRequestError: ``app_name`` is empty, too long or has invalid characters; the
             agent is not an agent or not the root of a valid tree
             (:func:`~runner_core.transfer.check_agent_tree`); a plugin is not a Plugin;
-            ``max_transfers`` is not an int >= 1.
+            ``max_transfers`` is not an int >= 1; ``background_summaries`` is not a
+            BackgroundSummaries.
     """
 
     def __init__(
@@ -250,6 +257,7 @@ class Runner:
         session_service: SessionService | None = None,
         plugins: Sequence[Plugin] = (),
         max_transfers: int = DEFAULT_MAX_TRANSFERS,
+        background_summaries: BackgroundSummaries | None = None,
     ) -> None:
         self.app_name = validate_identifier(app_name, "app_name")
         if not isinstance(agent, BaseAgent):
@@ -272,6 +280,14 @@ class Runner:
                     f"plugins must be runner_core.Plugin objects, got {type(plugin).__name__}."
                 )
         self.plugins = list(plugins)
+        if background_summaries is not None and not isinstance(
+            background_summaries, BackgroundSummaries
+        ):
+            raise InvalidRequestError(
+                "background_summaries must be a runner_core.BackgroundSummaries, got "
+                f"{type(background_summaries).__name__}."
+            )
+        self.background_summaries = background_summaries
         self.agent = agent
         self._owns_service = session_service is None
         if session_service is None:
@@ -283,10 +299,13 @@ class Runner:
         self._sync_loop: asyncio.AbstractEventLoop | None = None
 
     async def close(self) -> None:
-        """Close what the Runner created itself. Idempotent."""
+        """Drain the background summaries, if any, then close what the Runner created
+        itself. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self.background_summaries is not None:
+            await self.background_summaries.close()
         if self._owns_service:
             await self.session_service.close()
 
@@ -523,7 +542,13 @@ class _RunPlan:
             return
         finally:
             self.stop.settle()
-        self._stamp_and_emit(self._completion_event(outcome))
+        completion = self._completion_event(outcome)
+        self._stamp_and_emit(completion)
+        summaries = self.runner.background_summaries
+        if summaries is not None and completion.status == "completed" and self.ctx is not None:
+            # After the hand-out: queuing never waits, so the completion is not delayed.
+            key = SessionKey(self.runner.app_name, self.user_id, self.ctx.session.id)
+            summaries.submit(self.service, key)
 
     async def _outcome(self) -> RunOutcome:
         """Run the agent; how it ended. Raises FencedError when the run lost its session.

@@ -22,12 +22,15 @@ without checks always fires. Checks see the events that would be summarised
 (:class:`SummaryDelta`).
 
 The manual API: :func:`create_session_summary` (summarise and store now) and
-:func:`get_session_summary_text`. The queued, per-session-ordered variant lives in
-``workers.summaries``.
+:func:`get_session_summary_text`. One job of the background paths is
+:func:`run_summary_attempt` (read, check, summarise within a time limit, store never
+backwards); it is shared by the Celery shard queues (``workers.summaries``) and the in-process
+queue (:mod:`runner_core.background_summaries`), which each add the ordering per session.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -38,11 +41,12 @@ from .errors import InvalidRequestError, ModelError, SessionNotFoundError
 from .events import Event
 from .messages import Message
 from .model import GenerationConfig, Model, ModelRequest, ModelResponse
-from .session import Session, SessionService, Summary
+from .session import Session, SessionKey, SessionService, Summary
 
 __all__ = [
     "DEFAULT_SUMMARY_PROMPT",
     "Summarizer",
+    "SummaryAttempt",
     "SummaryCheck",
     "SummaryDelta",
     "check_event_count",
@@ -52,6 +56,7 @@ __all__ = [
     "create_session_summary",
     "estimate_tokens",
     "get_session_summary_text",
+    "run_summary_attempt",
     "summary_cut",
 ]
 
@@ -465,3 +470,57 @@ async def get_session_summary_text(
     """The text of the session's stored summary, or None if it has none."""
     summary = await service.get_summary(app_name, user_id, session_id, filter_key=filter_key)
     return None if summary is None else summary.text
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryAttempt:
+    """What one :func:`run_summary_attempt` did.
+
+    ``status``: ``stored`` (``event_count`` is the new boundary), ``not_due`` (nothing new
+    after the boundary, or the checks did not pass), ``superseded`` (a summary covering as many
+    events or more was stored meanwhile), ``timeout`` or ``model_error`` (nothing stored), or
+    ``no_session``.
+    """
+
+    status: str
+    event_count: int | None = None
+    detail: str | None = None
+
+
+async def run_summary_attempt(
+    service: SessionService,
+    summarizer: Summarizer,
+    session: SessionKey,
+    *,
+    timeout_s: float,
+    filter_key: str = "",
+    force: bool = False,
+) -> SummaryAttempt:
+    """One background summary job: read the session, summarise it if due, store it.
+
+    The read and the model call are bounded by ``timeout_s``; past it the model call is
+    cancelled and nothing is stored. The store is a compare-and-set on the event count
+    (``put_summary``), so an attempt never moves a stored boundary back. The caller keeps
+    attempts on one session from overlapping (a lease, or a per-session queue).
+
+    Raises:
+        SessionBackendError: the store failed.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            current = await service.get_session(
+                session.app_name, session.user_id, session.session_id
+            )
+            if current is None:
+                return SummaryAttempt("no_session")
+            summary = await summarizer.summarize(current, force=force, filter_key=filter_key)
+    except TimeoutError:
+        return SummaryAttempt("timeout", detail=f"no summary within {timeout_s:g} s")
+    except ModelError as exc:
+        return SummaryAttempt("model_error", detail=f"{type(exc).__name__}: {exc}")
+    if summary is None:
+        return SummaryAttempt("not_due")
+    stored = await service.put_summary(
+        session.app_name, session.user_id, session.session_id, summary
+    )
+    return SummaryAttempt("stored" if stored else "superseded", event_count=summary.event_count)

@@ -23,6 +23,8 @@ EXPECTED = {
         "ToolExecutionError", "ToolNotFoundError", "UnknownToolCallError", "Usage",
         "check_event_count", "check_idle_time", "check_token_count", "create_session_summary",
         "get_session_summary_text", "tool",
+        # In-process summaries (issue 16).
+        "BackgroundSummaries",
         # The extension contract (issue 14).
         "BaseAgent", "CallResult", "CallbackError", "Guardrail", "GuardrailTripped",
         "InMemorySessionService", "InvocationContext", "Plugin", "RunConfig", "RunOutcome",
