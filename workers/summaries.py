@@ -43,10 +43,10 @@ import redis.asyncio as aioredis
 from celery import Task
 from kombu.exceptions import OperationalError
 
-from runner_core.errors import ConfigurationError, InvalidRequestError, ModelError
+from runner_core.errors import ConfigurationError, InvalidRequestError
 from runner_core.events import RunCompletionEvent
 from runner_core.session import SessionKey
-from runner_core.summarizer import Summarizer
+from runner_core.summarizer import Summarizer, run_summary_attempt
 from runner_core.wire import SUMMARIZE_SESSION, session_digest, summary_lease_key
 
 from .app import app
@@ -190,27 +190,17 @@ async def _summarize_under_lease(
     timeout_s: float,
     trace: _Trace,
 ) -> SummaryJobOutcome:
-    app_name, user_id, session_id = (
-        session_key.app_name,
-        session_key.user_id,
-        session_key.session_id,
+    attempt = await run_summary_attempt(
+        rt.sessions,
+        summarizer,
+        session_key,
+        timeout_s=timeout_s,
+        filter_key=filter_key,
+        force=force,
     )
-    try:
-        async with asyncio.timeout(timeout_s):
-            session = await rt.sessions.get_session(app_name, user_id, session_id)
-            if session is None:
-                return SummaryJobOutcome("no_session")
-            summary = await summarizer.summarize(session, force=force, filter_key=filter_key)
-    except TimeoutError:
-        return SummaryJobOutcome("timeout", detail=f"no summary within {timeout_s:g} s")
-    except ModelError as exc:
-        return SummaryJobOutcome("model_error", detail=f"{type(exc).__name__}: {exc}")
-    if summary is None:
-        return SummaryJobOutcome("not_due")
-    if not await rt.sessions.put_summary(app_name, user_id, session_id, summary):
-        return SummaryJobOutcome("superseded", event_count=summary.event_count)
-    await trace.record("stored", event_count=summary.event_count)
-    return SummaryJobOutcome("stored", event_count=summary.event_count)
+    if attempt.status == "stored":
+        await trace.record("stored", event_count=attempt.event_count)
+    return SummaryJobOutcome(attempt.status, event_count=attempt.event_count, detail=attempt.detail)
 
 
 async def _heartbeat(
