@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from .context import history_messages, pending_tool_calls, summary_message
+from .context import history_messages, pending_tool_calls, session_summary, summary_message
 from .errors import InvalidRequestError, ModelError, ToolError, ToolNotFoundError
 from .events import (
     ErrorEvent,
@@ -225,7 +225,8 @@ class LLMAgent(BaseAgent):
         max_history_runs: send only the last N runs of history (0 = all). Ignored when a
             session summary is used.
         add_session_summary: put the session's summary in as a system message followed by
-            the events after its boundary.
+            the events after its boundary; on a branch of a parallel agent, the branch's
+            summary if one is stored, else the whole session's.
         before_model_callback, after_model_callback, before_tool_callback,
             after_tool_callback: a function or a list of them (:mod:`runner_core.plugins`).
         input_guardrails, output_guardrails: checks of the user's input and of the final
@@ -338,7 +339,7 @@ class LLMAgent(BaseAgent):
         messages: list[Message] = []
         if self.instruction:
             messages.append(Message.system(self.instruction))
-        summary = ctx.session.summaries.get("") if self.add_session_summary else None
+        summary = session_summary(ctx.session, ctx.branch) if self.add_session_summary else None
         if summary is not None:
             messages.append(summary_message(summary))
         messages.extend(

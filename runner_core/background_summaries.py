@@ -17,6 +17,9 @@ it reads the session, runs the summarizer's checks, summarises and stores.
 - **Never blocking**: a full queue drops the job with a log line and counts it in
   :attr:`BackgroundSummaries.dropped`; the session's next completed run asks again.
 - **Time limit**: a job past ``job_timeout_s`` is cancelled and stores nothing.
+- **Per branch** (``per_branch=True``): a job also summarises each branch of a parallel agent
+  found in the session (filter key ``branch:{branch}``), each with the same checks; an agent on
+  a branch with ``add_session_summary`` is given its branch's summary.
 - **Closing**: :meth:`BackgroundSummaries.close` (called by ``Runner.close``) takes no more
   jobs, waits up to ``drain_timeout_s`` for the queued and running ones, then cancels the rest.
 
@@ -32,7 +35,7 @@ import logging
 
 from .errors import InvalidRequestError
 from .session import SessionKey, SessionService
-from .summarizer import Summarizer, run_summary_attempt
+from .summarizer import Summarizer, run_summary_attempt, summary_filter_keys
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT_S",
@@ -77,6 +80,8 @@ class BackgroundSummaries:
         job_timeout_s: the limit on one job's session read and model call.
         drain_timeout_s: how long :meth:`close` waits for queued and running jobs before it
             cancels them.
+        per_branch: also summarise each branch of the session, one attempt per branch after
+            the whole session's (each attempt has ``job_timeout_s``).
 
     Attributes:
         dropped: jobs dropped because the queue was full.
@@ -95,6 +100,7 @@ class BackgroundSummaries:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
         drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+        per_branch: bool = False,
     ) -> None:
         if not isinstance(summarizer, Summarizer):
             raise InvalidRequestError(
@@ -106,6 +112,7 @@ class BackgroundSummaries:
         self.queue_size = _positive_int(queue_size, "queue_size")
         self.job_timeout_s = _positive_seconds(job_timeout_s, "job_timeout_s")
         self.drain_timeout_s = _positive_seconds(drain_timeout_s, "drain_timeout_s")
+        self.per_branch = bool(per_branch)
         self.dropped = 0
         self.stored = 0
         self.failed = 0
@@ -173,23 +180,34 @@ class BackgroundSummaries:
 
     async def _run_job(self, service: SessionService, session: SessionKey) -> None:
         try:
-            attempt = await run_summary_attempt(
-                service, self.summarizer, session, timeout_s=self.job_timeout_s
-            )
+            for filter_key in await self._filter_keys(service, session):
+                attempt = await run_summary_attempt(
+                    service,
+                    self.summarizer,
+                    session,
+                    timeout_s=self.job_timeout_s,
+                    filter_key=filter_key,
+                )
+                self._count(session, attempt.status, attempt.detail)
         except Exception:
             self.failed += 1
             logger.exception("summary job of session %s failed", session.session_id)
-            return
-        if attempt.status == "stored":
-            self.stored += 1
-        elif attempt.status in ("timeout", "model_error"):
-            self.failed += 1
-            logger.warning(
-                "summary job of session %s: %s (%s)",
-                session.session_id,
-                attempt.status,
-                attempt.detail,
+
+    async def _filter_keys(self, service: SessionService, session: SessionKey) -> list[str]:
+        if not self.per_branch:
+            return [""]
+        async with asyncio.timeout(self.job_timeout_s):
+            current = await service.get_session(
+                session.app_name, session.user_id, session.session_id
             )
+        return [""] if current is None else summary_filter_keys(current)
+
+    def _count(self, session: SessionKey, status: str, detail: str | None) -> None:
+        if status == "stored":
+            self.stored += 1
+        elif status in ("timeout", "model_error"):
+            self.failed += 1
+            logger.warning("summary job of session %s: %s (%s)", session.session_id, status, detail)
 
     async def close(self) -> None:
         """Take no more jobs; wait up to ``drain_timeout_s`` for the queued and running

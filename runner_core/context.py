@@ -26,18 +26,21 @@ from dataclasses import dataclass
 
 from .events import Event, MessageEvent, ToolResultEvent
 from .messages import Message, ToolCall
-from .session import Summary
+from .session import Session, Summary
 
 __all__ = [
+    "BRANCH_KEY_PREFIX",
     "CONTEXT_PREFIX",
     "NOT_EXECUTED",
     "WaitingTurn",
     "as_seen_by",
+    "branch_filter_key",
     "branch_view",
     "history_messages",
     "pending_tool_calls",
     "sanitize_tool_calls",
     "sees_branch",
+    "session_summary",
     "summary_message",
     "waiting_tool_calls",
     "waiting_turns",
@@ -62,6 +65,25 @@ def _last_runs(events: Sequence[Event], runs: int) -> Sequence[Event]:
     invocations = list(dict.fromkeys(e.invocation_id for e in events))  # in order of appearance
     keep = set(invocations[-runs:])
     return [e for e in events if e.invocation_id in keep]
+
+
+#: The start of a branch summary's filter key (:func:`branch_filter_key`).
+BRANCH_KEY_PREFIX = "branch:"
+
+
+def branch_filter_key(branch: str) -> str:
+    """The filter key of the summary an agent on ``branch`` sees: ``"branch:{branch}"``."""
+    return BRANCH_KEY_PREFIX + branch
+
+
+def session_summary(session: Session, branch: str | None) -> Summary | None:
+    """The stored summary an agent on ``branch`` is given: its branch's summary
+    (:func:`branch_filter_key`) if there is one, else the whole session's (``""``)."""
+    if branch is not None:
+        summary = session.summaries.get(branch_filter_key(branch))
+        if summary is not None:
+            return summary
+    return session.summaries.get("")
 
 
 def sees_branch(branch: str | None, event_branch: str | None) -> bool:

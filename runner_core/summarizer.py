@@ -16,6 +16,12 @@ Where the boundary may fall (:func:`summary_cut`):
   on without resuming), so the turn can be summarised then;
 - ``skip_recent`` newest events are never summarised.
 
+Which events (``filter_key``): ``""`` the whole session; an agent's name, the user's messages
+and that agent's events; ``branch_filter_key(branch)`` (``"branch:{branch}"``), what an agent
+on that branch of a parallel agent sees (the main line and its own branch, never a sibling's:
+:func:`~runner_core.context.sees_branch`). :func:`summary_filter_keys` lists the whole session's
+key and the key of every branch in a session.
+
 When it fires: ``force``, or the checks. ``checks_any`` passes if any of its checks passes,
 ``checks_all`` if all of its checks pass; both must pass when both are given, and a summarizer
 without checks always fires. Checks see the events that would be summarised
@@ -37,6 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .context import BRANCH_KEY_PREFIX, branch_filter_key, sees_branch
 from .errors import InvalidRequestError, ModelError, SessionNotFoundError
 from .events import Event
 from .messages import Message
@@ -44,11 +51,13 @@ from .model import GenerationConfig, Model, ModelRequest, ModelResponse
 from .session import Session, SessionKey, SessionService, Summary
 
 __all__ = [
+    "BRANCH_KEY_PREFIX",
     "DEFAULT_SUMMARY_PROMPT",
     "Summarizer",
     "SummaryAttempt",
     "SummaryCheck",
     "SummaryDelta",
+    "branch_filter_key",
     "check_event_count",
     "check_idle_time",
     "check_token_count",
@@ -58,6 +67,7 @@ __all__ = [
     "get_session_summary_text",
     "run_summary_attempt",
     "summary_cut",
+    "summary_filter_keys",
 ]
 
 DEFAULT_SUMMARY_PROMPT = """\
@@ -232,10 +242,24 @@ def summary_cut(events: Sequence[Event]) -> int:
     return cut
 
 
+def summary_filter_keys(session: Session) -> list[str]:
+    """``""`` (the whole session), then the key of each branch in the session's events, in
+    the order the branches first wrote."""
+    branches = dict.fromkeys(event.branch for event in session.events if event.branch)
+    return ["", *(branch_filter_key(branch) for branch in branches if branch)]
+
+
 def _filtered(events: Sequence[Event], filter_key: str) -> list[tuple[int, Event]]:
     """``(position in events, event)`` of the events a ``filter_key`` summary covers."""
     if not filter_key:
         return list(enumerate(events))
+    if filter_key.startswith(BRANCH_KEY_PREFIX):
+        branch = filter_key[len(BRANCH_KEY_PREFIX) :]
+        return [
+            (index, event)
+            for index, event in enumerate(events)
+            if sees_branch(branch, event.branch)
+        ]
     return [
         (index, event)
         for index, event in enumerate(events)
@@ -382,7 +406,8 @@ class Summarizer:
             session: the session as read from its store, with its events and summaries.
             force: summarise even if the checks do not pass.
             filter_key: which summary: ``""`` the whole session; an agent name summarises the
-                user messages and that agent's events.
+                user messages and that agent's events; :func:`branch_filter_key` what an agent
+                on that branch sees.
             now: the time the checks use (default: now).
 
         Returns:

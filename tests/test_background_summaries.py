@@ -19,14 +19,17 @@ from runner_core import (
     LLMAgent,
     Message,
     ModelResponse,
+    ParallelAgent,
     Runner,
     SessionKey,
     SessionService,
     Summarizer,
+    Summary,
     TextDelta,
     Usage,
     check_event_count,
 )
+from runner_core.context import branch_filter_key
 from runner_core.model import ModelRequest
 from runner_core.testing import FakeModel
 from tests.test_summarizer import store as store  # memory, Redis, PostgreSQL
@@ -46,6 +49,7 @@ class GatedModel:
         if open_gate:
             self.gate.set()
         self.calls = 0
+        self.prompts: list[str] = []
         self.active = 0
         self.max_active = 0
 
@@ -56,6 +60,7 @@ class GatedModel:
             await asyncio.sleep(self.delay)
             await self.gate.wait()
             self.calls += 1
+            self.prompts.append(request.messages[0].text)
             text = f"summary {self.calls}"
             yield ModelResponse(message=Message.assistant(text), usage=Usage())
         finally:
@@ -288,3 +293,96 @@ def test_a_runner_refuses_something_else_as_background_summaries() -> None:
     agent = LLMAgent("assistant", model=FakeModel())
     with pytest.raises(InvalidRequestError, match="background_summaries"):
         Runner(APP, agent, background_summaries=object())  # type: ignore[arg-type]
+
+
+# --- per-branch summaries -------------------------------------------------------------------
+
+
+def fanout(**options: object) -> tuple[ParallelAgent, FakeModel, FakeModel]:
+    left, right = FakeModel(), FakeModel()
+    for index in range(2):
+        left.add_text(f"LEFT-ANSWER-{index}")
+        right.add_text(f"RIGHT-ANSWER-{index}")
+    agents = [
+        LLMAgent("left", model=left, add_session_summary=True),
+        LLMAgent("right", model=right, add_session_summary=True),
+    ]
+    return ParallelAgent("fanout", sub_agents=agents, **options), left, right  # type: ignore[arg-type]
+
+
+async def test_per_branch_jobs_summarise_what_each_branch_sees(store: SessionService) -> None:
+    # Given a fan-out to two branches, summarised per branch
+    model = GatedModel()
+    summaries = BackgroundSummaries(Summarizer(model), per_branch=True)
+    agent, _, _ = fanout()
+    runner = Runner(APP, agent, session_service=store, background_summaries=summaries)
+
+    # When a run completes
+    await runner.run(USER, "s1", "question").completion()
+    await runner.close()
+
+    # Then the whole session and each branch have a summary
+    whole = await store.get_summary(APP, USER, "s1")
+    left = await store.get_summary(APP, USER, "s1", filter_key=branch_filter_key("fanout.left"))
+    right = await store.get_summary(APP, USER, "s1", filter_key=branch_filter_key("fanout.right"))
+    assert whole is not None and left is not None and right is not None
+    assert summaries.stored == 3
+    # And a branch's summary covered the main line and that branch, never its sibling
+    prompts = dict(zip(["whole", "first", "second"], model.prompts, strict=True))
+    assert "LEFT-ANSWER-0" in prompts["whole"] and "RIGHT-ANSWER-0" in prompts["whole"]
+    for prompt in (prompts["first"], prompts["second"]):
+        assert "question" in prompt
+        assert ("LEFT-ANSWER-0" in prompt) != ("RIGHT-ANSWER-0" in prompt)
+
+
+async def test_without_per_branch_only_the_whole_session_is_summarised(
+    store: SessionService,
+) -> None:
+    model = GatedModel()
+    summaries = BackgroundSummaries(Summarizer(model))
+    agent, _, _ = fanout()
+    runner = Runner(APP, agent, session_service=store, background_summaries=summaries)
+
+    await runner.run(USER, "s1", "question").completion()
+    await runner.close()
+
+    session = await store.get_session(APP, USER, "s1")
+    assert session is not None and set(session.summaries) == {""}
+
+
+async def test_an_agent_on_a_branch_is_given_its_branch_summary_only(
+    store: SessionService,
+) -> None:
+    # Given a session after one fan-out, with a whole-session summary and one for the left branch
+    agent, left, right = fanout()
+    runner = Runner(APP, agent, session_service=store)
+    await runner.run(USER, "s1", "question").completion()
+    session = await store.get_session(APP, USER, "s1")
+    assert session is not None
+    last = session.events[-1]
+    for filter_key, text in [
+        ("", "WHOLE-SUMMARY"),
+        (branch_filter_key("fanout.left"), "LEFT-SUMMARY"),
+    ]:
+        summary = Summary(
+            text=text,
+            filter_key=filter_key,
+            last_event_id=last.id,
+            event_count=session.event_count,
+            last_event_at=last.created_at,
+            created_at=last.created_at,
+        )
+        assert await store.put_summary(APP, USER, "s1", summary)
+
+    # When the next run fans out again
+    await runner.run(USER, "s1", "follow-up").completion()
+    await runner.close()
+
+    # Then the left branch is given its own summary, the right one the whole session's
+    def context_of(model: FakeModel) -> str:
+        return "\n".join(str(m.get("content")) for m in model.requests[-1]["messages"])
+
+    assert "LEFT-SUMMARY" in context_of(left) and "WHOLE-SUMMARY" not in context_of(left)
+    assert "WHOLE-SUMMARY" in context_of(right) and "LEFT-SUMMARY" not in context_of(right)
+    # And the history after the boundary is still there
+    assert "follow-up" in context_of(left) and "LEFT-ANSWER-0" not in context_of(left)
