@@ -67,7 +67,8 @@ class BaseAgent(ABC):
         description: what the agent does, for the agents that may hand work to it.
         sub_agents: child agents (for transfers and workflow agents).
         summarizer: the :class:`~runner_core.summarizer.Summarizer` that compresses this app's
-            sessions (workers schedule it after runs); None: no summaries.
+            sessions (workers schedule it after runs; in-process, see
+            :class:`~runner_core.background_summaries.BackgroundSummaries`); None: no summaries.
 
     Raises:
         InvalidRequestError: a bad name; a sub-agent that is not an agent, already has a
