@@ -33,7 +33,15 @@ from .events import (
 )
 from .invocation import InvocationContext, RunOutcome, ToolDecision
 from .messages import Message, ToolCall, coerce_message
-from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
+from .model import (
+    GenerationConfig,
+    Model,
+    ModelPrice,
+    ModelRequest,
+    ModelResponse,
+    TextDelta,
+    complete_response,
+)
 from .plugins import CallbackError, Guardrail, GuardrailTripped, Hook, first_answer, hook_list
 from .run_config import RunConfig, coerce_run_config
 from .session import validate_identifier
@@ -379,12 +387,7 @@ class LLMAgent(BaseAgent):
             model=config.model,
             response_format=self._response_format(),
         )
-        response: ModelResponse | None = None
-        async for item in self.model.generate(request):
-            if isinstance(item, ModelResponse):
-                response = item
-        if response is None:
-            raise ModelError("the model stream ended without a complete response")
+        response = await complete_response(self.model, request)
         price: ModelPrice | None = getattr(self.model, "price", None)
         cost = price.cost(response.usage) if price is not None else None
         return CallResult(message=response.message, usage=response.usage, cost=cost)

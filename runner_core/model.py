@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import ModelError
 from .events import Usage
 from .messages import Message
 
@@ -24,6 +25,7 @@ __all__ = [
     "ModelRequest",
     "ModelResponse",
     "TextDelta",
+    "complete_response",
 ]
 
 
@@ -102,3 +104,18 @@ class Model(Protocol):
     async def close(self) -> None:
         """Release the client if the model created it. Idempotent."""
         ...
+
+
+async def complete_response(model: Model, request: ModelRequest) -> ModelResponse:
+    """The complete response of one model call, its text deltas (if any) skipped.
+
+    Raises:
+        ModelError: the model failed, or its stream ended without a complete response.
+    """
+    response: ModelResponse | None = None
+    async for item in model.generate(request):
+        if isinstance(item, ModelResponse):
+            response = item
+    if response is None:
+        raise ModelError("the model stream ended without a complete response")
+    return response

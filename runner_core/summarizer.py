@@ -47,7 +47,7 @@ from .context import BRANCH_KEY_PREFIX, branch_filter_key, sees_branch
 from .errors import InvalidRequestError, ModelError, SessionNotFoundError
 from .events import Event
 from .messages import Message
-from .model import GenerationConfig, Model, ModelRequest, ModelResponse
+from .model import GenerationConfig, Model, ModelRequest, complete_response
 from .session import Session, SessionKey, SessionService, Summary
 
 __all__ = [
@@ -441,12 +441,7 @@ class Summarizer:
 
     async def _generate(self, prompt: str) -> str:
         request = ModelRequest(messages=[Message.user(prompt)], generation=self.generation)
-        response: ModelResponse | None = None
-        async for item in self.model.generate(request):
-            if isinstance(item, ModelResponse):
-                response = item
-        if response is None:
-            raise ModelError("the model stream ended without a complete response")
+        response = await complete_response(self.model, request)
         return response.message.text.strip()
 
 
