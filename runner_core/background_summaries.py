@@ -8,7 +8,7 @@ Give a Runner a :class:`BackgroundSummaries`::
 After each run that ends ``completed``, the Runner hands out the completion first, then asks
 for a summary job on the session (:meth:`BackgroundSummaries.submit`, which never waits). A
 few asyncio tasks (``workers``) take jobs from a bounded queue; each job is one
-:func:`~runner_core.summarizer.run_summary_attempt`, the same code as the Celery shard queues:
+:func:`~runner_core.summarizer.run_summary_attempts`, the same code as the Celery shard queues:
 it reads the session, runs the summarizer's checks, summarises and stores.
 
 - **One job per session at a time**: a session with a job queued or running gets no second
@@ -35,7 +35,7 @@ import logging
 
 from .errors import InvalidRequestError
 from .session import SessionKey, SessionService
-from .summarizer import Summarizer, run_summary_attempt, summary_filter_keys
+from .summarizer import Summarizer, run_summary_attempts
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT_S",
@@ -180,27 +180,19 @@ class BackgroundSummaries:
 
     async def _run_job(self, service: SessionService, session: SessionKey) -> None:
         try:
-            for filter_key in await self._filter_keys(service, session):
-                attempt = await run_summary_attempt(
-                    service,
-                    self.summarizer,
-                    session,
-                    timeout_s=self.job_timeout_s,
-                    filter_key=filter_key,
-                )
-                self._count(session, attempt.status, attempt.detail)
+            attempts = await run_summary_attempts(
+                service,
+                self.summarizer,
+                session,
+                timeout_s=self.job_timeout_s,
+                per_branch=self.per_branch,
+            )
         except Exception:
             self.failed += 1
             logger.exception("summary job of session %s failed", session.session_id)
-
-    async def _filter_keys(self, service: SessionService, session: SessionKey) -> list[str]:
-        if not self.per_branch:
-            return [""]
-        async with asyncio.timeout(self.job_timeout_s):
-            current = await service.get_session(
-                session.app_name, session.user_id, session.session_id
-            )
-        return [""] if current is None else summary_filter_keys(current)
+            return
+        for _key, attempt in attempts:
+            self._count(session, attempt.status, attempt.detail)
 
     def _count(self, session: SessionKey, status: str, detail: str | None) -> None:
         if status == "stored":

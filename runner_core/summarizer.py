@@ -66,6 +66,7 @@ __all__ = [
     "estimate_tokens",
     "get_session_summary_text",
     "run_summary_attempt",
+    "run_summary_attempts",
     "summary_cut",
     "summary_filter_keys",
 ]
@@ -544,3 +545,50 @@ async def run_summary_attempt(
         session.app_name, session.user_id, session.session_id, summary
     )
     return SummaryAttempt("stored" if stored else "superseded", event_count=summary.event_count)
+
+
+async def run_summary_attempts(
+    service: SessionService,
+    summarizer: Summarizer,
+    session: SessionKey,
+    *,
+    timeout_s: float,
+    per_branch: bool = False,
+    filter_key: str = "",
+    force: bool = False,
+) -> list[tuple[str, SummaryAttempt]]:
+    """One summary job, the same for the Celery shard queues and in-process summaries.
+
+    The job makes the ``filter_key`` attempt (``""``: the whole session), then, with
+    ``per_branch`` and no ``filter_key``, one attempt per branch the session has
+    (:func:`summary_filter_keys`), in the order the branches first wrote. Each attempt is a
+    :func:`run_summary_attempt` with its own ``timeout_s``. The caller keeps jobs on one
+    session from overlapping.
+
+    Returns:
+        ``(filter_key, attempt)`` for every attempt made, the first one first.
+
+    Raises:
+        SessionBackendError: the store failed.
+    """
+    first = await run_summary_attempt(
+        service, summarizer, session, timeout_s=timeout_s, filter_key=filter_key, force=force
+    )
+    attempts = [(filter_key, first)]
+    if not per_branch or filter_key or first.status in ("no_session", "timeout"):
+        return attempts
+    try:
+        async with asyncio.timeout(timeout_s):
+            current = await service.get_session(
+                session.app_name, session.user_id, session.session_id
+            )
+    except TimeoutError:
+        return attempts
+    if current is None:
+        return attempts
+    for key in summary_filter_keys(current)[1:]:
+        attempt = await run_summary_attempt(
+            service, summarizer, session, timeout_s=timeout_s, filter_key=key, force=force
+        )
+        attempts.append((key, attempt))
+    return attempts

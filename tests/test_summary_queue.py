@@ -207,6 +207,85 @@ def test_a_job_stores_a_summary_and_a_duplicate_finds_the_work_done(
     assert stored is not None and stored.text == "summary one"
 
 
+async def add_fanout(service: Any, session_id: str) -> None:
+    """A question, then two parallel branches answering it (``fanout.left``/``fanout.right``)."""
+    session = await service.get_session(APP, USER, session_id)
+    if session is None:
+        session = await service.create_session(APP, USER, session_id)
+    events = [
+        ("user", None, Message.user("question")),
+        ("left", "fanout.left", Message.assistant("LEFT-ANSWER")),
+        ("right", "fanout.right", Message.assistant("RIGHT-ANSWER")),
+    ]
+    for seq, (author, branch, message) in enumerate(events):
+        fields: dict[str, Any] = {"branch": branch} if branch else {}
+        await service.append_event(
+            session,
+            make_event(
+                invocation_id="inv-fan",
+                seq=seq,
+                type="message",
+                author=author,
+                app_name=APP,
+                user_id=USER,
+                session_id=session_id,
+                message=message,
+                **fields,
+            ),
+        )
+
+
+@pytest.mark.parametrize("per_branch", [True, False])
+def test_a_job_summarises_each_branch_when_per_branch_is_on(
+    runtime: Any, server: ScriptedModelServer, per_branch: bool
+) -> None:
+    from dataclasses import replace
+
+    from runner_core.context import branch_filter_key
+    from workers.summaries import run_summary_job
+
+    # Given a session after a fan-out to two branches
+    on(runtime, add_fanout(runtime.sessions, "s1"))
+    for name in ("whole", "first branch", "second branch"):
+        server.add_text(f"{name} summary")
+    settings = replace(runtime.summary_settings, per_branch=per_branch)
+
+    # When one job runs
+    outcome = on(runtime, run_summary_job(runtime, APP, USER, "s1", settings=settings))
+
+    # Then the whole session is summarised, and each branch too when per-branch is on
+    assert outcome.status == "stored"
+    left_key, right_key = branch_filter_key("fanout.left"), branch_filter_key("fanout.right")
+    left = on(runtime, runtime.sessions.get_summary(APP, USER, "s1", filter_key=left_key))
+    right = on(runtime, runtime.sessions.get_summary(APP, USER, "s1", filter_key=right_key))
+    if not per_branch:
+        assert outcome.branches == {} and left is None and right is None
+        assert len(server.requests) == 1
+        return
+    assert outcome.branches == {left_key: "stored", right_key: "stored"}
+    assert outcome.as_dict()["branches"] == outcome.branches
+    assert left is not None and right is not None
+    # And each branch's prompt held the main line and that branch only, never its sibling
+    prompts = [json.dumps(request["messages"]) for request in server.requests[1:]]
+    assert len(prompts) == 2
+    for prompt in prompts:
+        assert "question" in prompt
+        assert ("LEFT-ANSWER" in prompt) != ("RIGHT-ANSWER" in prompt)
+    # And a second job finds every key done
+    again = on(runtime, run_summary_job(runtime, APP, USER, "s1", settings=settings))
+    assert again.status == "not_due" and set(again.branches.values()) == {"not_due"}
+
+
+def test_the_per_branch_setting_is_read_and_checked() -> None:
+    from runner_core.errors import ConfigurationError
+    from workers.summary_routing import SummarySettings
+
+    assert SummarySettings.from_env({}).per_branch is False
+    assert SummarySettings.from_env({"AGENT_RUNNER_SUMMARY_PER_BRANCH": "true"}).per_branch
+    with pytest.raises(ConfigurationError, match="AGENT_RUNNER_SUMMARY_PER_BRANCH"):
+        SummarySettings.from_env({"AGENT_RUNNER_SUMMARY_PER_BRANCH": "maybe"})
+
+
 def test_a_job_never_runs_while_another_holds_the_session(
     runtime: Any, server: ScriptedModelServer
 ) -> None:

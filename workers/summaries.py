@@ -36,7 +36,7 @@ import os
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -46,7 +46,7 @@ from kombu.exceptions import OperationalError
 from runner_core.errors import ConfigurationError, InvalidRequestError
 from runner_core.events import RunCompletionEvent
 from runner_core.session import SessionKey
-from runner_core.summarizer import Summarizer, run_summary_attempt
+from runner_core.summarizer import Summarizer, run_summary_attempts
 from runner_core.wire import SUMMARIZE_SESSION, session_digest, summary_lease_key
 
 from .app import app
@@ -132,15 +132,25 @@ class SummaryJobOutcome:
     the checks did not pass: the work was already done), ``superseded`` (a summary covering as
     many events was stored meanwhile), ``busy`` (another job holds the session), ``timeout``,
     ``model_error``, ``lease_lost``, ``no_session``, ``no_summarizer``, ``error`` (the store
-    failed; the exception propagates).
+    failed; the exception propagates). These describe the whole session's attempt (or the
+    ``filter_key`` one); with ``AGENT_RUNNER_SUMMARY_PER_BRANCH`` on, ``branches`` maps each
+    branch's filter key to its attempt's status.
     """
 
     status: str
     event_count: int | None = None
     detail: str | None = None
+    branches: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "event_count": self.event_count, "detail": self.detail}
+        out: dict[str, Any] = {
+            "status": self.status,
+            "event_count": self.event_count,
+            "detail": self.detail,
+        }
+        if self.branches:
+            out["branches"] = dict(self.branches)
+        return out
 
 
 def summarizer_for(rt: WorkerRuntime, app_name: str) -> Summarizer | None:
@@ -188,19 +198,29 @@ async def _summarize_under_lease(
     filter_key: str,
     force: bool,
     timeout_s: float,
+    per_branch: bool,
     trace: _Trace,
 ) -> SummaryJobOutcome:
-    attempt = await run_summary_attempt(
+    attempts = await run_summary_attempts(
         rt.sessions,
         summarizer,
         session_key,
         timeout_s=timeout_s,
+        per_branch=per_branch,
         filter_key=filter_key,
         force=force,
     )
-    if attempt.status == "stored":
-        await trace.record("stored", event_count=attempt.event_count)
-    return SummaryJobOutcome(attempt.status, event_count=attempt.event_count, detail=attempt.detail)
+    for key, attempt in attempts:
+        if attempt.status == "stored":
+            fields: dict[str, Any] = {"event_count": attempt.event_count}
+            if key:
+                fields["filter_key"] = key
+            await trace.record("stored", **fields)
+    _, first = attempts[0]
+    branches = {key: attempt.status for key, attempt in attempts[1:]}
+    return SummaryJobOutcome(
+        first.status, event_count=first.event_count, detail=first.detail, branches=branches
+    )
 
 
 async def _heartbeat(
@@ -261,6 +281,7 @@ async def run_summary_job(
                 filter_key=filter_key,
                 force=force,
                 timeout_s=settings.timeout_s,
+                per_branch=settings.per_branch,
                 trace=trace,
             )
         )

@@ -20,6 +20,8 @@ variable                           default    meaning
                                               cancelled and nothing is stored
 ``AGENT_RUNNER_SUMMARY_LEASE_S``   30         life of a session's summary lease without a
                                               heartbeat (how long a killed job blocks its session)
+``AGENT_RUNNER_SUMMARY_PER_BRANCH`` false     also summarise each branch of a parallel agent
+                                              (filter key ``branch:{branch}``) in the same job
 =================================  =========  ===================================================
 """
 
@@ -42,6 +44,7 @@ from runner_core.wire import (
     summary_queue_name,
     summary_shard,
 )
+from workers.settings import _bool
 
 __all__ = [
     "SUMMARIZE_SESSION",
@@ -80,6 +83,8 @@ class SummarySettings:
     lease_s: float = 30.0
     #: Tests and benchmarks only: a Redis list where jobs record start, store and end.
     trace_key: str | None = None
+    #: Also summarise each branch of a parallel agent (filter key ``branch:{branch}``).
+    per_branch: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SummarySettings:
@@ -109,6 +114,7 @@ class SummarySettings:
                 env, "AGENT_RUNNER_SUMMARY_LEASE_S", 30.0, minimum=0.5, maximum=3600
             ),
             trace_key=(env.get("AGENT_RUNNER_SUMMARY_TRACE_KEY") or "").strip() or None,
+            per_branch=_bool(env, "AGENT_RUNNER_SUMMARY_PER_BRANCH", False),
         )
 
 
