@@ -137,12 +137,23 @@ def validate_invocation_id(invocation_id: object) -> str:
 # --- submitting ----------------------------------------------------------------------------
 
 
-def submit(app_name: str, user_id: str, session_id: str, message: Any, **options: Any) -> str:
+def submit(
+    app_name: str,
+    user_id: str,
+    session_id: str,
+    message: Any,
+    *,
+    invocation_id: str | None = None,
+    **options: Any,
+) -> str:
     """Validate a run request and send it to the run workers.
 
     Args:
         app_name, user_id, session_id: which agent and which conversation.
         message: text, an OpenAI-style message dict, or a :class:`~runner_core.messages.Message`.
+        invocation_id: the ID to give the run (default: a fresh UUID). A caller that must
+            record something under the ID before the run can start (the HTTP gateway's owner
+            and webhook records) chooses it; it must be new and valid.
         **options: the other fields of ``submit_run`` (``messages``, ``resume``,
             ``tool_confirmations``, ``request_id``, ``multitask_strategy``, ``run_timeout_s``,
             ``run_config``). ``run_config`` is a :class:`~runner_core.run_config.RunConfig` or
@@ -173,7 +184,8 @@ def submit(app_name: str, user_id: str, session_id: str, message: Any, **options
         (), {**fields, "message": message, **options}, max_message_chars=settings.max_message_chars
     )
     args, kwargs = request.task_arguments()
-    invocation_id = str(uuid.uuid4())
+    invocation_id = str(uuid.uuid4()) if invocation_id is None else invocation_id
+    validate_invocation_id(invocation_id)
     _record_submission(settings, invocation_id)
     try:
         # The queue is named explicitly, as any other Celery client must name it: a client
