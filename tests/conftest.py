@@ -1,7 +1,8 @@
 """Shared test set-up.
 
-Server fixtures (real redis-server, real PostgreSQL) live in tests/services.py, Celery worker
-fixtures in tests/celery_workers.py; both are loaded as plugins here.
+Server fixtures (real redis-server, real PostgreSQL) live in tests/services.py, the real MariaDB
+in tests/mariadb.py, Celery worker fixtures in tests/celery_workers.py; all are loaded as plugins
+here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.services", "tests.celery_workers"]
+pytest_plugins = ["tests.services", "tests.mariadb", "tests.celery_workers"]
 
 # Nothing in the tests may reach a real LLM: point the openai client's defaults at a closed
 # loopback port, so a model built without an explicit base_url fails fast instead of calling out.
