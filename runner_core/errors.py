@@ -6,6 +6,7 @@
     ├── InvalidRequestError          a caller mistake: bad argument, unknown name, bad message
     │   ├── SessionNotFoundError     resume/confirm against a session that does not exist
     │   ├── InvocationOwnedError     an invocation ID bound to another (app, user, session)
+    │   ├── TraceNotFoundError       no trace of that invocation (runner_core.traces)
     │   └── UnknownToolCallError     a confirmation for a call ID nobody is waiting on
     ├── ConfigurationError           a bad setting (environment variable, URL, option)
     ├── FencedError                  a write refused: the writer no longer owns its run
@@ -51,6 +52,7 @@ __all__ = [
     "ToolError",
     "ToolExecutionError",
     "ToolNotFoundError",
+    "TraceNotFoundError",
     "UnknownToolCallError",
     "describe_validation_error",
     "lone_surrogate",
@@ -121,6 +123,11 @@ class SessionNotFoundError(InvalidRequestError):
 
 class UnknownToolCallError(InvalidRequestError):
     """A tool confirmation names a call ID that no paused run is waiting on."""
+
+
+class TraceNotFoundError(InvalidRequestError):
+    """No trace of that invocation: it never ran with traces on, or its trace expired or was
+    deleted with its session."""
 
 
 class InvocationOwnedError(InvalidRequestError):
