@@ -5,6 +5,8 @@ a summary job plus a duplicate, through 8 shard queues consumed by 2 summary wor
 (``-P threads -c 1``, 4 shards each: the normal one-consumer-per-shard deployment). The model is
 a scripted server answering after a fixed latency, standing in for an LLM. The baseline makes
 the same summaries inline in one process, one after another, with ``create_session_summary``.
+The in-process path submits the same jobs (and duplicates) to a ``BackgroundSummaries`` with
+its default 3 asyncio workers, no broker and no Celery worker.
 
 Order violations, from the jobs' own records (``AGENT_RUNNER_SUMMARY_TRACE_KEY``): two jobs of
 one session holding it at the same time, or a stored boundary not above the previous one.
@@ -28,9 +30,10 @@ from typing import Any
 import redis
 
 from bench.report import default_output, machine, machine_line, mode_note, publish
-from runner_core import Summarizer, create_session_summary
+from runner_core import BackgroundSummaries, Summarizer, create_session_summary
 from runner_core.events import MessageEvent
 from runner_core.messages import Message
+from runner_core.session import SessionKey
 from runner_core.testing import ScriptedModelServer, scripted_model
 from session_backends import RedisSessionService
 from tests.celery_workers import CeleryWorker
@@ -202,6 +205,54 @@ async def run_inline(
     }
 
 
+async def run_in_process(
+    redis_url: str, server: ScriptedModelServer, sessions: list[str]
+) -> dict[str, Any]:
+    """The same jobs through ``BackgroundSummaries`` (the default 3 asyncio workers) in this
+    process: no broker, no lease; the duplicate is refused while the first job is pending."""
+    service = RedisSessionService(redis_url)
+    summarizer = Summarizer(scripted_model(server))
+    background = BackgroundSummaries(summarizer, queue_size=len(sessions) * 2)
+    calls_before = len(server.requests)
+    refused = 0
+    elapsed = 0.0
+    backwards = 0
+    boundaries: dict[str, int] = {}
+    try:
+        for turn in range(ROUNDS):
+            totals = {sid: await add_turn(service, sid, turn) for sid in sessions}
+            started = time.perf_counter()
+            for session_id in sessions:
+                key = SessionKey(APP, USER, session_id)
+                background.submit(service, key)
+                if not background.submit(service, key):  # a duplicate: refused, never run
+                    refused += 1
+            while not await covered(service, totals):  # noqa: ASYNC110 (the store is the truth)
+                await asyncio.sleep(0.01)
+            elapsed += time.perf_counter() - started
+            for session_id in sessions:
+                summary = await service.get_summary(APP, USER, session_id)
+                count = summary.event_count if summary else 0
+                backwards += count < boundaries.get(session_id, 0)
+                boundaries[session_id] = count
+        await background.close()
+    finally:
+        await service.close()
+        await summarizer.model.close()
+    return {
+        "summaries": background.stored,
+        "model_calls": len(server.requests) - calls_before,
+        "jobs": len(sessions) * ROUNDS * 2,
+        "refused_duplicates": refused,
+        "dropped": background.dropped,
+        "failed": background.failed,
+        "workers": background.workers,
+        "boundary_not_forward": backwards,
+        "seconds": elapsed,
+        "per_second": background.stored / elapsed,
+    }
+
+
 def run(
     quick: bool = False, *, sessions: int | None = None, latency: float = LATENCY_S
 ) -> dict[str, Any]:
@@ -212,6 +263,7 @@ def run(
     with RedisServer() as redis_server, ScriptedModelServer(latency=latency) as server:
         server.set_default("A short summary of the conversation so far.")
         inline = asyncio.run(run_inline(redis_server.url_for_db(2), server, session_ids))
+        in_process = asyncio.run(run_in_process(redis_server.url_for_db(4), server, session_ids))
         distributed = run_distributed(redis_server.url_for_db(3), server, session_ids)
     return {
         "benchmark": NAME,
@@ -223,15 +275,21 @@ def run(
         "workers": 2,
         "latency_s": latency,
         "inline": inline,
+        "in_process": in_process,
         "distributed": distributed,
     }
 
 
 def render(result: dict[str, Any]) -> str:
     dist, base = result["distributed"], result["inline"]
+    local = result.get("in_process")
     v = dist["violations"]
     rows = [
         ("inline, one process (baseline)", base),
+    ]
+    if local:
+        rows.append((f"in-process `BackgroundSummaries`, {local['workers']} workers", local))
+    rows += [
         (f"queue, {result['shards']} shards, {result['workers']} workers", dist),
     ]
     table = "\n".join(
@@ -250,7 +308,8 @@ same summaries inline in one process, one after another.
 |---|---:|---:|---:|
 {table}
 
-Speed-up over the baseline: **{dist["per_second"] / base["per_second"]:.2f}x**.
+Speed-up over the baseline: queue **{dist["per_second"] / base["per_second"]:.2f}x**{
+        _in_process_line(local, base)}.
 Jobs: {dist["jobs"]} ({dist["noop_jobs"]} found the work done, {dist["busy_retries"]} found the
 session busy and went back to the queue). Model calls: {dist["model_calls"]}.
 
@@ -260,6 +319,18 @@ boundaries that did not move forward.
 
 {machine_line(result["machine"])}{mode_note(result)}
 """
+
+
+def _in_process_line(local: dict[str, Any] | None, base: dict[str, Any]) -> str:
+    if not local:
+        return ""
+    return (
+        f", in-process **{local['per_second'] / base['per_second']:.2f}x** "
+        f"({local['refused_duplicates']} duplicates refused while pending, "
+        f"{local['dropped']} dropped, {local['failed']} failed, "
+        f"{local['boundary_not_forward']} boundaries that moved back; "
+        f"{local['model_calls']} model calls)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
