@@ -42,7 +42,15 @@ from .model import (
     TextDelta,
     complete_response,
 )
-from .plugins import CallbackError, Guardrail, GuardrailTripped, Hook, first_answer, hook_list
+from .plugins import (
+    CallbackError,
+    Guardrail,
+    GuardrailTripped,
+    Hook,
+    first_answer,
+    hook_list,
+    plugin_scopes,
+)
 from .run_config import RunConfig, coerce_run_config
 from .session import validate_identifier
 from .tools import FunctionTool, ToolContext, render_tool_result
@@ -470,19 +478,20 @@ class LLMAgent(BaseAgent):
     ) -> AsyncIterator[Event]:
         """One model call between its hooks: yields the text deltas (when streamed), leaves
         the response in ``turn``."""
-        response = await self._before_model(ctx, request)
-        if response is None:
-            async for item in self.model.generate(request):
-                if isinstance(item, TextDelta):
-                    if item.text and stream_text:
-                        turn.streamed = True
-                        yield ctx.event(MessageDeltaEvent, self.name, delta=item.text)
-                else:
-                    response = item
+        async with plugin_scopes(ctx.plugins, "model", ctx, request):
+            response = await self._before_model(ctx, request)
             if response is None:
-                raise ModelError("the model stream ended without a complete response")
-            response = await self._after_model(ctx, response)
-        turn.response = response
+                async for item in self.model.generate(request):
+                    if isinstance(item, TextDelta):
+                        if item.text and stream_text:
+                            turn.streamed = True
+                            yield ctx.event(MessageDeltaEvent, self.name, delta=item.text)
+                    else:
+                        response = item
+                if response is None:
+                    raise ModelError("the model stream ended without a complete response")
+                response = await self._after_model(ctx, response)
+            turn.response = response
 
     # --- hooks ---------------------------------------------------------------------------
 
@@ -673,41 +682,48 @@ class LLMAgent(BaseAgent):
         tool_ctx: ToolContext | None = None
         transfer_to: str | None = None
         try:
-            transfer = transfer_tool(self) if call.function.name == TRANSFER_TOOL_NAME else None
-            fn_tool = self.tools.get(call.function.name) or transfer
-            if fn_tool is None:
-                available = ", ".join(sorted(self.tools)) or "none"
-                raise ToolNotFoundError(
-                    f"there is no tool named {call.function.name!r}; available tools: {available}."
+            async with plugin_scopes(ctx.plugins, "tool", ctx, call):
+                transfer = (
+                    transfer_tool(self) if call.function.name == TRANSFER_TOOL_NAME else None
                 )
-            args = fn_tool.parse_arguments(arguments)
-            tool_ctx = ToolContext(
-                app_name=ctx.app_name,
-                user_id=ctx.user_id,
-                session_id=ctx.session.id,
-                invocation_id=ctx.invocation_id,
-                tool_call_id=call.id,
-                state=ctx.state,
-                runtime_state=ctx.runtime_state,
-                end_invocation=ctx.end_invocation,
-                escalate=ctx.escalate,
-            )
-            answer = await first_answer(self._hooks(ctx, "before_tool"), ctx, call, args)
-            if answer is not None:
-                value = answer
-            elif isinstance(fn_tool, TransferTool):  # acts on the run: see _execute_calls
-                value = fn_tool.accept(args)
-                transfer_to = args["agent_name"]
-            else:
-                value = await fn_tool.call(args, tool_ctx)
-            content = render_tool_result(value)
+                fn_tool = self.tools.get(call.function.name) or transfer
+                if fn_tool is None:
+                    available = ", ".join(sorted(self.tools)) or "none"
+                    raise ToolNotFoundError(
+                        f"there is no tool named {call.function.name!r}; available tools: "
+                        f"{available}."
+                    )
+                args = fn_tool.parse_arguments(arguments)
+                tool_ctx = ToolContext(
+                    app_name=ctx.app_name,
+                    user_id=ctx.user_id,
+                    session_id=ctx.session.id,
+                    invocation_id=ctx.invocation_id,
+                    tool_call_id=call.id,
+                    state=ctx.state,
+                    runtime_state=ctx.runtime_state,
+                    end_invocation=ctx.end_invocation,
+                    escalate=ctx.escalate,
+                )
+                answer = await first_answer(self._hooks(ctx, "before_tool"), ctx, call, args)
+                if answer is not None:
+                    value = answer
+                elif isinstance(fn_tool, TransferTool):  # acts on the run: see _execute_calls
+                    value = fn_tool.accept(args)
+                    transfer_to = args["agent_name"]
+                else:
+                    value = await fn_tool.call(args, tool_ctx)
+                content = render_tool_result(value)
+                replaced = await first_answer(
+                    self._hooks(ctx, "after_tool"), ctx, call, args, content
+                )
+                if replaced is not None:
+                    content = render_tool_result(replaced)
         except ToolError as exc:
             error = EventError(type=exc.error_type, message=str(exc))
             usage = tool_ctx.usage if tool_ctx is not None else None
             return _ToolOutcome(f"Error: {exc}", error=error, usage=usage)
-        replaced = await first_answer(self._hooks(ctx, "after_tool"), ctx, call, args, content)
-        if replaced is not None:
-            content = render_tool_result(replaced)
+        assert tool_ctx is not None
         return _ToolOutcome(
             content, tool_ctx.state.delta, usage=tool_ctx.usage, transfer_to=transfer_to
         )

@@ -312,6 +312,13 @@ class RunCompletionEvent(EventBase):
     user_id: str
     session_id: str
     request_id: str | None = None
+    trace_id: str | None = Field(
+        default=None,
+        description=(
+            "The OpenTelemetry trace of the run (32 hex digits), when a tracing plugin "
+            "recorded one: look it up in your tracing backend."
+        ),
+    )
 
 
 AnyEvent: TypeAlias = (

@@ -69,6 +69,9 @@ class InvocationContext:
     #: or resumed invocation stands (:mod:`runner_core.progress`). Shared by the contexts of
     #: a parallel agent's branches.
     runs_started: dict[tuple[int, str, str | None], int] = field(default_factory=dict, repr=False)
+    #: The distributed trace this run belongs to (32 hex digits), set by a tracing plugin
+    #: (:class:`runner_core.telemetry.Telemetry`); the completion carries it as ``trace_id``.
+    trace_id: str | None = None
 
     @property
     def runtime_state(self) -> Mapping[str, Any]:

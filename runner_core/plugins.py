@@ -14,6 +14,16 @@ None short-circuits the rest, and its value is used:
 Plugins also have ``before_run(ctx)``, ``after_run(ctx, outcome)`` and ``on_event(ctx, event)``
 (return an event to replace it before it is stored and handed out).
 
+Scopes: a plugin may wrap each step in an async context manager, for what must start before a
+step and end after it whatever happens (a tracing span, a timer): ``run_scope(ctx)``,
+``agent_scope(ctx, agent)``, ``model_scope(ctx, request)``, ``tool_scope(ctx, call)`` return
+one, or None. Entered in plugin order and exited in reverse, each is exited exactly once,
+with the exception that ended the step (a ``ModelError``, a ``ToolError`` the model then reads,
+a cancellation, ``GeneratorExit`` when the agent's run was closed early), and never swallows
+it. Code inside a scope runs in the context it entered (``contextvars``), so a tracing span it
+makes current is the parent of what the step does. When a run's scopes exit,
+``ctx.outcome`` says how the run ended (``cancelled`` and ``timeout`` included).
+
 Hooks may be plain or ``async`` functions. An exception inside any hook, or a returned value of
 the wrong type, ends the run with an ``error`` event (``type`` ``callback_error``, naming the
 hook) and a ``failed`` completion.
@@ -28,13 +38,15 @@ and a ``failed`` completion.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import AgentRunnerError, InvalidRequestError
 
 if TYPE_CHECKING:
+    from .agent import BaseAgent
     from .events import Event
     from .invocation import InvocationContext, RunOutcome
     from .messages import ToolCall
@@ -48,9 +60,12 @@ __all__ = [
     "call_hook",
     "first_answer",
     "hook_list",
+    "plugin_scopes",
 ]
 
 Hook = Callable[..., Any]
+#: What a scope hook returns: an async context manager around the step, or None.
+Scope = AbstractAsyncContextManager[Any] | None
 
 
 class CallbackError(AgentRunnerError):
@@ -111,6 +126,26 @@ class Plugin:
     async def after_tool(
         self, ctx: InvocationContext, call: ToolCall, args: dict[str, Any], result: str
     ) -> str | None:
+        return None
+
+    # Scopes (see the module docstring): an async context manager around the step, or None.
+
+    def run_scope(self, ctx: InvocationContext) -> Scope:
+        """Around the run, from before the ``before_run`` hooks to the completion."""
+        return None
+
+    def agent_scope(self, ctx: InvocationContext, agent: BaseAgent) -> Scope:
+        """Around one run of an agent of the tree (the root's, a sub-agent's, a transfer's
+        target's; on a parallel agent's branch, in the branch's task)."""
+        return None
+
+    def model_scope(self, ctx: InvocationContext, request: ModelRequest) -> Scope:
+        """Around one model call, its ``before_model``/``after_model`` hooks included."""
+        return None
+
+    def tool_scope(self, ctx: InvocationContext, call: ToolCall) -> Scope:
+        """Around one tool call: argument parsing, ``before_tool`` hooks, the tool,
+        ``after_tool`` hooks. A failed call exits with its ``ToolError``."""
         return None
 
 
@@ -188,3 +223,60 @@ async def first_answer(
             )
         return value
     return None
+
+
+@asynccontextmanager
+async def plugin_scopes(
+    plugins: Sequence[Plugin], step: str, *args: Any
+) -> AsyncIterator[None]:
+    """The plugins' ``{step}_scope(*args)`` around a step: entered in order, exited in reverse,
+    each exactly once with the exception that ended the step, which goes on (a scope cannot
+    swallow it).
+
+    Raises:
+        CallbackError: a scope hook raised, or returned something that is not an async
+            context manager (or None).
+    """
+    if not plugins:
+        yield
+        return
+    entered: list[tuple[str, AbstractAsyncContextManager[Any]]] = []
+    try:
+        for plugin in plugins:
+            where = f"plugin {plugin.name!r} {step}_scope"
+            scope = await call_hook(where, getattr(plugin, f"{step}_scope"), *args)
+            if scope is None:
+                continue
+            if not isinstance(scope, AbstractAsyncContextManager):
+                raise CallbackError(
+                    f"{where} returned {type(scope).__name__}; return None or an async "
+                    "context manager."
+                )
+            await call_hook(where, scope.__aenter__)
+            entered.append((where, scope))
+        yield
+    except BaseException as exc:
+        await _exit_scopes(entered, exc)
+        raise
+    else:
+        error = await _exit_scopes(entered, None)
+        if error is not None:
+            raise error
+
+
+async def _exit_scopes(
+    entered: list[tuple[str, AbstractAsyncContextManager[Any]]], exc: BaseException | None
+) -> CallbackError | None:
+    """Exit ``entered`` in reverse with ``exc``; the first scope that failed on the way out
+    (every scope is exited all the same)."""
+    first: CallbackError | None = None
+    exc_type = type(exc) if exc is not None else None
+    traceback = exc.__traceback__ if exc is not None else None
+    for where, scope in reversed(entered):
+        try:
+            await call_hook(where, scope.__aexit__, exc_type, exc, traceback)
+        except CallbackError as error:
+            first = first or error
+        except AgentRunnerError as error:
+            first = first or CallbackError(f"{where} raised {type(error).__name__}: {error}")
+    return first

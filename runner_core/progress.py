@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from .context import sees_branch
 from .events import Event, MessageEvent
 from .invocation import InvocationContext, RunOutcome
+from .plugins import plugin_scopes
 
 if TYPE_CHECKING:
     from .agent import BaseAgent
@@ -68,7 +69,7 @@ def run_of(agent: BaseAgent, ctx: InvocationContext) -> AsyncIterator[Event]:
         and event.is_final_response()
     ]
     if index >= len(answers):
-        return agent.run(ctx)
+        return _scoped_run(agent, ctx)
     text = answers[index].message.content or ""
     ctx.outcome = RunOutcome(status="completed", final_text=text, output=agent.output_of(text))
     return _no_events()
@@ -109,6 +110,19 @@ def _segment(ctx: InvocationContext) -> tuple[int, list[Event]]:
         if mine[index].type == "agent.transfer":
             return mine[index].seq, mine[index + 1 :]
     return -1, mine
+
+
+async def _scoped_run(agent: BaseAgent, ctx: InvocationContext) -> AsyncIterator[Event]:
+    """``agent.run(ctx)`` inside the plugins' agent scopes."""
+    async with plugin_scopes(ctx.plugins, "agent", ctx, agent):
+        events = agent.run(ctx)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
 
 
 async def _no_events() -> AsyncIterator[Event]:

@@ -63,7 +63,7 @@ from .events import (
 )
 from .invocation import InvocationContext, RunOutcome, ToolDecision
 from .messages import Message, coerce_message
-from .plugins import CallbackError, GuardrailTripped, Plugin, call_hook
+from .plugins import CallbackError, GuardrailTripped, Plugin, call_hook, plugin_scopes
 from .progress import run_of
 from .run_config import RunConfig, coerce_run_config
 from .session import TEMP_PREFIX, Session, SessionKey, SessionService, validate_identifier
@@ -529,6 +529,9 @@ class _RunPlan:
         self.replaced_answer: tuple[str | None, str | None] | None = None
         self.ctx: InvocationContext | None = None
         self.handoff = _Handoff()
+        #: The plugins' run scopes, entered once the context exists, exited before the
+        #: completion is built.
+        self.scopes = contextlib.AsyncExitStack()
 
     # --- the task body -------------------------------------------------------------------
 
@@ -536,8 +539,10 @@ class _RunPlan:
         self.handoff = handoff
         self.stop.begin()
         try:
-            outcome = await self._after_run(await self._outcome())
+            outcome = await self._close_scopes(await self._after_run(await self._outcome()))
         except FencedError as exc:
+            with contextlib.suppress(Exception):
+                await self.scopes.__aexit__(type(exc), exc, exc.__traceback__)
             handoff.stop(exc)  # not ours any more: nothing more is stored or handed out
             return
         finally:
@@ -580,6 +585,20 @@ class _RunPlan:
             return await self._fail(failure)
         return outcome
 
+    async def _close_scopes(self, outcome: RunOutcome) -> RunOutcome:
+        """Exit the plugins' run scopes, ``ctx.outcome`` set to how the run ended; a scope
+        that fails on the way out fails the run."""
+        if self.ctx is None:
+            return outcome
+        self.ctx.outcome = outcome
+        try:
+            await self.scopes.aclose()
+        except FencedError:
+            raise
+        except Exception as exc:
+            return await self._fail(exc)
+        return outcome
+
     async def _after_run(self, outcome: RunOutcome) -> RunOutcome:
         """The plugins' ``after_run`` hooks; one that raises fails the run."""
         ctx = self.ctx
@@ -619,6 +638,7 @@ class _RunPlan:
         )
         self.ctx = ctx
         self.active = active_agent(self.agent, session.events)
+        await self.scopes.enter_async_context(plugin_scopes(ctx.plugins, "run", ctx))
         for plugin in ctx.plugins:
             await call_hook(f"plugin {plugin.name!r} before_run", plugin.before_run, ctx)
         prior = [e for e in session.events if e.invocation_id == self.invocation_id]
@@ -968,4 +988,5 @@ class _RunPlan:
             cost=self._cost(),
             error=outcome.error,
             output=outcome.output,
+            trace_id=self.ctx.trace_id if self.ctx is not None else None,
         )
