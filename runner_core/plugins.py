@@ -108,6 +108,18 @@ class Plugin:
     async def on_event(self, ctx: InvocationContext, event: Event) -> Event | None:
         return None
 
+    async def after_event(self, ctx: InvocationContext, event: Event) -> None:
+        """Observe an event once it has its ``seq`` and is stored (``message.delta``:
+        numbered), just before it is handed out; the ``runner.completion`` too, as the last
+        call of the run. For recorders (execution traces); the return value is ignored.
+
+        Not called for the events a redelivered run hands out again, nor for markers
+        (``run.restarted``). The event is handed out even when the hook raises; an exception
+        then fails the run like any hook's, except on the completion, where it is logged
+        (the run has ended) and the completion is handed out as it is.
+        """
+        return None
+
     async def before_model(
         self, ctx: InvocationContext, request: ModelRequest
     ) -> ModelResponse | None:

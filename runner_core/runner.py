@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
@@ -71,6 +72,8 @@ from .stopping import RunStop, call_store
 from .transfer import active_agent, check_agent_tree, transfer_problem
 
 __all__ = ["DEFAULT_MAX_TRANSFERS", "RunStream", "Runner"]
+
+logger = logging.getLogger(__name__)
 
 #: How many transfers between agents one run may make unless ``Runner(max_transfers=)`` says.
 DEFAULT_MAX_TRANSFERS = 10
@@ -548,7 +551,9 @@ class _RunPlan:
         finally:
             self.stop.settle()
         completion = self._completion_event(outcome)
-        self._stamp_and_emit(completion)
+        self._stamp(completion)
+        await self._after_completion(completion)
+        self.handoff.put(completion)
         summaries = self.runner.background_summaries
         if summaries is not None and completion.status == "completed" and self.ctx is not None:
             # After the hand-out: queuing never waits, so the completion is not delayed.
@@ -888,8 +893,32 @@ class _RunPlan:
                 self.numbering.take_back()  # not stored, not handed out: seq stays gap-free
                 raise
             self._count_usage(event)
-        self.handoff.put(event)
+        try:
+            await self._after_event(event)
+        finally:
+            self.handoff.put(event)  # stored, so handed out whatever the hooks did
         self.stop.check()
+
+    async def _after_event(self, event: Event) -> None:
+        """The plugins' ``after_event`` hooks (those that have one)."""
+        assert self.ctx is not None
+        for plugin in self.ctx.plugins:
+            if type(plugin).after_event is not Plugin.after_event:
+                where = f"plugin {plugin.name!r} after_event"
+                await call_hook(where, plugin.after_event, self.ctx, event)
+
+    async def _after_completion(self, completion: RunCompletionEvent) -> None:
+        """``after_event`` with the completion: the run has ended, so a hook that fails (or a
+        cancel that reaches it) is logged and the completion handed out all the same."""
+        if self.ctx is None or not self.ctx.plugins:
+            return
+        try:
+            await self._after_event(completion)
+        except (Exception, asyncio.CancelledError) as exc:
+            logger.warning(
+                "run %s: after_event on its completion failed: %s: %s",
+                self.invocation_id, type(exc).__name__, exc,
+            )  # fmt: skip
 
     def _count_usage(self, event: Event) -> None:
         if (usage := usage_of(event)) is not None:

@@ -1,0 +1,451 @@
+"""The trace recorder: a plugin that writes each run's execution trace as the run goes.
+
+``TraceRecorder(store)`` in ``Runner(..., plugins=[...])`` (workers add one to every run unless
+``AGENT_RUNNER_TRACES=off``) records, through the public plugin hooks:
+
+- ``before_run``: the trace is started (:meth:`TraceStore.start`, with the run's fence); on a
+  redelivered run, the steps the session's stored events hold but the trace lacks (the dead
+  attempt stored the event and died before its step) are added first;
+- ``before_model`` / ``after_model``: when a model call started and ended and what it was sent;
+- ``before_tool`` / ``after_tool``: when a tool call started and ended, its arguments;
+- ``after_event``: one step per stored event that records one (an assistant turn: a model call;
+  a ``tool.result``: a tool call; an ``agent.transfer``: a transfer; an ``error`` ending a model
+  call: that model call, failed), written before the event is handed out;
+- ``after_event`` on the ``runner.completion``: the conclusion step (a completed run's answer)
+  and the trace's status, totals (usage and cost as the completion reports them) and end.
+
+Steps are derived from events alone (:class:`TraceBuilder`), with IDs fixed by the event's
+``seq``, so a redelivered run rebuilds the same graph from the session and never writes a step
+twice. The hooks add what events do not hold (timings, the messages sent).
+
+A trace store that fails does not fail the run: the recorder logs it and stops writing that
+run's trace. A write refused by the fence (a newer delivery owns the run) stops the run, as a
+refused session append does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import AgentRunnerError, FencedError
+from .events import (
+    AgentTransferEvent,
+    ErrorEvent,
+    Event,
+    MessageEvent,
+    RunCompletionEvent,
+    ToolResultEvent,
+)
+from .messages import ToolCall
+from .plugins import Plugin
+from .traces import Step, Trace, TraceStore
+
+if TYPE_CHECKING:
+    from .agent import BaseAgent
+    from .invocation import InvocationContext
+    from .model import ModelRequest, ModelResponse
+
+__all__ = ["TraceBuilder", "TraceRecorder", "current_otel_trace_id"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Branch = str | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def current_otel_trace_id(ctx: InvocationContext) -> str | None:
+    """The OpenTelemetry trace ID of the run, when a telemetry plugin set one on the context."""
+    value = getattr(ctx, "trace_id", None)
+    return value if isinstance(value, str) and value else None
+
+
+def _descends(branch: Branch, ancestor: Branch) -> bool:
+    """``branch`` is below ``ancestor`` (every branch is below the main line, None)."""
+    if branch == ancestor or branch is None:
+        return False
+    return ancestor is None or branch.startswith(ancestor + ".")
+
+
+def _ancestors(branch: Branch) -> Iterable[Branch]:
+    """The branches above ``branch``, nearest first, ending with the main line."""
+    while branch is not None:
+        branch = branch.rpartition(".")[0] or None
+        yield branch
+
+
+@dataclass(slots=True)
+class _ModelCall:
+    """What the hooks saw of a model call in flight on one branch."""
+
+    started_at: datetime
+    request: ModelRequest
+    ended_at: datetime | None = None
+    reply: str | None = None
+
+
+@dataclass(slots=True)
+class _ToolCallSeen:
+    started_at: datetime
+    arguments: Any
+    ended_at: datetime | None = None
+
+
+class TraceBuilder:
+    """Seed 003's parent rules, per branch: the steps that events make.
+
+    Feed it the invocation's events in order (:meth:`step_for`); it returns the step each one
+    records (None for events that record none). It holds, per branch, the last steps (the
+    "frontier") and which model call asked for each tool call.
+    """
+
+    def __init__(self, prices: dict[str, Any] | None = None) -> None:
+        self.frontier: dict[Branch, list[str]] = {}
+        #: (branch, tool call ID) -> (the model call step that asked, the call)
+        self.asked: dict[tuple[Branch, str], tuple[str, ToolCall]] = {}
+        #: Agent name -> its model's price, for the cost of its steps.
+        self.prices = prices or {}
+
+    def parents(self, branch: Branch) -> list[str]:
+        """The parents of the next step on ``branch`` that follows the last steps: the last
+        steps of the branches that ran below it since (a fan-in), else its own last steps,
+        else those of the nearest branch above it (a fan-out)."""
+        below = [b for b in self.frontier if _descends(b, branch)]
+        if below:
+            joined = [step for b in below for step in self.frontier.pop(b)]
+            return joined
+        if branch in self.frontier:
+            return list(self.frontier[branch])
+        for ancestor in _ancestors(branch):
+            if ancestor in self.frontier:
+                return list(self.frontier[ancestor])
+        return []
+
+    def _cost(self, agent: str, step: Step) -> float | None:
+        price = self.prices.get(agent)
+        if price is None or step.usage is None:
+            return None
+        cost: float = price.cost(step.usage)
+        return cost
+
+    def step_for(self, event: Event, call: _ModelCall | None = None) -> Step | None:
+        """The step ``event`` records, with the parent rules applied, or None."""
+        branch = event.branch
+        if isinstance(event, MessageEvent):
+            message = event.message
+            if message.role != "assistant" or (call is None and event.usage is None):
+                return None  # a user message, or a seeded turn no model made
+            step = Step(
+                step_id=f"model:{event.seq}",
+                kind="model_call",
+                parent_ids=self.parents(branch),
+                agent=event.author,
+                branch=branch,
+                started_at=call.started_at if call else None,
+                ended_at=(call.ended_at if call else None) or event.created_at,
+                usage=event.usage,
+                event_seq=event.seq,
+                model=call.request.model if call else None,
+                messages=_sent(call),
+                reply=message.content,
+                tool_calls=[c.model_dump() for c in message.tool_calls or ()] or None,
+            )
+            step.cost = self._cost(event.author, step)
+            self.frontier[branch] = [step.step_id]
+            for tool_call in message.tool_calls or ():
+                self.asked[(branch, tool_call.id)] = (step.step_id, tool_call)
+            return step
+        if isinstance(event, ToolResultEvent):
+            call_id = event.message.tool_call_id or ""
+            asked = self.asked.pop((branch, call_id), None)
+            if asked is None:
+                return None  # a seeded result: no model call of this run asked for it
+            model_step, tool_call = asked
+            step = Step(
+                step_id=f"tool:{event.seq}",
+                kind="tool_call",
+                parent_ids=[model_step],
+                agent=event.author,
+                branch=branch,
+                ended_at=event.created_at,
+                usage=event.usage,
+                event_seq=event.seq,
+                tool_name=event.message.name or tool_call.function.name,
+                tool_call_id=call_id,
+                arguments=_arguments(tool_call.function.arguments),
+                result=event.message.content,
+                error=event.error,
+            )
+            if step.usage is not None:
+                step.cost = self._cost(event.author, step)
+            self.frontier.setdefault(branch, []).append(step.step_id)
+            return step
+        if isinstance(event, AgentTransferEvent):
+            step = Step(
+                step_id=f"transfer:{event.seq}",
+                kind="transfer",
+                parent_ids=self.parents(branch),
+                agent=event.author,
+                branch=branch,
+                started_at=event.created_at,
+                ended_at=event.created_at,
+                event_seq=event.seq,
+                to_agent=event.to_agent,
+            )
+            self.frontier[branch] = [step.step_id]
+            return step
+        if isinstance(event, ErrorEvent) and call is not None:
+            step = Step(
+                step_id=f"model:{event.seq}",
+                kind="model_call",
+                parent_ids=self.parents(branch),
+                agent=event.author,
+                branch=branch,
+                started_at=call.started_at,
+                ended_at=call.ended_at or event.created_at,
+                event_seq=event.seq,
+                model=call.request.model,
+                messages=_sent(call),
+                reply=call.reply,
+                error=event.error,
+            )
+            self.frontier[branch] = [step.step_id]
+            return step
+        return None
+
+    def conclusion(self, completion: RunCompletionEvent) -> Step | None:
+        """The conclusion step of a completed run (its final answer), after the last steps."""
+        if completion.status != "completed" or completion.final_text is None:
+            return None
+        return Step(
+            step_id="conclusion",
+            kind="conclusion",
+            parent_ids=self.parents(None),
+            agent=None,
+            started_at=completion.created_at,
+            ended_at=completion.created_at,
+            event_seq=completion.seq,
+            content=completion.final_text,
+        )
+
+
+def _sent(call: _ModelCall | None) -> list[dict[str, Any]] | None:
+    if call is None:
+        return None
+    return [m.model_dump(exclude_none=True) for m in call.request.messages]
+
+
+def _task_of(events: Iterable[Event]) -> str | None:
+    """The text of the first user message among ``events`` (the run's request)."""
+    for event in events:
+        if isinstance(event, MessageEvent) and event.is_user_message():
+            return event.message.text
+    return None
+
+
+def _arguments(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+@dataclass(slots=True)
+class _Recording:
+    """One run's trace while it goes."""
+
+    trace: Trace
+    fence: int | None
+    builder: TraceBuilder
+    #: Step IDs the store holds.
+    stored: set[str] = field(default_factory=set)
+    models: dict[Branch, _ModelCall] = field(default_factory=dict)
+    tools: dict[tuple[Branch, str], _ToolCallSeen] = field(default_factory=dict)
+    #: The store failed: the rest of this run's trace is not written.
+    broken: bool = False
+
+
+class TraceRecorder(Plugin):
+    """Records each run's execution trace in ``store`` (see the module docstring).
+
+    Args:
+        store: where traces go (:class:`~runner_core.traces.TraceStore`).
+        agent: the root of the agent tree the Runner runs; with it each model call's step
+            carries its cost (at its agent's model price) and its model's name.
+        fence: the run's fencing token, for a recorder made for one run (a worker's lease
+            token); default: the context's ``fence`` when it has one.
+    """
+
+    name = "traces"
+
+    def __init__(
+        self, store: TraceStore, *, agent: BaseAgent | None = None, fence: int | None = None
+    ) -> None:
+        self.store = store
+        self.agent = agent
+        self.fence = fence
+        self._runs: dict[str, _Recording] = {}
+
+    def _prices(self) -> dict[str, Any]:
+        if self.agent is None:
+            return {}
+        return {
+            a.name: a.model.price
+            for a in self.agent.walk()
+            if a.model is not None and getattr(a.model, "price", None) is not None
+        }
+
+    def _model_name(self, author: str) -> str | None:
+        agent = self.agent.find_agent(author) if self.agent is not None else None
+        model = agent.model if agent is not None else None
+        name = getattr(model, "name", None)
+        return name if isinstance(name, str) else None
+
+    async def _write(self, recording: _Recording, write: Awaitable[T]) -> T | None:
+        """One store write of the run's trace; it lands even when the run is cancelled
+        meanwhile. A fenced write stops the run; any other failure stops the trace."""
+        if recording.broken:
+            if asyncio.iscoroutine(write):
+                write.close()
+            return None
+        try:
+            return await asyncio.shield(write)
+        except FencedError:
+            recording.broken = True
+            raise
+        except AgentRunnerError as exc:
+            recording.broken = True
+            logger.warning(
+                "run %s: its trace is not written any more: %s",
+                recording.trace.invocation_id, exc,
+            )  # fmt: skip
+            return None
+
+    # --- the hooks -----------------------------------------------------------------------
+
+    async def before_run(self, ctx: InvocationContext) -> None:
+        prior = [e for e in ctx.session.events if e.invocation_id == ctx.invocation_id]
+        trace = Trace(
+            invocation_id=ctx.invocation_id,
+            app_name=ctx.app_name,
+            user_id=ctx.user_id,
+            session_id=ctx.session.id,
+            task=_task_of(prior),
+            agent=self.agent.name if self.agent is not None else None,
+            otel_trace_id=current_otel_trace_id(ctx),
+        )
+        fence = self.fence if self.fence is not None else getattr(ctx, "fence", None)
+        recording = _Recording(trace, fence, TraceBuilder(self._prices()))
+        self._runs[ctx.invocation_id] = recording
+        created = await self._write(recording, self.store.start(trace, fence=fence))
+        if not prior or recording.broken:
+            return
+        if not created:
+            stored = await self._write(recording, self.store.get(ctx.invocation_id))
+            if stored is not None:
+                recording.trace = stored.header()
+                recording.trace.task = recording.trace.task or trace.task
+                recording.trace.otel_trace_id = trace.otel_trace_id or stored.otel_trace_id
+                recording.stored = {step.step_id for step in stored.steps}
+        # A redelivered run: rebuild the graph from the stored events; add what is missing.
+        for event in prior:
+            step = recording.builder.step_for(event)
+            if step is not None and step.step_id not in recording.stored:
+                await self._add(recording, step)
+
+    async def before_model(
+        self, ctx: InvocationContext, request: ModelRequest
+    ) -> ModelResponse | None:
+        recording = self._runs.get(ctx.invocation_id)
+        if recording is not None:
+            recording.models[ctx.branch] = _ModelCall(_now(), request)
+        return None
+
+    async def after_model(
+        self, ctx: InvocationContext, response: ModelResponse
+    ) -> ModelResponse | None:
+        recording = self._runs.get(ctx.invocation_id)
+        call = recording.models.get(ctx.branch) if recording is not None else None
+        if call is not None:
+            call.ended_at = _now()
+            call.reply = response.message.content
+        return None
+
+    async def before_tool(
+        self, ctx: InvocationContext, call: ToolCall, args: dict[str, Any]
+    ) -> Any | None:
+        recording = self._runs.get(ctx.invocation_id)
+        if recording is not None:
+            recording.tools[(ctx.branch, call.id)] = _ToolCallSeen(_now(), dict(args))
+        return None
+
+    async def after_tool(
+        self, ctx: InvocationContext, call: ToolCall, args: dict[str, Any], result: str
+    ) -> str | None:
+        recording = self._runs.get(ctx.invocation_id)
+        seen = recording.tools.get((ctx.branch, call.id)) if recording is not None else None
+        if seen is not None:
+            seen.ended_at = _now()
+        return None
+
+    async def after_event(self, ctx: InvocationContext, event: Event) -> None:
+        if event.type == "message.delta":
+            return
+        recording = self._runs.get(ctx.invocation_id)
+        if recording is None:
+            return
+        if isinstance(event, RunCompletionEvent):
+            await self._finish(ctx, recording, event)
+            return
+        if recording.trace.task is None and event.is_user_message():
+            recording.trace.task = _task_of([event])
+        call = None
+        if isinstance(event, MessageEvent | ErrorEvent):
+            call = recording.models.pop(event.branch, None)
+        step = recording.builder.step_for(event, call)
+        if step is None:
+            return
+        if step.kind == "model_call" and step.model is None:
+            step.model = self._model_name(event.author)
+        if isinstance(event, ToolResultEvent) and step.tool_call_id is not None:
+            seen = recording.tools.pop((event.branch, step.tool_call_id), None)
+            if seen is not None:
+                step.started_at = seen.started_at
+                step.ended_at = seen.ended_at or step.ended_at
+                step.arguments = seen.arguments
+        await self._add(recording, step)
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def _add(self, recording: _Recording, step: Step) -> None:
+        invocation_id = recording.trace.invocation_id
+        write = self.store.add_step(invocation_id, step, fence=recording.fence)
+        await self._write(recording, write)
+        recording.stored.add(step.step_id)
+
+    async def _finish(
+        self, ctx: InvocationContext, recording: _Recording, completion: RunCompletionEvent
+    ) -> None:
+        try:
+            conclusion = recording.builder.conclusion(completion)
+            if conclusion is not None and conclusion.step_id not in recording.stored:
+                await self._add(recording, conclusion)
+            trace = recording.trace
+            trace.status = completion.status
+            trace.usage = completion.usage
+            trace.cost = completion.cost
+            trace.error = completion.error
+            trace.ended_at = completion.created_at
+            trace.otel_trace_id = trace.otel_trace_id or current_otel_trace_id(ctx)
+            await self._write(recording, self.store.finish(trace, fence=recording.fence))
+        finally:
+            self._runs.pop(ctx.invocation_id, None)
