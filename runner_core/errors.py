@@ -19,8 +19,9 @@
     │   ├── ToolNotFoundError
     │   ├── ToolArgumentsError
     │   └── ToolExecutionError
-    └── SessionBackendError          the session store failed (server down, timeout, ...)
-        └── CorruptSessionDataError  stored data that cannot be decoded; never skipped
+    ├── SessionBackendError          the session store failed (server down, timeout, ...)
+    │   └── CorruptSessionDataError  stored data that cannot be decoded; never skipped
+    └── MemoryBackendError           the memory store failed, or holds data it cannot read
 
 Messages say what was wrong and how to fix it. Driver errors are translated at the
 boundary with ``raise ... from exc`` so the original stays in ``__cause__``.
@@ -41,6 +42,7 @@ __all__ = [
     "FencedError",
     "InvalidRequestError",
     "InvocationOwnedError",
+    "MemoryBackendError",
     "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
@@ -250,3 +252,8 @@ class SessionBackendError(AgentRunnerError):
 
 class CorruptSessionDataError(SessionBackendError):
     """Stored session data could not be decoded. It is reported, never skipped."""
+
+
+class MemoryBackendError(AgentRunnerError):
+    """The long-term memory store failed (server down, timeout, ...) or holds an item it
+    cannot decode (reported, never skipped). The message names the store and what to check."""
