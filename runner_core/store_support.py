@@ -17,7 +17,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import events
-from .errors import ConfigurationError, CorruptSessionDataError, FencedError, InvalidRequestError
+from .errors import (
+    ConfigurationError,
+    CorruptSessionDataError,
+    FencedError,
+    InvalidRequestError,
+    SessionNotFoundError,
+)
 from .events import Event, state_delta_of
 from .session import (
     APP_PREFIX,
@@ -27,12 +33,14 @@ from .session import (
     SessionKey,
     StateDeltaParts,
     Summary,
+    merge_state,
     split_state_delta,
     window_events,
 )
 
 __all__ = [
     "DEFAULT_CLEANUP_INTERVAL",
+    "already_exists",
     "apply_append",
     "check_appendable",
     "check_delta",
@@ -48,9 +56,14 @@ __all__ = [
     "decode_time",
     "encode_json",
     "fenced",
+    "first_kept_position",
+    "loaded_session",
+    "new_session",
     "new_session_id",
     "route_initial_state",
     "session_key",
+    "session_not_found",
+    "summary_session_not_found",
     "utcnow",
 ]
 
@@ -158,6 +171,57 @@ def fenced(key: SessionKey, token: int, holder: int | str | None) -> FencedError
     )
 
 
+# --- error texts ---------------------------------------------------------------------------
+
+
+def already_exists(key: SessionKey) -> InvalidRequestError:
+    """create_session found a live session under ``key``."""
+    return InvalidRequestError(
+        f"session {key.session_id!r} of user {key.user_id!r} in app {key.app_name!r} already "
+        "exists. Get it with get_session, or pass another session_id (or none for a generated "
+        "one)."
+    )
+
+
+def session_not_found(key: SessionKey) -> SessionNotFoundError:
+    """An append to a session that is not there (never created, deleted or expired)."""
+    return SessionNotFoundError(
+        f"session {key.session_id!r} of user {key.user_id!r} in app {key.app_name!r} does not "
+        "exist (deleted or expired). Create it with create_session first."
+    )
+
+
+def summary_session_not_found(key: SessionKey) -> SessionNotFoundError:
+    """put_summary for a session that is not there."""
+    return SessionNotFoundError(
+        f"cannot store a summary: session {key.session_id!r} of user {key.user_id!r} in app "
+        f"{key.app_name!r} does not exist."
+    )
+
+
+# --- eviction ------------------------------------------------------------------------------
+
+
+def first_kept_position(*, first: int, count: int, last_user: int, limit: int | None) -> int:
+    """The position of the oldest event a session keeps after an append.
+
+    Positions count every event ever appended (0, 1, 2, ...); the session holds positions
+    ``first .. count - 1`` and ``last_user`` is the position of its latest user message (-1
+    for none). Past ``limit`` events the oldest are evicted, but never the latest user
+    message: the model must always get the question it is answering.
+
+    This is the one eviction rule. The stores whose appends run on the server (Redis's Lua
+    script) hold a copy of it that the conformance suite checks against this function;
+    :func:`~runner_core.session.window_events` applies the same rule to a list of events.
+    """
+    if limit is None or count - first <= limit:
+        return first
+    start = count - limit
+    if first <= last_user < start:
+        return last_user
+    return start
+
+
 # --- JSON ----------------------------------------------------------------------------------
 
 
@@ -258,6 +322,51 @@ def apply_append(
     session.state.update({USER_PREFIX + k: v for k, v in parts.user.items()})
     session.event_count = event_count
     session.updated_at = updated_at
+
+
+def new_session(key: SessionKey, state: dict[str, Any], created_at: datetime) -> Session:
+    """The Session that create_session returns: no events yet, ``state`` merged already."""
+    return Session(
+        id=key.session_id,
+        app_name=key.app_name,
+        user_id=key.user_id,
+        state=state,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+def loaded_session(
+    key: SessionKey,
+    *,
+    state: dict[str, Any],
+    app_state: dict[str, Any],
+    user_state: dict[str, Any],
+    created_at: datetime,
+    updated_at: datetime,
+    event_count: int,
+    events: list[Event] | None = None,
+    summaries: dict[str, Summary] | None = None,
+    num_events: int | None = None,
+    since: datetime | None = None,
+) -> Session:
+    """A Session as read from a store: the scopes merged, the events windowed.
+
+    ``events`` are all the stored ones in append order; ``num_events`` and ``since`` window
+    them (:func:`~runner_core.session.window_events`). Without ``events`` (a listing) the
+    session has none.
+    """
+    return Session(
+        id=key.session_id,
+        app_name=key.app_name,
+        user_id=key.user_id,
+        state=merge_state(state, app_state, user_state),
+        events=[] if events is None else window_events(events, num_events=num_events, since=since),
+        summaries=summaries or {},
+        created_at=created_at,
+        updated_at=updated_at,
+        event_count=event_count,
+    )
 
 
 def route_initial_state(state: dict[str, Any] | None) -> StateDeltaParts:

@@ -8,6 +8,8 @@ URL                    store
 ``redis://``           :class:`RedisSessionService` (``rediss://`` for TLS,
                        ``unix:///path/redis.sock?db=0`` for a Unix socket)
 ``postgresql://``      :class:`PostgresSessionService` (``postgres://`` too)
+``mysql://``           :class:`MySQLSessionService` (MySQL 8, MariaDB 10.11+; needs the
+                       ``mysql`` extra: ``pip install 'agent-runner[mysql]'``)
 =====================  ==========================================================
 """
 
@@ -25,19 +27,37 @@ from .redis import RedisSessionService
 
 __all__ = [
     "InMemorySessionService",
+    "MySQLSessionService",
     "PostgresSessionService",
     "RedisSessionService",
     "from_url",
 ]
 
-_SCHEMES: dict[str, type[Any]] = {
+_SCHEMES: dict[str, type[Any] | None] = {
     "memory": InMemorySessionService,
     "redis": RedisSessionService,
     "rediss": RedisSessionService,
     "unix": RedisSessionService,
     "postgresql": PostgresSessionService,
     "postgres": PostgresSessionService,
+    "mysql": None,  # imported on first use: its driver is the optional ``mysql`` extra
 }
+
+
+def _mysql_store() -> type[Any]:
+    try:
+        from .mysql import MySQLSessionService
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the MySQL session store needs its driver ({exc}): pip install 'agent-runner[mysql]'."
+        ) from exc
+    return MySQLSessionService
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MySQLSessionService":
+        return _mysql_store()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def from_url(url: str, **options: Any) -> SessionService:
@@ -47,10 +67,11 @@ def from_url(url: str, **options: Any) -> SessionService:
 
     Args:
         url: ``memory://``, ``redis://host:port/db``, ``rediss://...``, ``unix:///path``,
-            ``postgresql://user@host:port/db`` (or ``postgres://``).
+            ``postgresql://user@host:port/db`` (or ``postgres://``),
+            ``mysql://user:password@host:port/db``.
         options: passed to the store's constructor (``event_limit``, ``session_ttl``,
             ``key_prefix`` for Redis, ``schema``/``table_prefix``/``soft_delete`` for
-            PostgreSQL, ...).
+            PostgreSQL, ``table_prefix``/``soft_delete`` for MySQL, ...).
 
     Raises:
         ConfigurationError: the URL scheme is not one of the above, or an option is unknown
@@ -63,13 +84,13 @@ def from_url(url: str, **options: Any) -> SessionService:
             + " (AGENT_RUNNER_SESSION_URL)."
         )
     scheme = urlsplit(url).scheme.lower()
-    factory = _SCHEMES.get(scheme)
-    if factory is None:
+    if scheme not in _SCHEMES:
         raise ConfigurationError(
             f"session store URL scheme {scheme!r} is not supported. Use one of: "
             + ", ".join(f"{s}://" for s in _SCHEMES)
             + " (AGENT_RUNNER_SESSION_URL)."
         )
+    factory = _SCHEMES[scheme] or _mysql_store()
     try:
         if factory is InMemorySessionService:
             service: SessionService = factory(**options)

@@ -1,9 +1,9 @@
-"""One conformance suite for every session store: memory, Redis and PostgreSQL.
+"""One conformance suite for every session store: memory, Redis, PostgreSQL and MySQL.
 
 Each test runs against each backend (the ``session_service`` / ``make_service`` fixtures); the
-Redis and PostgreSQL servers are real ones started by tests/services.py. Backend-only
-behaviour (key layout, soft-deleted rows, ...) lives in test_session_redis.py and
-test_session_postgres.py.
+Redis and PostgreSQL servers are real ones started by tests/services.py, the MariaDB server by
+tests/mariadb.py. Backend-only behaviour (key layout, soft-deleted rows, ...) lives in
+test_session_redis.py, test_session_postgres.py and test_session_mysql.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncmy
 import psycopg
 import pytest
 import redis.asyncio as aioredis
@@ -53,7 +55,11 @@ BACKENDS = [
     pytest.param("memory", id="memory"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
 ]
+
+#: The fixture giving each server-backed store's URL (a clean database or DB per test).
+URL_FIXTURES = {"redis": "redis_url", "postgres": "postgres_dsn", "mysql": "mysql_url"}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -64,13 +70,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def backend_url(backend: str, request: pytest.FixtureRequest) -> str:
-    if backend == "redis":
-        url: str = request.getfixturevalue("redis_url")
-        return url
-    if backend == "postgres":
-        dsn: str = request.getfixturevalue("postgres_dsn")
-        return dsn
-    return "memory://"
+    if backend == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue(URL_FIXTURES[backend])
+    return url
 
 
 @pytest.fixture
@@ -131,12 +134,16 @@ async def wait_until(check: Callable[[], Awaitable[bool]], limit: float = 15.0) 
 
 def test_public_names() -> None:
     assert session_backends.__all__ == sorted(session_backends.__all__)
-    assert set(session_backends.__all__) == {
+    # The session stores and their factory (other kinds of store live beside them).
+    assert {
         "InMemorySessionService",
+        "MySQLSessionService",
         "PostgresSessionService",
         "RedisSessionService",
         "from_url",
-    }
+    } <= set(session_backends.__all__)
+    for name in session_backends.__all__:
+        assert getattr(session_backends, name) is not None
 
 
 @pytest.mark.parametrize(
@@ -148,6 +155,7 @@ def test_public_names() -> None:
         ("unix:///tmp/redis.sock?db=1", RedisSessionService),
         ("postgresql://agent@127.0.0.1:5432/sessions", PostgresSessionService),
         ("postgres://agent@127.0.0.1:5432/sessions", PostgresSessionService),
+        ("mysql://agent:secret@127.0.0.1:3306/sessions", session_backends.MySQLSessionService),
     ],
 )
 async def test_from_url_picks_the_backend_without_connecting(url: str, cls: type[Any]) -> None:
@@ -157,12 +165,13 @@ async def test_from_url_picks_the_backend_without_connecting(url: str, cls: type
     await service.close()
 
 
-@pytest.mark.parametrize("url", ["mysql://x@127.0.0.1/db", "http://127.0.0.1", "nonsense"])
+@pytest.mark.parametrize("url", ["mongodb://x@127.0.0.1/db", "http://127.0.0.1", "nonsense"])
 def test_from_url_rejects_unknown_schemes_naming_the_accepted_ones(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         from_url(url)
     message = str(info.value)
     assert "redis://" in message and "postgresql://" in message and "memory://" in message
+    assert "mysql://" in message
 
 
 def test_from_url_rejects_unknown_and_invalid_options() -> None:
@@ -172,6 +181,8 @@ def test_from_url_rejects_unknown_and_invalid_options() -> None:
         from_url("redis://127.0.0.1/0", session_ttl=-5)
     with pytest.raises(ConfigurationError, match="event_limit"):
         from_url("postgresql://a@127.0.0.1/db", event_limit="many")
+    with pytest.raises(ConfigurationError, match="table_prefix"):
+        from_url("mysql://a@127.0.0.1/db", table_prefix="x`; DROP TABLE session_states; --")
 
 
 # --- create / get -----------------------------------------------------------------------------
@@ -696,6 +707,21 @@ async def corrupt_first_event(backend: str, url: str, session: Session) -> None:
             await client.lset(key, 0, "{not json")
         finally:
             await client.aclose()
+    elif backend == "mysql":
+        parts = urlsplit(url)
+        conn = await asyncmy.connect(
+            host=parts.hostname, port=parts.port, user=parts.username, database=parts.path[1:]
+        )
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "UPDATE session_events SET event = '{\"type\": \"nonsense\"}' "
+                    "WHERE session_id = %s AND position = 0",
+                    (session.id,),
+                )
+            await conn.commit()
+        finally:
+            conn.close()
     else:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await conn.execute(
@@ -755,12 +781,13 @@ def _writer(url: str, writer: int) -> None:
     [
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
     ],
 )
 async def test_concurrent_writers_from_many_processes(
     store: str, request: pytest.FixtureRequest
 ) -> None:
-    url: str = request.getfixturevalue("redis_url" if store == "redis" else "postgres_dsn")
+    url: str = request.getfixturevalue(URL_FIXTURES[store])
     service = from_url(url, event_limit=None)
     try:
         await service.create_session(APP, USER, "shared")
