@@ -97,8 +97,10 @@ def _start_or_exit() -> None:
     waiting for completions that never come. A worker that cannot run anything exits instead.
     """
     from .runtime import start_runtime
+    from .telemetry import setup as setup_telemetry
 
     try:
+        setup_telemetry("agent-runner-worker")  # OTEL_* variables, docs/telemetry.md
         start_runtime()
     except Exception as exc:
         logger.critical("agent-runner worker cannot start: %s", exc)
@@ -109,8 +111,10 @@ def _start_or_exit() -> None:
 
 def _stop(**_: Any) -> None:
     from .runtime import stop_runtime
+    from .telemetry import shutdown as shutdown_telemetry
 
     stop_runtime()
+    shutdown_telemetry()  # exports what is buffered
 
 
 worker_init.connect(_start_in_main_process, weak=False)

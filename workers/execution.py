@@ -58,6 +58,7 @@ from .bus import EventBusUnavailableError, Fence, owner_identity
 from .requests import RunRequest, TaskID
 from .runtime import WorkerRuntime
 from .session_lock import Busy, Claimed, Lease
+from .telemetry import run_plugins, session_wait
 
 __all__ = ["RunLabels", "execute_run", "failure_events", "publish_failure"]
 
@@ -281,7 +282,8 @@ async def _execute(
 ) -> RunCompletionEvent:
     session_id = request.session_id or invocation_id
     key = SessionKey(request.app_name, request.user_id, session_id)
-    claimed = await _take_session(rt, request, key, invocation_id)
+    async with session_wait(request.app_name):
+        claimed = await _take_session(rt, request, key, invocation_id)
     if isinstance(claimed, RunCompletionEvent):
         return claimed
     lease = claimed.lease
@@ -346,7 +348,12 @@ async def _run_with_lease(
         logger.warning("run %s: recovering (attempt %s)", invocation_id, claimed.attempt)
     if claimed.cancel_requested:
         cancelled.set()
-    runner = Runner(request.app_name, rt.agents.get(request.app_name), session_service=rt.sessions)
+    runner = Runner(
+        request.app_name,
+        rt.agents.get(request.app_name),
+        session_service=rt.sessions,
+        plugins=run_plugins(),
+    )
     last = claimed.last_seq
     stream = runner.run(
         request.user_id,

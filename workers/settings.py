@@ -36,7 +36,7 @@ __all__ = [
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
-_SESSION_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql")
+_SESSION_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql", "mysql")
 _FACTORY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
