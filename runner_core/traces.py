@@ -80,6 +80,9 @@ TraceStatus = Literal["running", "completed", "failed", "cancelled", "timeout", 
 
 #: The most characters one payload field of a step keeps (its JSON, for lists and objects).
 MAX_FIELD_CHARS: Final = 16_000
+#: What a cut adds (its note); a value within ``limit`` plus this is not cut again, so a capped
+#: value read back from a store stays as it was.
+_NOTE_CHARS = 64
 _MAX_STEP_ID = 128
 
 
@@ -98,11 +101,11 @@ def cap_value(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
-        if len(value) <= limit:
+        if len(value) <= limit + _NOTE_CHARS:
             return value
         return f"{value[:limit]}... [{len(value) - limit} more characters]"
     encoded = json.dumps(value, ensure_ascii=False, default=str)
-    if len(encoded) <= limit:
+    if len(encoded) <= limit + _NOTE_CHARS:
         return value
     if isinstance(value, list):
         kept: list[Any] = []
