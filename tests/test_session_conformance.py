@@ -715,7 +715,7 @@ async def corrupt_first_event(backend: str, url: str, session: Session) -> None:
         try:
             async with conn.cursor() as cur:
                 await cur.execute(
-                    "UPDATE session_events SET event = '{\"type\": \"nonsense\"}' "
+                    'UPDATE session_events SET event = \'{"type": "nonsense"}\' '
                     "WHERE session_id = %s AND position = 0",
                     (session.id,),
                 )
