@@ -313,3 +313,23 @@ def test_runner_core_imports_without_opentelemetry() -> None:
     )
     # Then the runtime imports, and the telemetry module says what to install
     assert "pip install 'agent-runner[otel]'" in result.stdout
+
+
+async def test_the_execution_trace_records_the_same_trace_id(otel: Otel) -> None:
+    # Given the execution-trace recorder and telemetry on one Runner (telemetry first)
+    from runner_core.memory_traces import InMemoryTraceStore
+    from runner_core.tracing import TraceRecorder
+
+    model = FakeModel("gpt-test")
+    model.add_text("hi")
+    store = InMemoryTraceStore()
+    agent = LLMAgent("a", model=model)
+    plugins = [otel.plugin(), TraceRecorder(store, agent=agent)]
+    async with Runner("app", agent, plugins=plugins) as runner:
+        completion = await runner.run("u", "s", "hello").completion()
+
+    # Then the stored trace, the completion and the spans name one trace
+    trace = await store.get(completion.invocation_id)
+    assert trace is not None
+    assert trace.otel_trace_id == completion.trace_id
+    assert completion.trace_id == format(otel.span("run app").context.trace_id, "032x")
