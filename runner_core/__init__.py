@@ -5,9 +5,12 @@ Importable without Celery, Redis or PostgreSQL.
 
 from .agent import BaseAgent, CallResult, LLMAgent
 from .agent_tool import AgentTool
+from .artifact_tool import load_artifacts
+from .artifacts import Artifact, ArtifactService, ArtifactVersion
 from .background_summaries import BackgroundSummaries
 from .errors import (
     AgentRunnerError,
+    ArtifactBackendError,
     ConfigurationError,
     CorruptSessionDataError,
     FencedError,
@@ -44,6 +47,7 @@ from .events import (
     Usage,
 )
 from .invocation import InvocationContext, RunOutcome
+from .memory_artifacts import InMemoryArtifactService
 from .memory_sessions import InMemorySessionService
 from .messages import FunctionCall, Message, ToolCall
 from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
@@ -69,6 +73,10 @@ __all__ = [
     "AgentRunnerError",
     "AgentTool",
     "AgentTransferEvent",
+    "Artifact",
+    "ArtifactBackendError",
+    "ArtifactService",
+    "ArtifactVersion",
     "BackgroundSummaries",
     "BaseAgent",
     "CallResult",
@@ -85,6 +93,7 @@ __all__ = [
     "GenerationConfig",
     "Guardrail",
     "GuardrailTripped",
+    "InMemoryArtifactService",
     "InMemorySessionService",
     "InvalidRequestError",
     "InvocationContext",
@@ -140,6 +149,7 @@ __all__ = [
     "check_token_count",
     "create_session_summary",
     "get_session_summary_text",
+    "load_artifacts",
     "tool",
     "transfer_targets",
 ]

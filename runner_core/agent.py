@@ -219,6 +219,8 @@ class _ToolOutcome:
     usage: Usage | None = None
     #: The agent a ``transfer_to_agent`` call hands the conversation to, when it was made.
     transfer_to: str | None = None
+    #: The artifact versions the call saved (:meth:`ToolContext.save_artifact`).
+    artifact_delta: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -653,6 +655,7 @@ class LLMAgent(BaseAgent):
                 state_delta=outcome.state_delta or None,
                 error=outcome.error,
                 usage=outcome.usage,
+                artifact_delta=outcome.artifact_delta or None,
             )
         to_agent = next((outcome.transfer_to for outcome in results if outcome.transfer_to), None)
         if to_agent is not None:
@@ -704,6 +707,7 @@ class LLMAgent(BaseAgent):
                     runtime_state=ctx.runtime_state,
                     end_invocation=ctx.end_invocation,
                     escalate=ctx.escalate,
+                    artifacts=ctx.artifact_scope(),
                 )
                 answer = await first_answer(self._hooks(ctx, "before_tool"), ctx, call, args)
                 if answer is not None:
@@ -722,10 +726,15 @@ class LLMAgent(BaseAgent):
         except ToolError as exc:
             error = EventError(type=exc.error_type, message=str(exc))
             usage = tool_ctx.usage if tool_ctx is not None else None
-            return _ToolOutcome(f"Error: {exc}", error=error, usage=usage)
+            saved = tool_ctx.artifact_delta if tool_ctx is not None else {}
+            return _ToolOutcome(f"Error: {exc}", error=error, usage=usage, artifact_delta=saved)
         assert tool_ctx is not None
         return _ToolOutcome(
-            content, tool_ctx.state.delta, usage=tool_ctx.usage, transfer_to=transfer_to
+            content,
+            tool_ctx.state.delta,
+            usage=tool_ctx.usage,
+            transfer_to=transfer_to,
+            artifact_delta=tool_ctx.artifact_delta,
         )
 
 

@@ -21,7 +21,8 @@
     │   └── ToolExecutionError
     ├── SessionBackendError          the session store failed (server down, timeout, ...)
     │   └── CorruptSessionDataError  stored data that cannot be decoded; never skipped
-    └── MemoryBackendError           the memory store failed, or holds data it cannot read
+    ├── MemoryBackendError           the memory store failed, or holds data it cannot read
+    └── ArtifactBackendError         the artifact store failed (server down, bytes missing, ...)
 
 Messages say what was wrong and how to fix it. Driver errors are translated at the
 boundary with ``raise ... from exc`` so the original stays in ``__cause__``.
@@ -37,6 +38,7 @@ from pydantic import ValidationError
 
 __all__ = [
     "AgentRunnerError",
+    "ArtifactBackendError",
     "ConfigurationError",
     "CorruptSessionDataError",
     "FencedError",
@@ -257,3 +259,9 @@ class CorruptSessionDataError(SessionBackendError):
 class MemoryBackendError(AgentRunnerError):
     """The long-term memory store failed (server down, timeout, ...) or holds an item it
     cannot decode (reported, never skipped). The message names the store and what to check."""
+
+
+class ArtifactBackendError(AgentRunnerError):
+    """The artifact store failed (its index, its blob store or its database). The message
+    names the store and what to check; stored data that cannot be read is reported here too,
+    never skipped."""

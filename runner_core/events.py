@@ -178,6 +178,12 @@ class EventBase(BaseModel):
         return encode_event(self)
 
 
+_ARTIFACT_DELTA = (
+    "The artifact versions this step saved: {name: version} ('user:' names are the user's); "
+    "absent when it saved none."
+)
+
+
 class MessageDeltaEvent(EventBase):
     """A piece of assistant text while the model streams; the ``message`` event follows."""
 
@@ -192,6 +198,9 @@ class MessageEvent(EventBase):
     message: Message
     usage: Usage | None = Field(default=None, description="The model call's usage.")
     state_delta: dict[str, Any] | None = None
+    artifact_delta: dict[str, int] | None = Field(
+        default=None, description=_ARTIFACT_DELTA
+    )
 
     def is_final_response(self) -> bool:
         return self.message.role == "assistant" and not self.message.tool_calls
@@ -215,6 +224,9 @@ class ToolResultEvent(EventBase):
             "The usage of the model calls the tool made (an agent called as a tool); counted "
             "in the run's usage. Absent for tools that call no model."
         ),
+    )
+    artifact_delta: dict[str, int] | None = Field(
+        default=None, description=_ARTIFACT_DELTA
     )
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .artifacts import NO_ARTIFACT_SERVICE, ArtifactScope, ArtifactService
+from .errors import InvalidRequestError
 from .events import AgentTransferEvent, EventBase, EventError, MessageEvent, RunStatus
 from .messages import Message
 from .run_config import RunConfig
@@ -69,9 +71,40 @@ class InvocationContext:
     #: or resumed invocation stands (:mod:`runner_core.progress`). Shared by the contexts of
     #: a parallel agent's branches.
     runs_started: dict[tuple[int, str, str | None], int] = field(default_factory=dict, repr=False)
+    #: Where the run's artifacts live (``Runner(artifact_service=)``); None: no artifacts.
+    artifact_service: ArtifactService | None = field(default=None, repr=False)
+    #: The run's fencing token (a worker's lease), carried by the artifact writes it makes.
+    fence: int | None = None
     #: The distributed trace this run belongs to (32 hex digits), set by a tracing plugin
     #: (:class:`runner_core.telemetry.Telemetry`); the completion carries it as ``trace_id``.
     trace_id: str | None = None
+
+    def artifact_scope(self) -> ArtifactScope | None:
+        """A new view of the session's artifacts with an empty delta (one per step, e.g. per
+        tool call), or None when the run has no artifact store."""
+        if self.artifact_service is None:
+            return None
+        return ArtifactScope(
+            self.artifact_service,
+            app_name=self.app_name,
+            user_id=self.user_id,
+            session_id=self.session.id,
+            fence=self.fence,
+        )
+
+    @property
+    def artifacts(self) -> ArtifactScope:
+        """The session's artifacts, for a custom agent or a callback: ``await
+        ctx.artifacts.save(name, data)`` returns the version; put ``{name: version}`` in the
+        ``artifact_delta`` of the event the step yields.
+
+        Raises:
+            InvalidRequestError: the run has no artifact store.
+        """
+        scope = self.artifact_scope()
+        if scope is None:
+            raise InvalidRequestError(NO_ARTIFACT_SERVICE)
+        return scope
 
     @property
     def runtime_state(self) -> Mapping[str, Any]:

@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from .agent import BaseAgent
+from .artifacts import ArtifactService, check_artifact_service
 from .background_summaries import BackgroundSummaries
 from .context import waiting_tool_calls
 from .errors import (
@@ -243,13 +244,18 @@ class Runner:
             completed run, once its completion is handed out, a summary job is queued for the
             session. :meth:`close` drains it (waits for queued and running jobs up to its
             ``drain_timeout_s``, then cancels them).
+        artifact_service: where agents and tools save artifacts
+            (:mod:`runner_core.artifacts`); default none (a tool that asks for one gets an
+            error). A run with a ``fence`` takes the store's fence for its session before its
+            agent runs, and every artifact write it makes carries the token. Never closed by
+            the Runner.
 
     Raises:
         InvalidRequestError: ``app_name`` is empty, too long or has invalid characters; the
             agent is not an agent or not the root of a valid tree
             (:func:`~runner_core.transfer.check_agent_tree`); a plugin is not a Plugin;
             ``max_transfers`` is not an int >= 1; ``background_summaries`` is not a
-            BackgroundSummaries.
+            BackgroundSummaries; ``artifact_service`` is not an ArtifactService.
     """
 
     def __init__(
@@ -261,6 +267,7 @@ class Runner:
         plugins: Sequence[Plugin] = (),
         max_transfers: int = DEFAULT_MAX_TRANSFERS,
         background_summaries: BackgroundSummaries | None = None,
+        artifact_service: ArtifactService | None = None,
     ) -> None:
         self.app_name = validate_identifier(app_name, "app_name")
         if not isinstance(agent, BaseAgent):
@@ -291,6 +298,7 @@ class Runner:
                 f"{type(background_summaries).__name__}."
             )
         self.background_summaries = background_summaries
+        self.artifact_service = check_artifact_service(artifact_service, "artifact_service")
         self.agent = agent
         self._owns_service = session_service is None
         if session_service is None:
@@ -314,6 +322,15 @@ class Runner:
 
     async def __aenter__(self) -> Runner:
         return self
+
+    async def delete_session(self, user_id: str, session_id: str) -> None:
+        """Delete a session of this app, then its session-scoped artifacts (the user's
+        ``user:`` ones stay). Deleting a missing session is a no-op."""
+        await self.session_service.delete_session(self.app_name, user_id, session_id)
+        if self.artifact_service is not None:
+            await self.artifact_service.delete_session_artifacts(
+                self.app_name, user_id, session_id
+            )
 
     async def __aexit__(
         self,
@@ -640,7 +657,14 @@ class _RunPlan:
             tool_confirmations=self.decisions,
             run_config=self.run_config,
             plugins=self.runner.plugins,
+            artifact_service=self.runner.artifact_service,
+            fence=self.fence,
         )
+        if self.fence is not None and ctx.artifact_service is not None:
+            await call_store(
+                self.stop,
+                ctx.artifact_service.take_fence(ctx.app_name, ctx.user_id, session.id, self.fence),
+            )
         self.ctx = ctx
         self.active = active_agent(self.agent, session.events)
         await self.scopes.enter_async_context(plugin_scopes(ctx.plugins, "run", ctx))

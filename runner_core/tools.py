@@ -48,6 +48,7 @@ from typing import Any, TypeAlias, get_args, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from .artifacts import NO_ARTIFACT_SERVICE, Artifact, ArtifactScope
 from .errors import (
     InvalidRequestError,
     ToolArgumentsError,
@@ -105,6 +106,7 @@ class ToolContext:
         "_end_invocation",
         "_escalate",
         "app_name",
+        "artifacts",
         "invocation_id",
         "runtime_state",
         "session_id",
@@ -126,6 +128,7 @@ class ToolContext:
         runtime_state: Mapping[str, Any] | None = None,
         end_invocation: Callable[[], None] | None = None,
         escalate: Callable[[], None] | None = None,
+        artifacts: ArtifactScope | None = None,
     ) -> None:
         self.app_name = app_name
         self.user_id = user_id
@@ -140,6 +143,9 @@ class ToolContext:
         self.usage: Usage | None = None
         self._end_invocation = end_invocation
         self._escalate = escalate
+        #: The session's artifacts, with this call's saves recorded (None: the run has no
+        #: artifact store; the methods below then raise).
+        self.artifacts = artifacts
 
     def end_invocation(self) -> None:
         """End the run once this tool's result is recorded: no more model or tool calls."""
@@ -157,6 +163,36 @@ class ToolContext:
         """Count model calls this tool made (an agent it ran, ``LLMAgent.call``) in the run's
         usage: the tool's ``tool.result`` carries the sum, whether the call succeeds or fails."""
         self.usage = usage if self.usage is None else self.usage + usage
+
+    @property
+    def artifact_delta(self) -> dict[str, int]:
+        """The artifact versions this call saved: ``{name: version}``."""
+        return dict(self.artifacts.delta) if self.artifacts is not None else {}
+
+    def _artifact_scope(self) -> ArtifactScope:
+        if self.artifacts is None:
+            raise ToolExecutionError(NO_ARTIFACT_SERVICE)
+        return self.artifacts
+
+    async def save_artifact(
+        self, name: str, data: bytes | str, *, content_type: str | None = None
+    ) -> int:
+        """Save a new version of the artifact ``name`` (``user:...`` for the user's scope);
+        returns its version. The call's ``tool.result`` records it in ``artifact_delta``.
+
+        Raises:
+            InvalidRequestError: a bad name or content type, or data over the size limit.
+            ToolExecutionError: the run has no artifact store.
+        """
+        return (await self._artifact_scope().save(name, data, content_type=content_type)).version
+
+    async def load_artifact(self, name: str, *, version: int | None = None) -> Artifact | None:
+        """The latest version of ``name`` (or ``version``); None when there is none."""
+        return await self._artifact_scope().load(name, version=version)
+
+    async def list_artifacts(self) -> list[str]:
+        """The artifact names this session sees (``user:...`` ones included), sorted."""
+        return await self._artifact_scope().names()
 
     @property
     def idempotency_key(self) -> str:

@@ -11,6 +11,8 @@ URL                    store
 ``mysql://``           :class:`MySQLSessionService` (MySQL 8, MariaDB 10.11+; needs the
                        ``mysql`` extra: ``pip install 'agent-runner[mysql]'``)
 =====================  ==========================================================
+
+Artifact stores by URL: :func:`artifacts_from_url` (:mod:`session_backends.artifact_urls`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from urllib.parse import urlsplit
 from runner_core.errors import ConfigurationError
 from runner_core.session import SessionService
 
+from .artifact_urls import artifacts_from_url
 from .memory import InMemorySessionService
 from .postgres import PostgresSessionService
 from .redis import RedisSessionService
@@ -30,6 +33,7 @@ __all__ = [
     "MySQLSessionService",
     "PostgresSessionService",
     "RedisSessionService",
+    "artifacts_from_url",
     "from_url",
 ]
 

@@ -31,6 +31,9 @@ EXPECTED = {
         # Trees of agents (issue 15).
         "AgentTool", "AgentTransferEvent", "LoopAgent", "ParallelAgent", "SequentialAgent",
         "transfer_targets",
+        # Artifacts (issue 20).
+        "Artifact", "ArtifactBackendError", "ArtifactService", "ArtifactVersion",
+        "InMemoryArtifactService", "load_artifacts",
     },
 }
 
