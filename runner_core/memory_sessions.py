@@ -30,6 +30,7 @@ from .session import (
     Summary,
     merge_state,
     split_state_delta,
+    summary_replaces,
     validate_identifier,
     window_events,
 )
@@ -425,8 +426,7 @@ class InMemorySessionService:
                     f"cannot store a summary: session {key.session_id!r} of user "
                     f"{key.user_id!r} in app {key.app_name!r} does not exist."
                 )
-            current = stored.summaries.get(summary.filter_key)
-            if current is not None and current.event_count >= summary.event_count:
+            if not summary_replaces(stored.summaries.get(summary.filter_key), summary):
                 return False
             stored.summaries[summary.filter_key] = summary.model_copy()
             return True

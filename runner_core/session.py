@@ -40,8 +40,10 @@ __all__ = [
     "SessionService",
     "StateDeltaParts",
     "Summary",
+    "first_kept_position",
     "merge_state",
     "split_state_delta",
+    "summary_replaces",
     "validate_identifier",
     "window_events",
 ]
@@ -292,6 +294,35 @@ def merge_state(
     return merged
 
 
+def summary_replaces(stored: Summary | None, candidate: Summary) -> bool:
+    """Whether ``candidate`` replaces the ``stored`` summary of its filter key: only if it
+    covers more events. Stores that compare on the server (Redis's script, the SQL upserts)
+    hold a copy of this rule that the conformance suite checks against this function."""
+    return stored is None or candidate.event_count > stored.event_count
+
+
+def first_kept_position(*, first: int, count: int, last_user: int, limit: int | None) -> int:
+    """The eviction rule: the position of the oldest event a session keeps after an append.
+
+    Positions count every event ever appended (0, 1, 2, ...); the session holds positions
+    ``first .. count - 1`` and ``last_user`` is the position of its latest user message (-1
+    for none). Past ``limit`` events the oldest are evicted, but never the latest user
+    message: the model must always get the question it is answering.
+
+    This is the one copy of the rule in Python: :func:`window_events` and every store's append
+    use it. Redis applies it inside its append script for atomicity; the conformance suite
+    checks every store against this function.
+    """
+    if limit is None or count - first <= limit:
+        return first
+    return _widened(count - limit, first=first, last_user=last_user)
+
+
+def _widened(start: int, *, first: int, last_user: int) -> int:
+    """``start``, moved back to the latest user message if that is older (but kept)."""
+    return last_user if first <= last_user < start else start
+
+
 def window_events(
     events: Sequence[Event],
     *,
@@ -301,8 +332,9 @@ def window_events(
     """Keep the newest ``num_events`` and/or the events at or after ``since``.
 
     If the kept window holds no user message, it is widened back to the latest user message,
-    so the model never gets a history without the question it is answering. If there is no
-    user message at all, the plain window is returned.
+    so the model never gets a history without the question it is answering (the rule of
+    :func:`first_kept_position`). If there is no user message at all, the plain window is
+    returned.
     """
     if num_events is not None and num_events < 0:
         raise InvalidRequestError("num_events must be >= 0 (or None for all events).")
@@ -314,9 +346,8 @@ def window_events(
             start += 1
     if start == 0:
         return list(events)
-    if any(e.is_user_message() for e in events[start:]):
-        return list(events[start:])
-    for index in range(start - 1, -1, -1):
-        if events[index].is_user_message():
-            return list(events[index:])
-    return list(events[start:])
+    last_user = next(
+        (index for index in range(len(events) - 1, -1, -1) if events[index].is_user_message()),
+        -1,
+    )
+    return list(events[_widened(start, first=0, last_user=last_user) :])

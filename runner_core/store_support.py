@@ -33,6 +33,7 @@ from .session import (
     SessionKey,
     StateDeltaParts,
     Summary,
+    first_kept_position,
     merge_state,
     split_state_delta,
     window_events,
@@ -197,29 +198,6 @@ def summary_session_not_found(key: SessionKey) -> SessionNotFoundError:
         f"cannot store a summary: session {key.session_id!r} of user {key.user_id!r} in app "
         f"{key.app_name!r} does not exist."
     )
-
-
-# --- eviction ------------------------------------------------------------------------------
-
-
-def first_kept_position(*, first: int, count: int, last_user: int, limit: int | None) -> int:
-    """The position of the oldest event a session keeps after an append.
-
-    Positions count every event ever appended (0, 1, 2, ...); the session holds positions
-    ``first .. count - 1`` and ``last_user`` is the position of its latest user message (-1
-    for none). Past ``limit`` events the oldest are evicted, but never the latest user
-    message: the model must always get the question it is answering.
-
-    This is the one eviction rule. The stores whose appends run on the server (Redis's Lua
-    script) hold a copy of it that the conformance suite checks against this function;
-    :func:`~runner_core.session.window_events` applies the same rule to a list of events.
-    """
-    if limit is None or count - first <= limit:
-        return first
-    start = count - limit
-    if first <= last_user < start:
-        return last_user
-    return start
 
 
 # --- JSON ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -38,7 +39,13 @@ from runner_core.events import (
     StateUpdateEvent,
 )
 from runner_core.messages import Message
-from runner_core.session import Session, SessionService, Summary
+from runner_core.session import (
+    Session,
+    SessionService,
+    Summary,
+    first_kept_position,
+    summary_replaces,
+)
 from session_backends import (
     InMemorySessionService,
     PostgresSessionService,
@@ -428,6 +435,54 @@ async def test_event_limit_evicts_oldest_but_keeps_the_latest_user_message(
     assert loaded.event_count == 8
     assert texts(session) == ["a5", "u2", "a6"]
     assert session.event_count == 8
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_eviction_follows_the_one_rule(make_service: MakeService, seed: int) -> None:
+    """Every store keeps what runner_core.session.first_kept_position says, whether the rule
+    runs in Python (memory, PostgreSQL, MySQL) or in a copy on the server (Redis's script)."""
+    rng = random.Random(seed)
+    limit = rng.randint(1, 5)
+    service = await make_service(event_limit=limit)
+    session = await service.create_session(APP, USER, "s1")
+    appended: list[str] = []
+    first, last_user = 0, -1
+    for position in range(24):
+        # Some histories open with a run of non-user events; user messages come now and then.
+        is_user = position > 3 * seed and rng.random() < 0.2
+        make = user_event if is_user else assistant_event
+        event = make(session, f"{'u' if is_user else 'a'}{position}")
+        assert await service.append_event(session, event) is True
+        appended.append(event.id)
+        if is_user:
+            last_user = position
+        first = first_kept_position(
+            first=first, count=position + 1, last_user=last_user, limit=limit
+        )
+        kept = appended[first:]
+        assert [e.id for e in session.events] == kept, f"caller's session after {position}"
+        loaded = await service.get_session(APP, USER, "s1")
+        assert loaded is not None
+        assert [e.id for e in loaded.events] == kept, f"stored session after {position}"
+        assert loaded.event_count == position + 1
+
+
+async def test_summaries_follow_the_one_rule(session_service: SessionService) -> None:
+    """Every store replaces a summary exactly when runner_core.session.summary_replaces says,
+    whether it compares in Python or on the server (Redis's script, the SQL upserts)."""
+    session = await session_service.create_session(APP, USER, "s1")
+    rng = random.Random(7)
+    stored: dict[str, Summary] = {}
+    for n in range(30):
+        filter_key = rng.choice(["", "branch:a"])
+        candidate = summary_of(session, rng.randint(1, 12), text=f"s{n}", filter_key=filter_key)
+        expected = summary_replaces(stored.get(filter_key), candidate)
+        assert await session_service.put_summary(APP, USER, "s1", candidate) is expected, n
+        if expected:
+            stored[filter_key] = candidate
+        assert await session_service.get_summary(APP, USER, "s1", filter_key=filter_key) == (
+            stored.get(filter_key)
+        )
 
 
 async def test_event_limit_none_keeps_everything(make_service: MakeService) -> None:
