@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import InvalidRequestError, SessionNotFoundError
 from .events import Event, decode_event, encode_event, state_delta_of
 from .session import (
     DEFAULT_EVENT_LIMIT,
     Session,
     SessionKey,
     Summary,
+    first_kept_position,
     merge_state,
     split_state_delta,
     summary_replaces,
@@ -36,6 +36,7 @@ from .session import (
 )
 from .store_support import (
     DEFAULT_CLEANUP_INTERVAL,
+    already_exists,
     apply_append,
     check_appendable,
     check_delta,
@@ -46,8 +47,12 @@ from .store_support import (
     decode_events,
     encode_json,
     fenced,
+    loaded_session,
+    new_session,
     route_initial_state,
     session_key,
+    session_not_found,
+    summary_session_not_found,
     utcnow,
 )
 
@@ -76,6 +81,9 @@ class _StoredSession:
     events: list[Event] = field(default_factory=list)
     event_json: dict[str, str] = field(default_factory=dict)
     event_count: int = 0
+    #: The position of the oldest kept event and of the latest user message (-1: none).
+    first: int = 0
+    last_user: int = -1
     summaries: dict[str, Summary] = field(default_factory=dict)
 
 
@@ -188,14 +196,18 @@ class InMemorySessionService:
             return None
         return stored
 
-    def _merged_state(self, key: SessionKey, stored: _StoredSession, now: float) -> dict[str, Any]:
-        return _copy(
-            merge_state(
-                stored.state,
-                self._scope_values(self._app_state.get(key.app_name), now),
-                self._scope_values(self._user_state.get((key.app_name, key.user_id)), now),
-            )
+    def _scopes(
+        self, key: SessionKey, stored: _StoredSession, now: float
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Copies of (session state, app state, user state)."""
+        return (
+            _copy(stored.state),
+            _copy(self._scope_values(self._app_state.get(key.app_name), now)),
+            _copy(self._scope_values(self._user_state.get((key.app_name, key.user_id)), now)),
         )
+
+    def _merged_state(self, key: SessionKey, stored: _StoredSession, now: float) -> dict[str, Any]:
+        return merge_state(*self._scopes(key, stored, now))
 
     # --- sessions ----------------------------------------------------------------------------
 
@@ -214,11 +226,7 @@ class InMemorySessionService:
         with self._lock:
             now = time.monotonic()
             if self._live_session(key, now) is not None:
-                raise InvalidRequestError(
-                    f"session {key.session_id!r} of user {key.user_id!r} in app "
-                    f"{key.app_name!r} already exists. Get it with get_session, or pass "
-                    "another session_id (or none for a generated one)."
-                )
+                raise already_exists(key)
             stored = _StoredSession(
                 created_at=now_at,
                 updated_at=now_at,
@@ -235,14 +243,7 @@ class InMemorySessionService:
                 now,
             )
             merged = self._merged_state(key, stored, now)
-        return Session(
-            id=key.session_id,
-            app_name=key.app_name,
-            user_id=key.user_id,
-            state=merged,
-            created_at=now_at,
-            updated_at=now_at,
-        )
+        return new_session(key, merged, now_at)
 
     async def get_session(
         self,
@@ -261,20 +262,24 @@ class InMemorySessionService:
             stored = self._live_session(key, now)
             if stored is None:
                 return None
-            events = window_events(stored.events, num_events=num_events, since=since)
-            event_json = [stored.event_json[e.id] for e in events]
-            session = Session(
-                id=key.session_id,
-                app_name=key.app_name,
-                user_id=key.user_id,
-                state=self._merged_state(key, stored, now),
-                summaries={k: s.model_copy() for k, s in stored.summaries.items()},
-                created_at=stored.created_at,
-                updated_at=stored.updated_at,
-                event_count=stored.event_count,
-            )
-        session.events = decode_events(enumerate(event_json), "memory")
-        return session
+            # Only the window is decoded (a copy, never the stored objects).
+            window = window_events(stored.events, num_events=num_events, since=since)
+            event_json = [stored.event_json[e.id] for e in window]
+            state, app_state, user_state = self._scopes(key, stored, now)
+            summaries = {k: s.model_copy() for k, s in stored.summaries.items()}
+            created_at, updated_at = stored.created_at, stored.updated_at
+            event_count = stored.event_count
+        return loaded_session(
+            key,
+            state=state,
+            app_state=app_state,
+            user_state=user_state,
+            created_at=created_at,
+            updated_at=updated_at,
+            event_count=event_count,
+            events=decode_events(enumerate(event_json), "memory"),
+            summaries=summaries,
+        )
 
     async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:
         validate_identifier(app_name, "app_name")
@@ -282,21 +287,24 @@ class InMemorySessionService:
         self._start_cleanup()
         with self._lock:
             now = time.monotonic()
-            sessions = [
-                Session(
-                    id=key.session_id,
-                    app_name=key.app_name,
-                    user_id=key.user_id,
-                    state=self._merged_state(key, stored, now),
-                    created_at=stored.created_at,
-                    updated_at=stored.updated_at,
-                    event_count=stored.event_count,
+            sessions: list[Session] = []
+            for key, stored in self._sessions.items():
+                if (key.app_name, key.user_id) != (app_name, user_id) or not _live(
+                    stored.expires_at, now
+                ):
+                    continue
+                state, app_state, user_state = self._scopes(key, stored, now)
+                sessions.append(
+                    loaded_session(
+                        key,
+                        state=state,
+                        app_state=app_state,
+                        user_state=user_state,
+                        created_at=stored.created_at,
+                        updated_at=stored.updated_at,
+                        event_count=stored.event_count,
+                    )
                 )
-                for key, stored in self._sessions.items()
-                if key.app_name == app_name
-                and key.user_id == user_id
-                and _live(stored.expires_at, now)
-            ]
         sessions.sort(key=lambda s: (s.created_at, s.id))
         return sessions
 
@@ -324,29 +332,34 @@ class InMemorySessionService:
         parts = split_state_delta(state_delta_of(event))
         raw = encode_event(event)
         stored_event = decode_event(raw)
+        is_user = event.is_user_message()
         self._start_cleanup()
         now_at = utcnow()
         with self._lock:
             now = time.monotonic()
             stored = self._live_session(key, now)
             if stored is None:
-                raise SessionNotFoundError(
-                    f"session {key.session_id!r} of user {key.user_id!r} in app "
-                    f"{key.app_name!r} does not exist (deleted or expired). "
-                    "Create it with create_session first."
-                )
+                raise session_not_found(key)
             if fence is not None and self._fences.get(key) != fence:
                 raise fenced(key, fence, self._fences.get(key))
             if event.id in stored.event_json:
                 return False
             stored.events.append(stored_event)
             stored.event_json[event.id] = raw
-            if self.event_limit is not None and len(stored.events) > self.event_limit:
-                kept = window_events(stored.events, num_events=self.event_limit)
-                for evicted in stored.events[: len(stored.events) - len(kept)]:
-                    del stored.event_json[evicted.id]
-                stored.events = kept
             stored.event_count += 1
+            if is_user:
+                stored.last_user = stored.event_count - 1
+            # Positions: the stored list holds stored.first .. event_count - 1.
+            first = first_kept_position(
+                first=stored.first,
+                count=stored.event_count,
+                last_user=stored.last_user,
+                limit=self.event_limit,
+            )
+            for evicted in stored.events[: first - stored.first]:
+                del stored.event_json[evicted.id]
+            del stored.events[: first - stored.first]
+            stored.first = first
             stored.state.update(_copy(parts.session))
             stored.updated_at = now_at
             stored.expires_at = self._deadline(self.session_ttl)
@@ -422,10 +435,7 @@ class InMemorySessionService:
         with self._lock:
             stored = self._live_session(key, time.monotonic())
             if stored is None:
-                raise SessionNotFoundError(
-                    f"cannot store a summary: session {key.session_id!r} of user "
-                    f"{key.user_id!r} in app {key.app_name!r} does not exist."
-                )
+                raise summary_session_not_found(key)
             if not summary_replaces(stored.summaries.get(summary.filter_key), summary):
                 return False
             stored.summaries[summary.filter_key] = summary.model_copy()
