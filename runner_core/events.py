@@ -20,6 +20,8 @@
   is void; never stored
 - ``agent.transfer`` (:class:`AgentTransferEvent`): the conversation passes from ``author`` to
   ``to_agent`` (stored: the session's next run starts with that agent)
+- ``memory.injected`` (:class:`MemoryInjectedEvent`): what long-term memory told an agent
+  before its first model call (``scope``, ``query``, ``items`` with IDs and scores)
 - ``runner.completion`` (:class:`RunCompletionEvent`): always the last event of a run
   (``status``, ``usage``, ``final_text``, ``cost``, ``error``) and the one that names the run
   (``app_name``, ``user_id``, ``session_id``, ``request_id``)
@@ -57,6 +59,8 @@ __all__ = [
     "EventError",
     "EventNumbering",
     "EventType",
+    "InjectedMemory",
+    "MemoryInjectedEvent",
     "MessageDeltaEvent",
     "MessageEvent",
     "RunCompletionEvent",
@@ -84,6 +88,7 @@ EventType = Literal[
     "run.queued",
     "run.restarted",
     "agent.transfer",
+    "memory.injected",
     "runner.completion",
 ]
 RunStatus = Literal["completed", "failed", "cancelled", "timeout", "paused"]
@@ -307,6 +312,29 @@ class AgentTransferEvent(EventBase):
     to_agent: str = Field(description="The agent that takes over.")
 
 
+class InjectedMemory(BaseModel):
+    """One memory item an agent was told (:class:`MemoryInjectedEvent`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The item's ID in the memory store.")
+    kind: Literal["skill", "experience", "fact"]
+    score: float = Field(description="Its relevance to the query (the store's scale).")
+    text: str = Field(description="The start of what the system prompt was given (capped).")
+
+
+class MemoryInjectedEvent(EventBase):
+    """Long-term memory found these items for the agent ``author`` and put them in its system
+    prompt before its first model call of the run (runner_core.memory_injection)."""
+
+    type: Literal["memory.injected"] = "memory.injected"
+    scope: str = Field(description="The memory scope searched, 'agent:{name}'.")
+    query: str = Field(description="What was searched for: the user's request (capped).")
+    items: list[InjectedMemory] = Field(
+        default_factory=list, description="What was injected, best first; empty when nothing."
+    )
+
+
 class RunCompletionEvent(EventBase):
     """The last event of every run, exactly once; the one event that names the run."""
 
@@ -343,6 +371,7 @@ AnyEvent: TypeAlias = (
     | RunQueuedEvent
     | RunRestartedEvent
     | AgentTransferEvent
+    | MemoryInjectedEvent
     | RunCompletionEvent
 )
 #: Any event: narrow it with ``event.type == "..."`` (or ``isinstance``).

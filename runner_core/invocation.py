@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 __all__ = ["InvocationContext", "RunOutcome", "ToolDecision"]
 
 E = TypeVar("E", bound=EventBase)
+#: Event types :meth:`InvocationContext.emit` refuses: the Runner's and the workers' own.
+_NOT_EMITTED = frozenset(
+    {"message.delta", "run.paused", "run.queued", "run.restarted", "runner.completion"}
+)
 
 #: A caller's answer to a paused tool call: approve, refuse, or approve with edited arguments.
 ToolDecision = bool | dict[str, Any]
@@ -71,6 +75,9 @@ class InvocationContext:
     #: or resumed invocation stands (:mod:`runner_core.progress`). Shared by the contexts of
     #: a parallel agent's branches.
     runs_started: dict[tuple[int, str, str | None], int] = field(default_factory=dict, repr=False)
+    #: Events hooks and tools added with :meth:`emit`, not recorded yet. Shared by the
+    #: contexts of a parallel agent's branches.
+    emitted: list[EventBase] = field(default_factory=list, repr=False)
     #: Where the run's artifacts live (``Runner(artifact_service=)``); None: no artifacts.
     artifact_service: ArtifactService | None = field(default=None, repr=False)
     #: The run's fencing token (a worker's lease), carried by the artifact writes it makes.
@@ -127,6 +134,26 @@ class InvocationContext:
         if self.branch is not None:
             fields.setdefault("branch", self.branch)
         return cls(invocation_id=self.invocation_id, author=author, **fields)
+
+    def emit(self, event: EventBase) -> None:
+        """Add an event to the run from a hook, callback or tool (built with :meth:`event`):
+        the Runner records it (numbers, stores and hands it out, through the plugins'
+        ``on_event``) before the agent's next event, or when the agent's run ends. Events
+        still waiting when the run fails are dropped.
+
+        Raises:
+            InvalidRequestError: it is not an event of this invocation, or of a type only the
+                Runner and workers write (``message.delta``, ``run.*``, ``runner.completion``).
+        """
+        if not isinstance(event, EventBase) or event.invocation_id != self.invocation_id:
+            raise InvalidRequestError(
+                "ctx.emit takes an event of this invocation; build it with ctx.event(...)."
+            )
+        if event.type in _NOT_EMITTED:
+            raise InvalidRequestError(
+                f"ctx.emit cannot add a {event.type!r} event; only the Runner writes those."
+            )
+        self.emitted.append(event)
 
     def message_event(self, author: str, message: Message, **fields: Any) -> MessageEvent:
         return self.event(MessageEvent, author, message=message, **fields)

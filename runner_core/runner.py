@@ -64,6 +64,8 @@ from .events import (
     usage_of,
 )
 from .invocation import InvocationContext, RunOutcome, ToolDecision
+from .memory import MemoryService
+from .memory_injection import MemoryInjection
 from .messages import Message, coerce_message
 from .plugins import CallbackError, GuardrailTripped, Plugin, call_hook, plugin_scopes
 from .progress import run_of
@@ -244,6 +246,10 @@ class Runner:
             completed run, once its completion is handed out, a summary job is queued for the
             session. :meth:`close` drains it (waits for queued and running jobs up to its
             ``drain_timeout_s``, then cancels them).
+        memory_service: long-term memory (:class:`~runner_core.memory.MemoryService`): adds a
+            :class:`~runner_core.memory_injection.MemoryInjection` plugin ahead of
+            ``plugins``, which tells each agent the skills and experiences relevant to the
+            request and answers its ``load_memory`` calls. Never closed by the Runner.
         artifact_service: where agents and tools save artifacts
             (:mod:`runner_core.artifacts`); default none (a tool that asks for one gets an
             error). A run with a ``fence`` takes the store's fence for its session before its
@@ -267,6 +273,7 @@ class Runner:
         plugins: Sequence[Plugin] = (),
         max_transfers: int = DEFAULT_MAX_TRANSFERS,
         background_summaries: BackgroundSummaries | None = None,
+        memory_service: MemoryService | None = None,
         artifact_service: ArtifactService | None = None,
     ) -> None:
         self.app_name = validate_identifier(app_name, "app_name")
@@ -290,6 +297,10 @@ class Runner:
                     f"plugins must be runner_core.Plugin objects, got {type(plugin).__name__}."
                 )
         self.plugins = list(plugins)
+        self.memory_service = memory_service
+        if memory_service is not None:
+            # First, so that the plugins after it see the prompt with memory in it.
+            self.plugins.insert(0, MemoryInjection(memory_service))
         if background_summaries is not None and not isinstance(
             background_summaries, BackgroundSummaries
         ):
@@ -775,12 +786,19 @@ class _RunPlan:
                         return RunOutcome(status="failed", error=error)
                     self.transfers += 1
                     ctx.transfer_to = event.to_agent
+                await self._record_emitted(ctx)
                 await self._record(event)
         finally:
             close = getattr(events, "aclose", None)
             if close is not None:
                 await close()
+        await self._record_emitted(ctx)
         return None
+
+    async def _record_emitted(self, ctx: InvocationContext) -> None:
+        """Record the events hooks and tools added with ``ctx.emit``, in order."""
+        while ctx.emitted:
+            await self._record(ctx.emitted.pop(0))  # type: ignore[arg-type]
 
     def _refusal(self, event: AgentTransferEvent) -> EventError | None:
         """Why the Runner refuses a transfer (its run then fails), or None."""

@@ -9,8 +9,9 @@
 - ``before_model`` / ``after_model``: when a model call started and ended and what it was sent;
 - ``before_tool`` / ``after_tool``: when a tool call started and ended, its arguments;
 - ``after_event``: one step per stored event that records one (an assistant turn: a model call;
-  a ``tool.result``: a tool call; an ``agent.transfer``: a transfer; an ``error`` ending a model
-  call: that model call, failed), written before the event is handed out;
+  a ``tool.result``: a tool call; an ``agent.transfer``: a transfer; a ``memory.injected``: a
+  memory read; an ``error`` ending a model call: that model call, failed), written before the
+  event is handed out;
 - ``after_event`` on the ``runner.completion``: the conclusion step (a completed run's answer)
   and the trace's status, totals (usage and cost as the completion reports them) and end.
 
@@ -38,6 +39,7 @@ from .events import (
     AgentTransferEvent,
     ErrorEvent,
     Event,
+    MemoryInjectedEvent,
     MessageEvent,
     RunCompletionEvent,
     ToolResultEvent,
@@ -200,6 +202,24 @@ class TraceBuilder:
                 ended_at=event.created_at,
                 event_seq=event.seq,
                 to_agent=event.to_agent,
+            )
+            self.frontier[branch] = [step.step_id]
+            return step
+        if isinstance(event, MemoryInjectedEvent):
+            step = Step(
+                step_id=f"memory:{event.seq}",
+                kind="memory_read",
+                parent_ids=self.parents(branch),
+                agent=event.author,
+                branch=branch,
+                started_at=event.created_at,
+                ended_at=event.created_at,
+                event_seq=event.seq,
+                data={
+                    "scope": event.scope,
+                    "query": event.query,
+                    "items": [item.model_dump() for item in event.items],
+                },
             )
             self.frontier[branch] = [step.step_id]
             return step

@@ -60,9 +60,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from runner_core.errors import (
     ConfigurationError,
     CorruptSessionDataError,
-    InvalidRequestError,
     SessionBackendError,
-    SessionNotFoundError,
 )
 from runner_core.events import Event, state_delta_of
 from runner_core.session import (
@@ -74,9 +72,9 @@ from runner_core.session import (
     merge_state,
     split_state_delta,
     validate_identifier,
-    window_events,
 )
 from runner_core.store_support import (
+    already_exists,
     apply_append,
     check_appendable,
     check_delta,
@@ -90,8 +88,12 @@ from runner_core.store_support import (
     decode_time,
     encode_json,
     fenced,
+    loaded_session,
+    new_session,
     route_initial_state,
     session_key,
+    session_not_found,
+    summary_session_not_found,
     utcnow,
 )
 
@@ -187,6 +189,8 @@ end
 put(KEYS[2], tonumber(ARGV[9]), 0)
 put(KEYS[7], tonumber(ARGV[10]), tonumber(ARGV[7]))
 put(KEYS[8], tonumber(ARGV[11]), tonumber(ARGV[8]))
+-- The eviction rule, a copy of runner_core.session.first_kept_position (the conformance suite
+-- checks it against that function).
 local limit = tonumber(ARGV[5])
 if limit > 0 and length > limit then
   local first = position + 1 - length
@@ -222,6 +226,7 @@ return 1
 # equal or newer one is there, -1 no session, -2 corrupt stored count.
 _PUT_SUMMARY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+-- The summary rule, a copy of runner_core.session.summary_replaces (checked by the suite).
 local current = redis.call('HGET', KEYS[3], ARGV[1])
 if current then
   local n = tonumber(current)
@@ -534,21 +539,10 @@ class RedisSessionService:
             "creating a session", lambda: self._create_script(keys=keys, args=args)
         )
         if int(result[0]) == 0:
-            raise InvalidRequestError(
-                f"session {key.session_id!r} of user {key.user_id!r} in app {key.app_name!r} "
-                "already exists. Get it with get_session, or pass another session_id "
-                "(or none for a generated one)."
-            )
+            raise already_exists(key)
         user_state = self._decode_hash(_pairs(result[1]), keys[6])
         app_state = self._decode_hash(_pairs(result[2]), keys[7])
-        return Session(
-            id=key.session_id,
-            app_name=key.app_name,
-            user_id=key.user_id,
-            state=merge_state(parts.session, app_state, user_state),
-            created_at=now,
-            updated_at=now,
-        )
+        return new_session(key, merge_state(parts.session, app_state, user_state), now)
 
     async def get_session(
         self,
@@ -578,23 +572,20 @@ class RedisSessionService:
         if not meta:
             return None
         created_at, updated_at, event_count = self._meta(meta, keys[0])
-        events = decode_events(enumerate(raw_events), keys[2])
-        return Session(
-            id=key.session_id,
-            app_name=key.app_name,
-            user_id=key.user_id,
-            state=merge_state(
-                self._decode_hash(state, keys[1]),
-                self._decode_hash(app_state, keys[7]),
-                self._decode_hash(user_state, keys[6]),
-            ),
-            events=window_events(events, num_events=num_events, since=since),
-            summaries={
-                _text(k): decode_summary(v, f"{keys[4]} {k!r}") for k, v in summaries.items()
-            },
+        return loaded_session(
+            key,
+            state=self._decode_hash(state, keys[1]),
+            app_state=self._decode_hash(app_state, keys[7]),
+            user_state=self._decode_hash(user_state, keys[6]),
             created_at=created_at,
             updated_at=updated_at,
             event_count=event_count,
+            events=decode_events(enumerate(raw_events), keys[2]),
+            summaries={
+                _text(k): decode_summary(v, f"{keys[4]} {k!r}") for k, v in summaries.items()
+            },
+            num_events=num_events,
+            since=since,
         )
 
     async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:
@@ -626,11 +617,11 @@ class RedisSessionService:
                 continue
             created_at, updated_at, event_count = self._meta(meta, keys[0])
             sessions.append(
-                Session(
-                    id=sid,
-                    app_name=app_name,
-                    user_id=user_id,
-                    state=merge_state(self._decode_hash(state, keys[1]), app_state, user_state),
+                loaded_session(
+                    SessionKey(app_name, user_id, sid),
+                    state=self._decode_hash(state, keys[1]),
+                    app_state=app_state,
+                    user_state=user_state,
                     created_at=created_at,
                     updated_at=updated_at,
                     event_count=event_count,
@@ -697,10 +688,7 @@ class RedisSessionService:
             assert fence is not None
             raise fenced(key, fence, _text(result[1]) or None)
         if status < 0:
-            raise SessionNotFoundError(
-                f"session {key.session_id!r} of user {key.user_id!r} in app {key.app_name!r} "
-                "does not exist (deleted or expired). Create it with create_session first."
-            )
+            raise session_not_found(key)
         if status == 0:
             return False
         apply_append(
@@ -797,10 +785,7 @@ class RedisSessionService:
             )
         )
         if result == -1:
-            raise SessionNotFoundError(
-                f"cannot store a summary: session {key.session_id!r} of user {key.user_id!r} "
-                f"in app {key.app_name!r} does not exist."
-            )
+            raise summary_session_not_found(key)
         if result == -2:
             raise CorruptSessionDataError(
                 f"stored summary count at {keys[5]} field {summary.filter_key!r} is not a "

@@ -34,6 +34,8 @@ from runner_core.events import (
     EVENT_CLASSES,
     EventNumbering,
     EventType,
+    InjectedMemory,
+    MemoryInjectedEvent,
     decode_event,
     encode_event,
     event_json_schema,
@@ -77,6 +79,21 @@ def one_of_each_type() -> list[Event]:
         RunQueuedEvent(author="agent-runner", waiting_for="inv-0", **INV),
         RunRestartedEvent(author="app", attempt=2, discard_after_seq=3, seq=7, **INV),
         AgentTransferEvent(author="triage", to_agent="billing", branch="desk", seq=8, **INV),
+        MemoryInjectedEvent(
+            author="triage",
+            scope="agent:triage",
+            query="printer offline",
+            items=[
+                InjectedMemory(
+                    id="1872e3c1a0b4c5d6e7f80912e",
+                    kind="experience",
+                    score=1.5,
+                    text="when a printer is offline: ask for its IP address",
+                )
+            ],
+            seq=9,
+            **INV,
+        ),
         RunCompletionEvent(
             author="app",
             status="completed",
@@ -265,7 +282,8 @@ def test_events_stored_in_the_flat_shape_of_earlier_versions_still_load() -> Non
     events = [decode_event(raw) for raw in raws]
     # Then each is its own type with what it carried
     assert [e.type for e in events] == [json.loads(raw)["type"] for raw in raws]
-    assert {e.type for e in events} == set(get_args(EventType)) - {"agent.transfer"}  # newer
+    newer = {"agent.transfer", "memory.injected"}
+    assert {e.type for e in events} == set(get_args(EventType)) - newer
     user, calls, result, update, error, paused, legacy_id, delta = events[:8]
     queued, restarted, completion = events[8:]
     assert user.type == "message" and user.message == Message.user("hi")

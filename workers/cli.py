@@ -37,6 +37,7 @@ from runner_core.events import (
     AgentTransferEvent,
     ErrorEvent,
     Event,
+    MemoryInjectedEvent,
     MessageDeltaEvent,
     MessageEvent,
     RunCompletionEvent,
@@ -204,6 +205,10 @@ class EventPrinter:
         if event.branch is None:
             self._speaker(event.author)  # the agent handing over spoke first
         self._note_of(event, f"[transfer] {event.author} -> {event.to_agent}")
+
+    def _on_memory_injected(self, event: MemoryInjectedEvent) -> None:
+        told = ", ".join(f"{item.kind} {item.id}" for item in event.items) or "nothing relevant"
+        self._note_of(event, f"[memory] {event.author} told: {told}")
 
     def _on_runner_completion(self, event: RunCompletionEvent) -> None:
         usage = event.usage
