@@ -8,13 +8,15 @@ refactoring: deployed producers and subscribers keep using the old value.
 Celery (any client can ``send_task`` by name; it must name the queue):
 
 - task ``agent_runner.submit_run`` on queue ``runs`` (``AGENT_RUNNER_QUEUE``);
-- task ``agent_runner.summarize_session`` on queue ``summary.<shard>`` (:func:`summary_shard`).
+- task ``agent_runner.summarize_session`` on queue ``summary.<shard>`` (:func:`summary_shard`);
+- task ``agent_runner.deliver_webhook`` on the run queue.
 
 Redis, for the invocation ``I`` and the events prefix ``P`` (``AGENT_RUNNER_EVENTS_PREFIX``,
 default ``agent-runner``; what each holds: :mod:`workers.bus` and docs/events.md):
 
 - ``P:events:I`` (pub/sub), ``P:stream:I`` (stream; field ``event``), ``P:control:I``
-  (pub/sub; ``cancel``), ``P:cancel:I``, ``P:owner:I``, ``P:attempts:I``, ``P:submitted:I``;
+  (pub/sub; ``cancel``), ``P:cancel:I``, ``P:owner:I``, ``P:attempts:I``, ``P:submitted:I``,
+  ``P:webhook:I`` (:mod:`workers.webhooks`);
 - per session, for the digest ``D`` of (app, user, session) (:func:`session_digest`):
   ``P:session:D:{lease,claim,waiters,waiters-seen,fence}`` (:mod:`workers.session_lock`),
   ``P:summary-lease:D`` (:mod:`workers.summaries`), and the counter ``P:session-lease-token``.
@@ -41,6 +43,7 @@ __all__ = [
     "DEFAULT_RUNS_QUEUE",
     "DEFAULT_STREAM_MAXLEN",
     "DEFAULT_SUMMARY_SHARDS",
+    "DELIVER_WEBHOOK",
     "ID_RE",
     "MAX_ID_LENGTH",
     "MAX_SUMMARY_SHARDS",
@@ -66,6 +69,7 @@ __all__ = [
     "summary_queue",
     "summary_queue_name",
     "summary_shard",
+    "webhook_key",
 ]
 
 # --- IDs -----------------------------------------------------------------------------------
@@ -83,6 +87,9 @@ ID_RE = re.compile(rf"[A-Za-z0-9._:@+=-]{{1,{MAX_ID_LENGTH}}}")
 SUBMIT_RUN = "agent_runner.submit_run"
 #: The summary task (workers.summaries registers it; run workers enqueue it after runs).
 SUMMARIZE_SESSION = "agent_runner.summarize_session"
+#: The webhook delivery task (workers.webhooks registers it; run workers enqueue it after a run
+#: that has a webhook, on the run queue).
+DELIVER_WEBHOOK = "agent_runner.deliver_webhook"
 #: The run queue producers send to and run workers consume, unless ``AGENT_RUNNER_QUEUE`` says.
 DEFAULT_RUNS_QUEUE = "runs"
 #: Summary queues are this and the shard number: ``summary.0`` ... ``summary.N-1``.
@@ -154,6 +161,11 @@ def attempts_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str
 def submitted_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
     """The marker :func:`workers.client.submit` sets before sending: ``{prefix}:submitted:{id}``."""
     return f"{prefix}:submitted:{invocation_id}"
+
+
+def webhook_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
+    """The hash of a run's webhook (URL and delivery state): ``{prefix}:webhook:{id}``."""
+    return f"{prefix}:webhook:{invocation_id}"
 
 
 def known_keys(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> list[str]:

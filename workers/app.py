@@ -69,7 +69,7 @@ def _configure(app: Celery) -> None:
         raise SystemExit(EXIT_CONFIG) from None
 
 
-app = Celery("agent_runner", include=["workers.tasks", "workers.summaries"])
+app = Celery("agent_runner", include=["workers.tasks", "workers.summaries", "workers.webhooks"])
 _configure(app)
 
 

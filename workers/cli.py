@@ -8,6 +8,7 @@
                                                      print a run's events until it completes
     agent-runner cancel INVOCATION_ID
     agent-runner schema [PATH]                       the event JSON Schema (default: stdout)
+    agent-runner serve [--host H] [--port P]         the HTTP gateway (docs/gateway.md)
 
 ``submit``, ``tail`` and ``cancel`` use the Redis of ``AGENT_RUNNER_BROKER_URL`` /
 ``AGENT_RUNNER_REDIS_URL``. ``dev`` starts its own (see :mod:`workers.localstack`) and chats
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -296,6 +298,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    # By name: the gateway builds on workers, never the other way round.
+    serve = importlib.import_module("gateway.serve").serve
+    serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    return 0
+
+
 # --- dev: local stack + chat -------------------------------------------------------------
 
 
@@ -551,6 +560,17 @@ def build_parser() -> argparse.ArgumentParser:
         "path", nargs="?", default=None, help="file to write (default: standard output)"
     )
     schema.set_defaults(handler=cmd_schema)
+
+    serve = commands.add_parser(
+        "serve", help="serve the HTTP gateway (submit, stream, cancel, confirm; docs/gateway.md)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (default: 1)"
+    )
+    serve.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

@@ -59,6 +59,7 @@ from .requests import POSITIONAL_FIELDS, RunRequest, TaskID
 from .runtime import WorkerRuntime, get_runtime
 from .summaries import maybe_enqueue_after_run
 from .task_messages import PROBLEM_HEADER
+from .webhooks import enqueue_after_run as enqueue_webhook
 
 __all__ = ["SUBMIT_RUN", "submit_run"]
 
@@ -222,9 +223,10 @@ def _submit_run(self: Task, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except InvalidRequestError as exc:
         logger.warning("run %s rejected: %s", invocation_id, exc)
         try:
-            rt.run(_reject_invalid(rt, task_id, args, kwargs, exc))
+            failure = rt.run(_reject_invalid(rt, task_id, args, kwargs, exc))
         except (FencedError, InvocationOwnedError) as refused:
             raise _refuse(self, refused, run_copy=False) from refused
+        enqueue_webhook(rt, failure)
         raise
     properties = getattr(self.request, "properties", None) or {}
     delivery_tag = properties.get("delivery_tag")
@@ -233,6 +235,7 @@ def _submit_run(self: Task, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except (FencedError, InvocationOwnedError) as refused:
         raise _refuse(self, refused) from refused
     maybe_enqueue_after_run(rt, completion)  # a summary job when the app's checks pass
+    enqueue_webhook(rt, completion)  # when the run has a webhook (workers.webhooks)
     result: dict[str, Any] = json.loads(completion.to_json())
     if completion.status in ("completed", "paused"):
         return result
