@@ -9,6 +9,7 @@
     agent-runner cancel INVOCATION_ID
     agent-runner schema [PATH]                       the event JSON Schema (default: stdout)
     agent-runner serve [--host H] [--port P]         the HTTP gateway (docs/gateway.md)
+    agent-runner artifact list|versions|get ...      what runs saved (docs/artifacts.md)
 
 ``submit``, ``tail`` and ``cancel`` use the Redis of ``AGENT_RUNNER_BROKER_URL`` /
 ``AGENT_RUNNER_REDIS_URL``. ``dev`` starts its own (see :mod:`workers.localstack`) and chats
@@ -52,6 +53,7 @@ from runner_core.events import (
 )
 
 from . import client
+from .artifact_cli import add_artifact_commands
 from .settings import Settings, mask_url
 
 __all__ = ["EventPrinter", "main"]
@@ -571,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
     serve.set_defaults(handler=cmd_serve)
+
+    add_artifact_commands(commands)
     return parser
 
 
