@@ -13,7 +13,7 @@ yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-SERVICES = {"redis", "postgres", "run-worker", "summary-worker", "flower"}
+SERVICES = {"redis", "postgres", "run-worker", "summary-worker", "flower", "gateway"}
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +103,24 @@ def test_no_variable_is_set_to_an_empty_value(compose: dict[str, Any]) -> None:
     env = compose["services"]["run-worker"]["environment"]
     for variable in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         assert env[variable] is None, f"{variable} must pass through from the shell, or not exist"
+
+
+def test_the_gateway_serves_on_all_container_interfaces_with_keys_from_the_env(
+    compose: dict[str, Any],
+) -> None:
+    gateway = compose["services"]["gateway"]
+    args = command(gateway)
+    assert args[:2] == ["agent-runner", "serve"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    keys = gateway["environment"]["AGENT_RUNNER_GATEWAY_API_KEYS"]
+    assert re.fullmatch(r"\$\{AGENT_RUNNER_GATEWAY_API_KEYS:\?.+\}", keys), "keys come from the env"
+    assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_webhook_secret_reaches_the_run_workers_and_the_gateway(
+    compose: dict[str, Any],
+) -> None:
+    """The workers sign deliveries and the gateway accepts webhook URLs: both need it."""
+    for name in ("run-worker", "gateway"):
+        assert "AGENT_RUNNER_WEBHOOK_SECRET" in compose["services"][name]["environment"]
