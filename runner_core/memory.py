@@ -66,6 +66,7 @@ __all__ = [
     "Skill",
     "agent_scope",
     "bm25_scores",
+    "check_item",
     "check_query",
     "check_scope",
     "decode_item",
