@@ -288,6 +288,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .trace_view import render_trace
+
+    if (args.app is None) != (args.user is None):
+        print("agent-runner: error: pass both --app and --user, or neither", file=sys.stderr)
+        return 2
+    trace = client.get_trace(args.app, args.user, args.invocation_id)
+    print(trace.to_json() if args.json else render_trace(trace))
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = render_event_json_schema()
     if args.path is None or args.path == "-":
@@ -556,6 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="ask a run to stop")
     cancel.add_argument("invocation_id")
     cancel.set_defaults(handler=cmd_cancel)
+
+    trace = commands.add_parser(
+        "trace", help="print a run's execution trace as a tree with tokens and timings"
+    )
+    trace.add_argument("invocation_id")
+    trace.add_argument("--app", default=None, help="the run's app (checked with --user)")
+    trace.add_argument("--user", default=None, help="the run's user: only theirs is shown")
+    trace.add_argument("--json", action="store_true", help="the trace as JSON")
+    trace.set_defaults(handler=cmd_trace)
 
     schema = commands.add_parser("schema", help="print (or write) the JSON Schema of events")
     schema.add_argument(

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aioredis
@@ -65,6 +65,9 @@ from .bus import (
 )
 from .settings import Settings, mask_url
 
+if TYPE_CHECKING:
+    from runner_core.traces import Trace
+
 __all__ = [
     "BrokerUnavailableError",
     "EventGapError",
@@ -72,9 +75,11 @@ __all__ = [
     "ReplyText",
     "UnknownInvocationError",
     "acancel",
+    "aget_trace",
     "astream_events",
     "cancel",
     "events_redis_url",
+    "get_trace",
     "stream_events",
     "submit",
     "validate_invocation_id",
@@ -537,3 +542,61 @@ async def acancel(
         return await bus.request_cancel(invocation_id, require_known=require_known)
     finally:
         await client.aclose()
+
+
+# --- traces --------------------------------------------------------------------------------
+
+
+async def aget_trace(
+    app_name: str | None,
+    user_id: str | None,
+    invocation_id: str,
+    *,
+    trace_url: str | None = None,
+) -> Trace:
+    """The execution trace of a run (docs/traces.md), read from any process.
+
+    Only the run's own user reads it: pass the ``app_name`` and ``user_id`` the run was
+    submitted with. An operator passes ``None`` for both.
+
+    Args:
+        trace_url: the trace store; default ``AGENT_RUNNER_TRACE_URL`` (else the session
+            store's URL), as the workers use it.
+
+    Returns:
+        The :class:`~runner_core.traces.Trace` (``trace.to_json()`` for its JSON).
+
+    Raises:
+        InvalidRequestError: a malformed ID, naming it.
+        TraceNotFoundError: no trace of this invocation (unknown, expired, deleted).
+        InvocationOwnedError: the run is another user's.
+        ConfigurationError: traces are off (``AGENT_RUNNER_TRACES=off``) or the URL is bad.
+        SessionBackendError: the trace store cannot be reached.
+    """
+    from runner_core.errors import ConfigurationError
+    from runner_core.traces import read_trace
+    from session_backends.traces import trace_store_from_url
+
+    if trace_url is None:
+        trace_url = Settings.from_env().trace_url
+        if trace_url is None:
+            raise ConfigurationError(
+                "traces are off (AGENT_RUNNER_TRACES=off), so no run has one; switch them on "
+                "for the workers and the runs after that are traced."
+            )
+    store = trace_store_from_url(trace_url)
+    try:
+        return await read_trace(store, app_name, user_id, invocation_id)
+    finally:
+        await store.close()
+
+
+def get_trace(
+    app_name: str | None,
+    user_id: str | None,
+    invocation_id: str,
+    *,
+    trace_url: str | None = None,
+) -> Trace:
+    """Blocking :func:`aget_trace` (for scripts; inside an event loop, await that)."""
+    return asyncio.run(aget_trace(app_name, user_id, invocation_id, trace_url=trace_url))

@@ -52,6 +52,7 @@ from runner_core.events import (
 )
 from runner_core.runner import Runner, RunStream
 from runner_core.session import SessionKey
+from runner_core.tracing import TraceRecorder
 from runner_core.wire import ID_RE, MAX_ID_LENGTH, attempts_key
 
 from .bus import EventBusUnavailableError, Fence, owner_identity
@@ -348,11 +349,17 @@ async def _run_with_lease(
         logger.warning("run %s: recovering (attempt %s)", invocation_id, claimed.attempt)
     if claimed.cancel_requested:
         cancelled.set()
+    agent = rt.agents.get(request.app_name)
+    plugins = run_plugins()
+    if rt.traces is not None:
+        # Made for this run: it writes the trace fenced with the run's lease token. First, so
+        # it sees each model request before other plugins may answer it.
+        plugins.insert(0, TraceRecorder(rt.traces, agent=agent, fence=claimed.lease.token))
     runner = Runner(
         request.app_name,
-        rt.agents.get(request.app_name),
+        agent,
         session_service=rt.sessions,
-        plugins=run_plugins(),
+        plugins=plugins,
     )
     last = claimed.last_seq
     stream = runner.run(

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from runner_core.session import SessionService
+from runner_core.traces import TraceStore
 
 from .agents import AgentRegistry
 from .bus import EventBus
@@ -68,7 +69,8 @@ class WorkerRuntime:
     """The per-process loop and the clients that live on it.
 
     Attributes (ready after :meth:`start`): ``loop``, ``redis`` (events and leases), ``bus``,
-    ``cancels``, ``sessions``, ``locks``, ``agents``, ``settings``, ``summary_settings``.
+    without ``AGENT_RUNNER_ARTIFACT_URL``), ``locks``, ``agents``,
+    ``settings``, ``summary_settings``.
 
     Args:
         settings: the worker's settings, read once at start-up.
@@ -91,6 +93,7 @@ class WorkerRuntime:
         self.bus: EventBus
         self.cancels: CancelWatcher
         self.sessions: SessionService
+        self.traces: TraceStore | None = None
         self.locks: SessionLocks
         self.agents: AgentRegistry
         self.unacked_index_key = "unacked_index"
@@ -141,6 +144,10 @@ class WorkerRuntime:
             + 60,
         )
         self.sessions = from_url(settings.session_url)
+        if settings.trace_url is not None:
+            from session_backends.traces import trace_store_from_url
+
+            self.traces = trace_store_from_url(settings.trace_url, ttl=settings.trace_ttl_s)
         broker_transport_options = load_celeryconfig().broker_transport_options
         self.unacked_index_key = str(broker_transport_options.get("global_keyprefix", "")) + str(
             broker_transport_options.get("unacked_index_key", "unacked_index")
@@ -183,7 +190,10 @@ class WorkerRuntime:
                 logger.warning("cannot refresh the visibility of %s: %s", delivery_tag, exc)
 
     async def _close(self) -> None:
-        for close in (self.cancels.close, self.agents.close, self.sessions.close):
+        closes = [self.cancels.close, self.agents.close, self.sessions.close]
+        if self.traces is not None:
+            closes.append(self.traces.close)
+        for close in closes:
             try:
                 await close()
             except Exception:  # pragma: no cover - best effort at shutdown

@@ -37,6 +37,7 @@ __all__ = [
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 _SESSION_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql", "mysql")
+_TRACE_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql")
 _FACTORY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
@@ -182,6 +183,9 @@ class Settings:
     max_attempts: int = 3
     max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS
     soft_shutdown_s: float = 30.0
+    #: Where execution traces go (docs/traces.md); None: traces off (``AGENT_RUNNER_TRACES``).
+    trace_url: str | None = DEFAULT_BROKER_URL
+    trace_ttl_s: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -215,6 +219,11 @@ class Settings:
             )
         recovery = _number(env, "AGENT_RUNNER_RECOVERY_TIMEOUT_S", 600.0, minimum=1)
         assert recovery is not None
+        # Traces live beside the sessions when their store can hold them, else in Redis.
+        trace_default = session_url if urlsplit(session_url).scheme in _TRACE_SCHEMES else redis_url
+        trace_url: str | None = _url(env, "AGENT_RUNNER_TRACE_URL", trace_default, _TRACE_SCHEMES)
+        if not _bool(env, "AGENT_RUNNER_TRACES", True):
+            trace_url = None
 
         def whole(name: str, default: int, minimum: int) -> int:
             value = _number(env, name, float(default), minimum=minimum, integer=True)
@@ -244,6 +253,8 @@ class Settings:
             max_attempts=whole("AGENT_RUNNER_MAX_ATTEMPTS", 3, 1),
             max_message_chars=whole("AGENT_RUNNER_MAX_MESSAGE_CHARS", DEFAULT_MAX_MESSAGE_CHARS, 1),
             soft_shutdown_s=_number(env, "AGENT_RUNNER_SOFT_SHUTDOWN_S", 30.0, minimum=0) or 0.0,
+            trace_url=trace_url,
+            trace_ttl_s=_number(env, "AGENT_RUNNER_TRACE_TTL_S", None, minimum=1, allow_none=True),
         )
 
     @property
