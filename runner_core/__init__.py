@@ -27,6 +27,7 @@ from .errors import (
     ToolError,
     ToolExecutionError,
     ToolNotFoundError,
+    TraceNotFoundError,
     UnknownToolCallError,
 )
 from .events import (
@@ -49,6 +50,7 @@ from .events import (
 from .invocation import InvocationContext, RunOutcome
 from .memory_artifacts import InMemoryArtifactService
 from .memory_sessions import InMemorySessionService
+from .memory_traces import InMemoryTraceStore
 from .messages import FunctionCall, Message, ToolCall
 from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
 from .openai_model import OpenAIModel
@@ -66,6 +68,8 @@ from .summarizer import (
     get_session_summary_text,
 )
 from .tools import FunctionTool, ToolContext, tool
+from .traces import Step, Trace, TraceStore, read_trace
+from .tracing import TraceRecorder
 from .transfer import transfer_targets
 from .workflow import LoopAgent, ParallelAgent, SequentialAgent
 
@@ -95,6 +99,7 @@ __all__ = [
     "GuardrailTripped",
     "InMemoryArtifactService",
     "InMemorySessionService",
+    "InMemoryTraceStore",
     "InvalidRequestError",
     "InvocationContext",
     "InvocationOwnedError",
@@ -131,6 +136,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionService",
     "StateUpdateEvent",
+    "Step",
     "Summarizer",
     "Summary",
     "SummaryCheck",
@@ -142,6 +148,10 @@ __all__ = [
     "ToolExecutionError",
     "ToolNotFoundError",
     "ToolResultEvent",
+    "Trace",
+    "TraceNotFoundError",
+    "TraceRecorder",
+    "TraceStore",
     "UnknownToolCallError",
     "Usage",
     "check_event_count",
@@ -150,6 +160,7 @@ __all__ = [
     "create_session_summary",
     "get_session_summary_text",
     "load_artifacts",
+    "read_trace",
     "tool",
     "transfer_targets",
 ]

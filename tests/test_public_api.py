@@ -34,6 +34,9 @@ EXPECTED = {
         # Artifacts (issue 20).
         "Artifact", "ArtifactBackendError", "ArtifactService", "ArtifactVersion",
         "InMemoryArtifactService", "load_artifacts",
+        # Execution traces (issue 17).
+        "InMemoryTraceStore", "Step", "Trace", "TraceNotFoundError", "TraceRecorder",
+        "TraceStore", "read_trace",
     },
 }
 
