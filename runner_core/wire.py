@@ -21,6 +21,14 @@ default ``agent-runner``; what each holds: :mod:`workers.bus` and docs/events.md
   ``P:session:D:{lease,claim,waiters,waiters-seen,fence}`` (:mod:`workers.session_lock`),
   ``P:summary-lease:D`` (:mod:`workers.summaries`), and the counter ``P:session-lease-token``.
 
+On Redis Cluster (``redis+cluster://``; docs/workers.md, "Redis Cluster") every key that one
+fenced write touches must share a hash slot, so the keys of a run carry its session's hash tag
+``T`` = ``{D}`` (:func:`session_tag`): ``P:T:events:I``, ``P:T:stream:I``, ``P:T:owner:I``,
+``P:T:attempts:I``, ``P:T:submitted:I``; the lease keys are ``P:session:T:{lease,claim,waiters,
+waiters-seen,fence,token}`` (``token``: the session's own fencing-token counter). The locator
+``P:locator:I`` (holding ``D``) leads a reader that has only the invocation ID to them; cancel
+requests (``P:cancel:I``, ``P:control:I``) stay untagged. A single Redis keeps the names above.
+
 This module imports nothing of the project, so every layer can use it (``runner_core`` imports
 neither ``workers`` nor ``session_backends``).
 """
@@ -60,9 +68,11 @@ __all__ = [
     "events_channel",
     "known_keys",
     "lease_token_key",
+    "locator_key",
     "owner_key",
     "session_digest",
     "session_lock_key",
+    "session_tag",
     "stream_key",
     "submitted_key",
     "summary_lease_key",
@@ -128,14 +138,21 @@ STREAM_FIELD = "event"
 CANCEL_MESSAGE = "cancel"
 
 
-def events_channel(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
-    """The pub/sub channel carrying an invocation's events: ``{prefix}:events:{invocation_id}``."""
-    return f"{prefix}:events:{invocation_id}"
+def _scope(prefix: str, tag: str) -> str:
+    """``prefix``, followed on Redis Cluster by the session's hash tag (:func:`session_tag`)."""
+    return f"{prefix}:{tag}" if tag else prefix
 
 
-def stream_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
-    """The capped stream holding an invocation's events: ``{prefix}:stream:{invocation_id}``."""
-    return f"{prefix}:stream:{invocation_id}"
+def events_channel(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX, tag: str = "") -> str:
+    """The pub/sub channel carrying an invocation's events: ``{prefix}:events:{invocation_id}``
+    (``{prefix}:{tag}:events:{invocation_id}`` on Redis Cluster, a sharded channel)."""
+    return f"{_scope(prefix, tag)}:events:{invocation_id}"
+
+
+def stream_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX, tag: str = "") -> str:
+    """The capped stream holding an invocation's events: ``{prefix}:stream:{invocation_id}``
+    (``{prefix}:{tag}:stream:{invocation_id}`` on Redis Cluster)."""
+    return f"{_scope(prefix, tag)}:stream:{invocation_id}"
 
 
 def cancel_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
@@ -148,19 +165,26 @@ def control_channel(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> 
     return f"{prefix}:control:{invocation_id}"
 
 
-def owner_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
+def owner_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX, tag: str = "") -> str:
     """The identity the invocation ID is bound to: ``{prefix}:owner:{invocation_id}``."""
-    return f"{prefix}:owner:{invocation_id}"
+    return f"{_scope(prefix, tag)}:owner:{invocation_id}"
 
 
-def attempts_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
+def attempts_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX, tag: str = "") -> str:
     """The counter of a run's deliveries that took the session: ``{prefix}:attempts:{id}``."""
-    return f"{prefix}:attempts:{invocation_id}"
+    return f"{_scope(prefix, tag)}:attempts:{invocation_id}"
 
 
-def submitted_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
+def submitted_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX, tag: str = "") -> str:
     """The marker :func:`workers.client.submit` sets before sending: ``{prefix}:submitted:{id}``."""
-    return f"{prefix}:submitted:{invocation_id}"
+    return f"{_scope(prefix, tag)}:submitted:{invocation_id}"
+
+
+def locator_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
+    """On Redis Cluster, the session digest an invocation is bound to (so its tag):
+    ``{prefix}:locator:{invocation_id}``, written (``SET NX``) by :func:`workers.client.submit`
+    and by the first worker that takes or publishes for the run."""
+    return f"{prefix}:locator:{invocation_id}"
 
 
 def webhook_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
@@ -168,21 +192,22 @@ def webhook_key(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> str:
     return f"{prefix}:webhook:{invocation_id}"
 
 
-def known_keys(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX) -> list[str]:
+def known_keys(invocation_id: str, prefix: str = DEFAULT_EVENTS_PREFIX, tag: str = "") -> list[str]:
     """The keys whose existence makes an invocation known: its stream (a worker published
     something), its attempts counter (a worker took it) and its submitted marker (the client
-    sent it). ``EXISTS`` of all three is 0 for an ID nobody submitted or whose traces expired."""
+    sent it). ``EXISTS`` of all three is 0 for an ID nobody submitted or whose traces expired.
+    (On Redis Cluster its locator, :func:`locator_key`, is what makes it known.)"""
     return [
-        stream_key(invocation_id, prefix),
-        attempts_key(invocation_id, prefix),
-        submitted_key(invocation_id, prefix),
+        stream_key(invocation_id, prefix, tag),
+        attempts_key(invocation_id, prefix, tag),
+        submitted_key(invocation_id, prefix, tag),
     ]
 
 
 # --- Redis names of a session --------------------------------------------------------------
 
 #: The keys of a session's run lease (:mod:`workers.session_lock` says what each holds).
-SessionLockPart = Literal["lease", "claim", "waiters", "waiters-seen", "fence"]
+SessionLockPart = Literal["lease", "claim", "waiters", "waiters-seen", "fence", "token"]
 
 
 def session_digest(app_name: str, user_id: str, session_id: str) -> str:
@@ -192,11 +217,24 @@ def session_digest(app_name: str, user_id: str, session_id: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+def session_tag(digest: str) -> str:
+    """The Redis Cluster hash tag of a session and of its runs' keys: ``{`` + the session's
+    :func:`session_digest` + ``}``. Everything one fenced write touches (a run's stream,
+    channel and owner, the session's lease and fence) carries it, so it is in one slot."""
+    return "{" + digest + "}"
+
+
 def session_lock_key(
-    digest: str, part: SessionLockPart, prefix: str = DEFAULT_EVENTS_PREFIX
+    digest: str,
+    part: SessionLockPart,
+    prefix: str = DEFAULT_EVENTS_PREFIX,
+    *,
+    cluster: bool = False,
 ) -> str:
-    """One key of a session's run lease: ``{prefix}:session:{digest}:{part}``."""
-    return f"{prefix}:session:{digest}:{part}"
+    """One key of a session's run lease: ``{prefix}:session:{digest}:{part}``; on Redis
+    Cluster the digest is the hash tag: ``{prefix}:session:{{digest}}:{part}``. (``token``,
+    the session's own fencing-token counter, exists on Redis Cluster only.)"""
+    return f"{prefix}:session:{session_tag(digest) if cluster else digest}:{part}"
 
 
 def lease_token_key(prefix: str = DEFAULT_EVENTS_PREFIX) -> str:

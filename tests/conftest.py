@@ -1,8 +1,8 @@
 """Shared test set-up.
 
 Server fixtures (real redis-server, real PostgreSQL) live in tests/services.py, the real MariaDB
-in tests/mariadb.py, Celery worker fixtures in tests/celery_workers.py; all are loaded as plugins
-here.
+in tests/mariadb.py, a three-node Redis Cluster in tests/redis_cluster.py, Celery worker fixtures
+in tests/celery_workers.py; all are loaded as plugins here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.services", "tests.mariadb", "tests.celery_workers"]
+pytest_plugins = ["tests.services", "tests.mariadb", "tests.redis_cluster", "tests.celery_workers"]
 
 # Nothing in the tests may reach a real LLM: point the openai client's defaults at a closed
 # loopback port, so a model built without an explicit base_url fails fast instead of calling out.

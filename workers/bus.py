@@ -18,7 +18,10 @@ For an invocation ``I`` and the prefix ``agent-runner`` (configurable):
 - ``agent-runner:submitted:I`` set (with a TTL) by :func:`workers.client.submit` just before it
                               sends the run.
 
-The names are built by :mod:`runner_core.wire` (re-exported here), their one owner.
+The names are built by :mod:`runner_core.wire` (re-exported here), their one owner. On Redis
+Cluster (a ``RedisCluster`` client) the keys of a run carry its session's hash tag, found through
+:mod:`workers.locator`, and events go out on a sharded channel (``SPUBLISH``, Redis 7+; plain
+``PUBLISH`` on an older server): docs/workers.md, "Redis Cluster".
 
 An invocation is *known* when its stream, its attempts key or its submitted key exists
 (:func:`known_keys`): readers use that to tell a mistyped ID from a run that has not started.
@@ -46,7 +49,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from runner_core.errors import (
@@ -68,11 +70,15 @@ from runner_core.wire import (
     control_channel,
     events_channel,
     known_keys,
+    locator_key,
     owner_key,
     stream_key,
     submitted_key,
 )
 from runner_core.wire import DEFAULT_EVENTS_PREFIX as DEFAULT_PREFIX
+from session_backends.redis_target import AsyncRedis
+
+from .locator import InvocationLocator
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -150,8 +156,13 @@ class Fence:
 
 
 def describe_redis(client: Any) -> str:
-    """Where a redis-py client (sync or asyncio) connects, as ``host:port/db`` or a socket path."""
-    kwargs: dict[str, Any] = getattr(client.connection_pool, "connection_kwargs", {})
+    """Where a redis-py client (sync or asyncio) connects, as ``host:port/db`` or a socket path
+    (``cluster via host:port`` for a Redis Cluster client)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a RedisCluster: no single pool
+        nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", {}) or {}
+        return f"cluster via {', '.join(nodes) or 'its startup nodes'}"
+    kwargs: dict[str, Any] = getattr(pool, "connection_kwargs", {})
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"
     host = kwargs.get("host", "localhost")
@@ -169,7 +180,8 @@ def unavailable(client: Any, exc: BaseException) -> EventBusUnavailableError:
 
 # KEYS: stream, owner, and for a fenced publish the session lease.
 # ARGV: event JSON, channel, maxlen, ttl seconds, the event's identity, owner ttl seconds, the
-#       lease holder this publish needs ('' when unfenced), stream field.
+#       lease holder this publish needs ('' when unfenced), stream field, the publish command
+#       (PUBLISH, or SPUBLISH on Redis Cluster: the channel is in the keys' slot).
 # Returns {-1, owner} for another identity's invocation, {-2} when the lease is not held (both
 # write nothing), else {1, subscribers}.
 # XADD before PUBLISH, so a subscriber that hears of an event can always find it in the stream.
@@ -180,7 +192,7 @@ if ARGV[7] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[7] then return {-2} end
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', ARGV[8], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return {1, redis.call('PUBLISH', ARGV[2], ARGV[1])}
+return {1, redis.call(ARGV[9], ARGV[2], ARGV[1])}
 """
 
 
@@ -213,7 +225,7 @@ local finished = last_type == COMPLETION_TYPE
 """
 
 # KEYS: stream, attempts, owner. ARGV: stream field, event JSON, channel, maxlen, ttl seconds,
-# the event's seq, the event's identity, owner ttl seconds.
+# the event's seq, the event's identity, owner ttl seconds, the publish command (as above).
 # Returns {-1, owner} for another identity's invocation (as _PUBLISH_LUA). Else publishes only
 # for a run no delivery has started (no attempts key) when the event is the next one of the
 # stream (which does not end with the completion): {1} if published, {0} if not.
@@ -227,7 +239,7 @@ if finished or last_seq + 1 ~= tonumber(ARGV[6]) then return {0} end
 redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[8])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[3], ARGV[2])
+redis.call(ARGV[9], ARGV[3], ARGV[2])
 return {1}
 """
 )
@@ -318,13 +330,18 @@ class CancelScript:
 
 
 class EventBus:
-    """Publishes events of runs and carries cancel requests, over one Redis.
+    """Publishes events of runs and carries cancel requests, over one Redis or a Redis Cluster.
 
     Args:
-        redis: an asyncio redis-py client; the bus never closes it (whoever opened it does).
+        redis: an asyncio redis-py client (``redis.asyncio.Redis``, or ``RedisCluster`` for a
+            cluster: then run keys carry their session's hash tag); the bus never closes it
+            (whoever opened it does).
         prefix: the first part of every channel and key name.
         stream_maxlen: roughly how many entries each invocation's stream keeps (``MAXLEN ~``).
         stream_ttl_s: seconds a stream lives after its last event.
+        locator: how invocations are bound to their sessions on a cluster (default: a new
+            :class:`~workers.locator.InvocationLocator` on ``redis``; share one with the
+            session locks so a run's binding is looked up once).
 
     Every method raises :class:`EventBusUnavailableError` when Redis cannot be reached and
     :class:`EventBusError` when it answers with an error.
@@ -332,11 +349,12 @@ class EventBus:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         *,
         prefix: str = DEFAULT_PREFIX,
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         stream_ttl_s: int = DEFAULT_EVENT_TTL_S,
+        locator: InvocationLocator | None = None,
     ) -> None:
         if stream_maxlen < 1:
             raise ValueError(f"stream_maxlen must be >= 1, got {stream_maxlen}")
@@ -346,6 +364,11 @@ class EventBus:
         self.prefix = prefix
         self.stream_maxlen = stream_maxlen
         self.stream_ttl_s = stream_ttl_s
+        self.locator = locator or InvocationLocator(redis, prefix=prefix)
+        self.cluster = self.locator.cluster
+        #: The command events go out with: PUBLISH, or on a cluster SPUBLISH when the server
+        #: has it (asked once, at the first publish).
+        self._publish_command: str | None = None if self.cluster else "PUBLISH"
         self._publish_script = redis.register_script(_PUBLISH_LUA)
         self._publish_before_start_script = redis.register_script(_PUBLISH_BEFORE_START_LUA)
         self._cancel_script = redis.register_script(CancelScript.source)
@@ -357,6 +380,34 @@ class EventBus:
             raise unavailable(self.redis, exc) from exc
         except redis.exceptions.RedisError as exc:
             raise EventBusError(f"Redis at {describe_redis(self.redis)} failed: {exc}") from exc
+
+    async def publish_command(self) -> str:
+        """``PUBLISH`` on one Redis; on a cluster ``SPUBLISH`` (sharded pub/sub: the message
+        goes only to the nodes of the channel's slot) when the server is Redis 7 or newer,
+        else ``PUBLISH``."""
+        if self._publish_command is None:
+            info = await self._call(lambda: self.redis.info("server"))
+            major = str(info.get("redis_version", "0")).split(".")[0]
+            sharded = major.isdigit() and int(major) >= 7
+            self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        return self._publish_command
+
+    async def _bind(self, invocation_id: str, identity: str) -> str:
+        """The tag of the invocation's keys for a publish of ``identity`` (``""`` on one
+        Redis); on a cluster the invocation is bound to that session first.
+
+        Raises:
+            InvocationOwnedError: on a cluster, the ID is bound to another session.
+        """
+        if not self.cluster:
+            return ""
+        app_name, user_id, session_id = json.loads(identity)
+        tag, other = await self._call(
+            lambda: self.locator.bind(invocation_id, app_name, user_id, session_id)
+        )
+        if other is not None:
+            raise invocation_owned(invocation_id, other, identity)
+        return tag
 
     async def publish(self, event: Event, *, identity: str, fence: Fence | None = None) -> None:
         """Append ``event`` to its invocation's stream and publish it on its channel, atomically.
@@ -374,18 +425,23 @@ class EventBus:
         """
         payload = event.to_json()
         invocation_id = event.invocation_id
-        keys = [stream_key(invocation_id, self.prefix), owner_key(invocation_id, self.prefix)]
+        tag = await self._bind(invocation_id, identity) if self.cluster else ""
+        keys = [
+            stream_key(invocation_id, self.prefix, tag),
+            owner_key(invocation_id, self.prefix, tag),
+        ]
         if fence is not None:
             keys.append(fence.lease_key)
         args: list[str | int] = [
             payload,
-            events_channel(invocation_id, self.prefix),
+            events_channel(invocation_id, self.prefix, tag),
             self.stream_maxlen,
             self.stream_ttl_s,
             identity,
             max(OWNER_TTL_S, self.stream_ttl_s),
             "" if fence is None else fence.holder,
             STREAM_FIELD,
+            self._publish_command or await self.publish_command(),
         ]
         reply = await self._call(lambda: self._publish_script(keys=keys, args=args))
         if int(reply[0]) == -1:
@@ -410,28 +466,38 @@ class EventBus:
                 written), as for :meth:`publish`.
         """
         invocation_id = event.invocation_id
+        tag = await self._bind(invocation_id, identity) if self.cluster else ""
         keys = [
-            stream_key(invocation_id, self.prefix),
-            attempts_key(invocation_id, self.prefix),
-            owner_key(invocation_id, self.prefix),
+            stream_key(invocation_id, self.prefix, tag),
+            attempts_key(invocation_id, self.prefix, tag),
+            owner_key(invocation_id, self.prefix, tag),
         ]
         args: list[str | int] = [
             STREAM_FIELD,
             event.to_json(),
-            events_channel(invocation_id, self.prefix),
+            events_channel(invocation_id, self.prefix, tag),
             self.stream_maxlen,
             self.stream_ttl_s,
             event.seq,
             identity,
             max(OWNER_TTL_S, self.stream_ttl_s),
+            self._publish_command or await self.publish_command(),
         ]
         reply = await self._call(lambda: self._publish_before_start_script(keys=keys, args=args))
         if int(reply[0]) == -1:
             raise invocation_owned(invocation_id, reply[1], identity)
         return int(reply[0]) == 1
 
+    async def locate(self, invocation_id: str) -> str | None:
+        """The tag of the invocation's keys: ``""`` on one Redis; on a cluster its session's
+        tag, or None while no submit, claim or publish has bound it to a session."""
+        return await self._call(lambda: self.locator.locate(invocation_id))
+
     async def _last_event(self, invocation_id: str) -> Event | None:
-        key = stream_key(invocation_id, self.prefix)
+        tag = await self.locate(invocation_id)
+        if tag is None:
+            return None
+        key = stream_key(invocation_id, self.prefix, tag)
         entries = await self._call(lambda: self.redis.xrevrange(key, count=1))
         if not entries:
             return None
@@ -449,9 +515,21 @@ class EventBus:
         return event if event is not None and event.type == "runner.completion" else None
 
     async def is_known(self, invocation_id: str) -> bool:
-        """Whether the invocation is known (see :func:`known_keys`)."""
+        """Whether the invocation is known (see :func:`known_keys`; on a cluster: whether it
+        is bound to a session, :func:`~runner_core.wire.locator_key`)."""
+        if self.cluster:
+            key = locator_key(invocation_id, self.prefix)
+            return bool(await self._call(lambda: self.redis.exists(key)))
         keys = known_keys(invocation_id, self.prefix)
         return bool(await self._call(lambda: self.redis.exists(*keys)))
+
+    async def has_started(self, invocation_id: str) -> bool:
+        """Whether a delivery of the run took its session (its attempts counter exists)."""
+        tag = await self.locate(invocation_id)
+        if tag is None:
+            return False
+        key = attempts_key(invocation_id, self.prefix, tag)
+        return bool(await self._call(lambda: self.redis.exists(key)))
 
     async def request_cancel(
         self, invocation_id: str, *, require_known: bool = False
@@ -465,8 +543,31 @@ class EventBus:
         Raises:
             UnknownInvocationError: with ``require_known``, the invocation is not known
                 (nothing is recorded).
+
+        On a cluster the run's stream and the cancel key are in different slots, so the
+        "finished?" check and the request are two steps: a run that finishes between them
+        gets a request nobody reads (it expires), and the caller None instead of the
+        completion.
         """
+        if self.cluster:
+            return await self._request_cancel_on_cluster(invocation_id, require_known)
         keys = CancelScript.keys(invocation_id, self.prefix)
         args = CancelScript.args(invocation_id, self.prefix, require_known=require_known)
         reply = await self._call(lambda: self._cancel_script(keys=keys, args=args))
         return CancelScript.outcome(reply, invocation_id, self.prefix)
+
+    async def _request_cancel_on_cluster(
+        self, invocation_id: str, require_known: bool
+    ) -> RunCompletionEvent | None:
+        tag = await self.locate(invocation_id)
+        if tag is None and require_known:
+            raise unknown_invocation(invocation_id)
+        if tag is not None:
+            done = await self.completion(invocation_id)
+            if done is not None:
+                return done
+        key = cancel_key(invocation_id, self.prefix)
+        channel = control_channel(invocation_id, self.prefix)
+        await self._call(lambda: self.redis.set(key, CANCEL_MESSAGE, ex=CANCEL_TTL_S))
+        await self._call(lambda: self.redis.publish(channel, CANCEL_MESSAGE))
+        return None

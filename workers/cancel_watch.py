@@ -13,6 +13,10 @@ No request is missed:
 - a message published while the subscription is down is lost, so each (re)subscription is
   followed by reading the keys of every watched run, and while runs are watched the keys are
   read again every ``poll_s`` seconds (one ``MGET`` for all of them).
+
+On Redis Cluster the cancel keys are in the slots of their invocation IDs (read with one
+``GET`` per node's share of them) and the control channel is plain pub/sub, which a cluster
+delivers to subscribers on every node: one subscription on any node hears every request.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from collections.abc import Iterator
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from runner_core.wire import cancel_key, control_channel
+from session_backends.redis_target import AsyncRedis
 
 __all__ = ["CancelWatcher"]
 
@@ -45,7 +51,7 @@ class CancelWatcher:
     Use :meth:`start` on the event loop, :meth:`watch` around each run, :meth:`close` at exit.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, poll_s: float = 1.0) -> None:
+    def __init__(self, redis: AsyncRedis, *, prefix: str, poll_s: float = 1.0) -> None:
         if poll_s <= 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s}")
         self.redis = redis
@@ -97,7 +103,11 @@ class CancelWatcher:
         watched = list(self._watched)
         if not watched:
             return
-        values = await self.redis.mget([cancel_key(i, self.prefix) for i in watched])
+        keys = [cancel_key(i, self.prefix) for i in watched]
+        if isinstance(self.redis, RedisCluster):
+            values = await self.redis.mget_nonatomic(keys)
+        else:
+            values = await self.redis.mget(keys)
         for invocation_id, value in zip(watched, values, strict=True):
             if value is not None:
                 self._wake(invocation_id)

@@ -22,6 +22,10 @@ with :class:`UnknownInvocationError` unless the invocation becomes *known* withi
 seconds (a worker took it or published for it, or :func:`submit` recorded sending it; see
 :func:`workers.bus.known_keys`). ``submit`` records the ID in the events Redis just before it
 sends the task, so a run still waiting in the queue is known.
+
+On Redis Cluster (``redis+cluster://``) a run's stream carries its session's hash tag, so a
+reader first finds the session through the invocation's locator (:mod:`workers.locator`), which
+``submit`` writes instead of the submitted marker; until it exists the run is not known.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis
-import redis.asyncio as aioredis
 import redis.exceptions
 from kombu.exceptions import OperationalError
 
@@ -46,12 +49,17 @@ from runner_core.run_config import RunConfig
 from runner_core.wire import (
     DEFAULT_RUNS_QUEUE,
     ID_RE,
+    OWNER_TTL_S,
     SUBMIT_RUN,
     SUBMITTED_TTL_S,
     known_keys,
+    locator_key,
+    session_digest,
+    session_tag,
     stream_key,
     submitted_key,
 )
+from session_backends.redis_target import async_client, is_cluster_url, sync_client
 
 from .bus import (
     CancelScript,
@@ -60,9 +68,12 @@ from .bus import (
     UnknownInvocationError,
     decode_entry,
     describe_redis,
+    invocation_owned,
+    owner_identity,
     unavailable,
     unknown_invocation,
 )
+from .locator import BIND_LUA
 from .settings import Settings, mask_url
 
 if TYPE_CHECKING:
@@ -191,7 +202,8 @@ def submit(
     args, kwargs = request.task_arguments()
     invocation_id = str(uuid.uuid4()) if invocation_id is None else invocation_id
     validate_invocation_id(invocation_id)
-    _record_submission(settings, invocation_id)
+    session = (request.app_name, request.user_id, request.session_id or invocation_id)
+    _record_submission(settings, invocation_id, session)
     try:
         # The queue is named explicitly, as any other Celery client must name it: a client
         # without this app's routes would otherwise send to Celery's default queue, which no
@@ -200,7 +212,7 @@ def submit(
             SUBMIT_RUN, args=args, kwargs=kwargs, queue=settings.queue, task_id=invocation_id
         )
     except OperationalError as exc:
-        _record_submission(settings, invocation_id, forget=True)
+        _record_submission(settings, invocation_id, session, forget=True)
         raise BrokerUnavailableError(
             f"cannot send the run to the broker at {mask_url(str(app.conf.broker_url))} ({exc}). "
             "Start Redis there, or point AGENT_RUNNER_BROKER_URL at a running Redis."
@@ -209,20 +221,40 @@ def submit(
 
 
 @functools.lru_cache(maxsize=8)
-def _marker_client(url: str) -> redis.Redis:
+def _marker_client(url: str) -> redis.Redis | redis.cluster.RedisCluster:
     """One pooled client per events Redis for the submission markers: a producer submitting
     many runs reuses its connections instead of opening one per run."""
-    return redis.Redis.from_url(url, socket_timeout=_SOCKET_TIMEOUT_S)
+    return sync_client(url, variable="AGENT_RUNNER_REDIS_URL", socket_timeout=_SOCKET_TIMEOUT_S)
 
 
-def _record_submission(settings: Settings, invocation_id: str, *, forget: bool = False) -> None:
+def _record_submission(
+    settings: Settings,
+    invocation_id: str,
+    session: tuple[str, str, str],
+    *,
+    forget: bool = False,
+) -> None:
     """Mark ``invocation_id`` as submitted in the events Redis (``forget``: unmark it, best
-    effort, after the broker refused the task)."""
+    effort, after the broker refused the task). On Redis Cluster the mark is the locator,
+    binding the ID to its session (app, user, session ID).
+
+    Raises:
+        InvocationOwnedError: on a cluster, the ID is bound to another session already.
+    """
     client = _marker_client(settings.redis_url)
-    key = submitted_key(invocation_id, settings.events_prefix)
+    cluster = is_cluster_url(settings.redis_url)
+    if cluster:
+        key = locator_key(invocation_id, settings.events_prefix)
+    else:
+        key = submitted_key(invocation_id, settings.events_prefix)
     try:
         if forget:
             client.delete(key)
+        elif cluster:
+            bind = client.register_script(BIND_LUA)
+            other = bind(keys=[key], args=[session_digest(*session), OWNER_TTL_S])
+            if other:
+                raise invocation_owned(invocation_id, other, owner_identity(*session))
         else:
             client.set(key, "1", ex=SUBMITTED_TTL_S)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -239,13 +271,14 @@ def _record_submission(settings: Settings, invocation_id: str, *, forget: bool =
 class _StreamCursor:
     """Turns stream entries into events: each ``seq`` once, in order, up to the completion."""
 
-    def __init__(self, invocation_id: str, key: str, after_seq: int | None) -> None:
+    def __init__(self, invocation_id: str, key: str | None, after_seq: int | None) -> None:
         if after_seq is not None and (not isinstance(after_seq, int) or after_seq < 0):
             raise InvalidRequestError(
                 f"after_seq must be the seq of the last event you processed (>= 0), "
                 f"got {after_seq!r}."
             )
         self.invocation_id = invocation_id
+        #: The stream; None on Redis Cluster until the locator names the run's session.
         self.key = key
         self.last_entry_id = "0-0"
         self.next_seq = 0 if after_seq is None else after_seq + 1
@@ -321,6 +354,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _first_stream_key(invocation_id: str, url: str, prefix: str) -> str | None:
+    """The stream to read: known from the ID on one Redis; on a cluster (None here) it is
+    found through the locator (:func:`_located_stream_key`)."""
+    return None if is_cluster_url(url) else stream_key(invocation_id, prefix)
+
+
+def _located_stream_key(invocation_id: str, prefix: str, digest: bytes | str | None) -> str | None:
+    """The stream of a run on a cluster, from its locator's value (None: not bound yet)."""
+    return None if digest is None else stream_key(invocation_id, prefix, session_tag(_text(digest)))
+
+
 def _block_ms(deadline: float | None) -> int | None:
     """Milliseconds for the next XREAD BLOCK, or None when the deadline has passed."""
     if deadline is None:
@@ -364,9 +408,11 @@ def stream_events(
     """
     validate_invocation_id(invocation_id)
     url, actual_prefix = _events_target(redis_url, prefix)
-    cursor = _StreamCursor(invocation_id, stream_key(invocation_id, actual_prefix), after_seq)
+    key = _first_stream_key(invocation_id, url, actual_prefix)
+    cursor = _StreamCursor(invocation_id, key, after_seq)
     presence = _Presence(invocation_id, actual_prefix, known_wait)
-    client = redis.Redis.from_url(url, socket_timeout=_SOCKET_TIMEOUT_S)
+    client = sync_client(url, socket_timeout=_SOCKET_TIMEOUT_S)
+    locator = locator_key(invocation_id, actual_prefix)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not cursor.done:
@@ -374,6 +420,15 @@ def stream_events(
             if block is None:
                 raise cursor.timeout_error(timeout or 0)
             try:
+                if cursor.key is None:
+                    digest = client.get(locator)
+                    cursor.key = _located_stream_key(invocation_id, actual_prefix, digest)
+                    if cursor.key is None:
+                        if not presence.known:
+                            presence.settle(0)
+                        time.sleep(min(block, _KNOWN_POLL_S * 1000) / 1000)
+                        continue
+                    presence.known = True
                 if not presence.known:
                     presence.settle(client.exists(*presence.keys))
                 response = client.xread(
@@ -405,9 +460,11 @@ async def astream_events(
     """The async twin of :func:`stream_events`; same arguments, same guarantees."""
     validate_invocation_id(invocation_id)
     url, actual_prefix = _events_target(redis_url, prefix)
-    cursor = _StreamCursor(invocation_id, stream_key(invocation_id, actual_prefix), after_seq)
+    key = _first_stream_key(invocation_id, url, actual_prefix)
+    cursor = _StreamCursor(invocation_id, key, after_seq)
     presence = _Presence(invocation_id, actual_prefix, known_wait)
-    client = aioredis.Redis.from_url(url, socket_timeout=_SOCKET_TIMEOUT_S)
+    client = async_client(url, socket_timeout=_SOCKET_TIMEOUT_S)
+    locator = locator_key(invocation_id, actual_prefix)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not cursor.done:
@@ -415,6 +472,15 @@ async def astream_events(
             if block is None:
                 raise cursor.timeout_error(timeout or 0)
             try:
+                if cursor.key is None:
+                    digest = await client.get(locator)
+                    cursor.key = _located_stream_key(invocation_id, actual_prefix, digest)
+                    if cursor.key is None:
+                        if not presence.known:
+                            presence.settle(0)
+                        await asyncio.sleep(min(block, _KNOWN_POLL_S * 1000) / 1000)
+                        continue
+                    presence.known = True
                 if not presence.known:
                     presence.settle(await client.exists(*presence.keys))
                 response = await client.xread(
@@ -510,6 +576,10 @@ def cancel(
     """
     validate_invocation_id(invocation_id)
     url, actual_prefix = _events_target(redis_url, prefix)
+    if is_cluster_url(url):  # not one script on a cluster: EventBus.request_cancel says how
+        return asyncio.run(
+            acancel(invocation_id, require_known=require_known, redis_url=url, prefix=actual_prefix)
+        )
     client = redis.Redis.from_url(url)
     try:
         script = client.register_script(CancelScript.source)
@@ -536,7 +606,7 @@ async def acancel(
     """The async twin of :func:`cancel`."""
     validate_invocation_id(invocation_id)
     url, actual_prefix = _events_target(redis_url, prefix)
-    client = aioredis.Redis.from_url(url)
+    client = async_client(url)
     try:
         bus = EventBus(client, prefix=actual_prefix)
         return await bus.request_cancel(invocation_id, require_known=require_known)

@@ -53,7 +53,7 @@ from runner_core.events import (
 from runner_core.runner import Runner, RunStream
 from runner_core.session import SessionKey
 from runner_core.tracing import TraceRecorder
-from runner_core.wire import ID_RE, MAX_ID_LENGTH, attempts_key
+from runner_core.wire import ID_RE, MAX_ID_LENGTH
 
 from .bus import EventBusUnavailableError, Fence, owner_identity
 from .requests import RunRequest, TaskID
@@ -215,7 +215,6 @@ async def publish_failure(
             ID is another's. Nothing more was written.
     """
     invocation_id = _publishable(invocation_id)
-    attempts = attempts_key(invocation_id, rt.bus.prefix)
     for _round in range(_BEFORE_START_ROUNDS if before_start else 1):
         last = await _retrying(rt, lambda: rt.bus.last_seq(invocation_id))
         events = failure_events(invocation_id, labels, error, status=status, after_seq=last)
@@ -239,7 +238,7 @@ async def publish_failure(
         done = await _retrying(rt, lambda: rt.bus.completion(invocation_id))
         if done is not None:
             return done
-        if await _redis_retrying(rt, partial(rt.redis.exists, attempts)):
+        if await _retrying(rt, partial(rt.bus.has_started, invocation_id)):
             break
     raise FencedError(
         f"run {invocation_id}: a delivery of this invocation ID has started; this delivery "

@@ -28,6 +28,7 @@ import redis.exceptions
 
 from runner_core.session import SessionService
 from runner_core.traces import TraceStore
+from session_backends.redis_target import AsyncRedis, async_client, is_cluster_url
 
 from .agents import AgentRegistry
 from .bus import EventBus
@@ -49,9 +50,18 @@ _START_TIMEOUT_S = 30.0
 _POOL_WAIT_S = 30.0
 
 
-def _redis_client(url: str, max_connections: int) -> aioredis.Redis:
+def _redis_client(url: str, max_connections: int) -> AsyncRedis:
     """A client whose pool makes commands wait for a free connection when all
-    ``max_connections`` are busy (many runs at once), instead of failing them."""
+    ``max_connections`` are busy (many runs at once), instead of failing them. For a
+    ``redis+cluster://`` URL a ``RedisCluster`` (``max_connections`` per node)."""
+    if is_cluster_url(url):
+        return async_client(
+            url,
+            variable="AGENT_RUNNER_REDIS_URL",
+            max_connections=max_connections,
+            socket_keepalive=True,
+            health_check_interval=10,
+        )
     if url.startswith("redis+socket://"):
         url = "unix://" + url.removeprefix("redis+socket://")
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -88,8 +98,8 @@ class WorkerRuntime:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="agent-runner-loop", daemon=True)
         self._stopped = False
-        self.redis: aioredis.Redis
-        self.broker_redis: aioredis.Redis
+        self.redis: AsyncRedis
+        self.broker_redis: AsyncRedis
         self.bus: EventBus
         self.cancels: CancelWatcher
         self.sessions: SessionService
@@ -135,6 +145,7 @@ class WorkerRuntime:
         self.cancels.start()
         self.locks = SessionLocks(
             self.redis,
+            locator=self.bus.locator,
             prefix=settings.events_prefix,
             lease_ttl_s=settings.lease_ttl_s,
             # Long enough for a killed run's message to come back (recovery timeout, sweep,

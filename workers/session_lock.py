@@ -36,14 +36,20 @@ it returns the run's completion if the run already finished (its stream ends wit
 ``runner.completion``), else takes the session (or says who has it), counts the attempt
 (``{prefix}:attempts:{invocation_id}``), and reports the ``seq`` of the last published event and
 whether a cancel was requested.
+
+On Redis Cluster (a ``RedisCluster`` client) the claim touches the session's keys and the run's
+in one script, so they share the session's hash slot (:func:`runner_core.wire.session_tag`): the
+lease keys are ``{prefix}:session:{{digest}}:*``, the run's keys carry the same tag, and the
+token counter is the session's own ``{prefix}:session:{{digest}}:token`` (tokens are compared
+only within a session; it starts from the server's clock too). Before the script, the claim
+binds the invocation to its session (:mod:`workers.locator`) and reads the run's cancel key,
+which lives in its own slot (a cancel needs only the invocation ID).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-
-import redis.asyncio as aioredis
 
 from runner_core.events import RunCompletionEvent
 from runner_core.session import SessionKey
@@ -58,8 +64,10 @@ from runner_core.wire import (
     owner_key,
     session_digest,
     session_lock_key,
+    session_tag,
     stream_key,
 )
+from session_backends.redis_target import AsyncRedis
 
 from .bus import (
     Fence,
@@ -68,6 +76,7 @@ from .bus import (
     owner_identity,
     with_completion_type,
 )
+from .locator import InvocationLocator
 
 __all__ = ["Busy", "Claimed", "Lease", "SessionLocks"]
 
@@ -77,10 +86,10 @@ WAITER_TTL_MS = 15_000
 #: its lease back (if it expired and nobody holds it), so keep it well above any pause.
 FENCE_TTL_S = 86_400
 
-# KEYS: lease, claim, waiters, seen, token counter, event stream, attempts, cancel, owner,
-#       fence.
+# KEYS: lease, claim, waiters, seen, token counter, event stream, attempts, owner, fence, and
+#       the cancel key (not on Redis Cluster: it is in another slot, and ARGV[11] says instead).
 # ARGV: invocation id, lease ms, claim ms, now ms, "wait" | "try", waiter ms, attempts ttl s,
-#       stream field, identity, owner ttl s.
+#       stream field, identity, owner ttl s, cancel requested (0 or 1, without a cancel key).
 # Returns {4, owner} if the invocation ID belongs to another identity (nothing is read or
 # written); {2, event json} if the run already completed; {3, entry id, raw} if the stream's
 # last entry is unreadable; {0, holder, reason, cancel, ticket or false} when the session is
@@ -89,14 +98,15 @@ FENCE_TTL_S = 86_400
 _CLAIM = with_completion_type(
     """
 local inv = ARGV[1]
-local owner = redis.call('GET', KEYS[9])
+local owner = redis.call('GET', KEYS[8])
 if owner and owner ~= ARGV[9] then return {4, owner} end
-redis.call('SET', KEYS[9], ARGV[9], 'EX', ARGV[10])
+redis.call('SET', KEYS[8], ARGV[9], 'EX', ARGV[10])
 if redis.call('EXISTS', KEYS[5]) == 0 then
   local now = redis.call('TIME')
   redis.call('SET', KEYS[5], now[1] .. string.format('%06d', tonumber(now[2])))
 end
-local cancel = redis.call('EXISTS', KEYS[8])
+local cancel = tonumber(ARGV[11])
+if KEYS[10] then cancel = redis.call('EXISTS', KEYS[10]) end
 local last_seq = -1
 local last = redis.call('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)
 if last[1] then
@@ -151,7 +161,7 @@ end
 local token = string.format('%d', redis.call('INCR', KEYS[5]))
 redis.call('SET', KEYS[1], inv .. '\\n' .. token, 'PX', ARGV[2])
 redis.call('SET', KEYS[2], inv, 'PX', ARGV[3])
-redis.call('SET', KEYS[10], token, 'EX', ARGV[10])
+redis.call('SET', KEYS[9], token, 'EX', ARGV[10])
 redis.call('ZREM', KEYS[3], inv)
 redis.call('HDEL', KEYS[4], inv)
 local attempt = redis.call('INCR', KEYS[7])
@@ -256,23 +266,28 @@ class SessionLocks:
     """Session leases in Redis.
 
     Args:
-        redis: an asyncio client (never closed here).
+        redis: an asyncio client (never closed here): ``redis.asyncio.Redis``, or
+            ``RedisCluster`` (then the keys carry the session's hash tag).
         prefix: the key prefix (the events prefix).
         lease_ttl_s: a lease's life without a heartbeat.
         claim_ttl_s: how long an unfinished run keeps its claim without a heartbeat (how long
             the session waits for a killed run to be redelivered before others may go).
+        locator: on a cluster, how invocations are bound to sessions (share the bus's).
     """
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         *,
         prefix: str,
         lease_ttl_s: float,
         claim_ttl_s: float,
+        locator: InvocationLocator | None = None,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.locator = locator or InvocationLocator(redis, prefix=prefix)
+        self.cluster = self.locator.cluster
         self.lease_ms = max(1, int(lease_ttl_s * 1000))
         self.claim_ms = max(self.lease_ms, int(claim_ttl_s * 1000))
         self._claim = redis.register_script(_CLAIM)
@@ -285,10 +300,10 @@ class SessionLocks:
 
     def _keys(self, digest: str) -> list[str]:
         parts: tuple[SessionLockPart, ...] = ("lease", "claim", "waiters", "waiters-seen")
-        return [session_lock_key(digest, part, self.prefix) for part in parts]
+        return [session_lock_key(digest, part, self.prefix, cluster=self.cluster) for part in parts]
 
     def _fence_key(self, digest: str) -> str:
-        return session_lock_key(digest, "fence", self.prefix)
+        return session_lock_key(digest, "fence", self.prefix, cluster=self.cluster)
 
     def fence(self, lease: Lease) -> Fence:
         """What a publish of this lease's run checks (:meth:`workers.bus.EventBus.publish`)."""
@@ -312,15 +327,27 @@ class SessionLocks:
         """
         digest = self.digest(key)
         identity = owner_identity(key.app_name, key.user_id, key.session_id)
+        tag, cancelled = "", 0
+        if self.cluster:
+            _, other = await self.locator.bind(
+                invocation_id, key.app_name, key.user_id, key.session_id
+            )
+            if other is not None:
+                raise invocation_owned(invocation_id, other, identity)
+            tag = session_tag(digest)
+            cancelled = int(await self.redis.exists(cancel_key(invocation_id, self.prefix)))
         keys = [
             *self._keys(digest),
-            lease_token_key(self.prefix),
-            stream_key(invocation_id, self.prefix),
-            attempts_key(invocation_id, self.prefix),
-            cancel_key(invocation_id, self.prefix),
-            owner_key(invocation_id, self.prefix),
+            session_lock_key(digest, "token", self.prefix, cluster=True)
+            if self.cluster
+            else lease_token_key(self.prefix),
+            stream_key(invocation_id, self.prefix, tag),
+            attempts_key(invocation_id, self.prefix, tag),
+            owner_key(invocation_id, self.prefix, tag),
             self._fence_key(digest),
         ]
+        if not self.cluster:
+            keys.append(cancel_key(invocation_id, self.prefix))
         args: list[str | int] = [
             invocation_id,
             self.lease_ms,
@@ -332,6 +359,7 @@ class SessionLocks:
             STREAM_FIELD,
             identity,
             OWNER_TTL_S,
+            cancelled,
         ]
         reply = await self._claim(keys=keys, args=args)
         code = int(reply[0])

@@ -25,6 +25,7 @@ from runner_core.wire import (
     DEFAULT_RUNS_QUEUE,
     DEFAULT_STREAM_MAXLEN,
 )
+from session_backends.redis_target import CLUSTER_SCHEMES, cluster_node_url, is_cluster_url
 
 __all__ = [
     "DEFAULT_BROKER_URL",
@@ -38,6 +39,8 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 _SESSION_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql", "mysql")
 _TRACE_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql")
+#: A Redis Cluster (``redis+cluster://host:port``): for events and leases, and sessions.
+_CLUSTER_SCHEMES = tuple(CLUSTER_SCHEMES)
 _FACTORY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
@@ -81,6 +84,25 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
             f"{name}={mask_url(value)!r} has scheme {scheme or '(none)'!r}; use one of "
             f"{', '.join(s + '://' for s in schemes)} (e.g. {DEFAULT_BROKER_URL})."
         )
+    return value
+
+
+def _single_redis(name: str, value: str | None) -> None:
+    """Refuse a Redis Cluster URL where one Redis is needed (the Celery broker and result
+    backend: kombu's Redis transport speaks to one server)."""
+    if value is not None and is_cluster_url(value):
+        raise ConfigurationError(
+            f"{name}={mask_url(value)!r} is a Redis Cluster, but Celery's Redis transport talks "
+            "to one Redis: keep the broker (and result backend) on a single Redis "
+            f"(e.g. {DEFAULT_BROKER_URL}) and point AGENT_RUNNER_REDIS_URL and "
+            'AGENT_RUNNER_SESSION_URL at the cluster (docs/workers.md, "Redis Cluster").'
+        )
+
+
+def _cluster_checked(name: str, value: str) -> str:
+    """``value``, after checking a Redis Cluster URL's form (host, no database but 0)."""
+    if is_cluster_url(value):
+        cluster_node_url(value, variable=f"{name}={mask_url(value)!r}")
     return value
 
 
@@ -195,9 +217,19 @@ class Settings:
             ConfigurationError: a bad value; the message names the variable and the fix.
         """
         env = os.environ if environ is None else environ
+        _single_redis("AGENT_RUNNER_BROKER_URL", _text(env, "AGENT_RUNNER_BROKER_URL", None))
+        _single_redis(
+            "AGENT_RUNNER_RESULT_BACKEND", _text(env, "AGENT_RUNNER_RESULT_BACKEND", None)
+        )
         broker = _url(env, "AGENT_RUNNER_BROKER_URL", DEFAULT_BROKER_URL, _REDIS_SCHEMES)
-        redis_url = _url(env, "AGENT_RUNNER_REDIS_URL", broker, _REDIS_SCHEMES)
-        session_url = _url(env, "AGENT_RUNNER_SESSION_URL", redis_url, _SESSION_SCHEMES)
+        redis_url = _cluster_checked(
+            "AGENT_RUNNER_REDIS_URL",
+            _url(env, "AGENT_RUNNER_REDIS_URL", broker, _REDIS_SCHEMES + _CLUSTER_SCHEMES),
+        )
+        session_url = _cluster_checked(
+            "AGENT_RUNNER_SESSION_URL",
+            _url(env, "AGENT_RUNNER_SESSION_URL", redis_url, _SESSION_SCHEMES + _CLUSTER_SCHEMES),
+        )
         backend = _text(env, "AGENT_RUNNER_RESULT_BACKEND", None)
         if backend is not None:
             backend = _url(env, "AGENT_RUNNER_RESULT_BACKEND", backend, _REDIS_SCHEMES)

@@ -39,7 +39,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from celery import Task
 from kombu.exceptions import OperationalError
 
@@ -48,6 +47,7 @@ from runner_core.events import RunCompletionEvent
 from runner_core.session import SessionKey
 from runner_core.summarizer import Summarizer, run_summary_attempts
 from runner_core.wire import SUMMARIZE_SESSION, session_digest, summary_lease_key
+from session_backends.redis_target import AsyncRedis
 
 from .app import app
 from .runtime import WorkerRuntime, get_runtime
@@ -98,7 +98,7 @@ class SummaryLeases:
         lease_s: a lease's life without a renewal.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, lease_s: float) -> None:
+    def __init__(self, redis: AsyncRedis, *, prefix: str, lease_s: float) -> None:
         self.redis = redis
         self.prefix = prefix
         self.lease_ms = max(1, int(lease_s * 1000))
