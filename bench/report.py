@@ -99,6 +99,7 @@ BENCHMARKS = (
     Benchmark("events", "bench.bench_events", "event latency, client vs raw pub/sub"),
     Benchmark("distributed", "bench.bench_distributed", "runs through Celery workers"),
     Benchmark("summaries", "bench.bench_summaries", "summaries through the shard queues"),
+    Benchmark("telemetry", "bench.bench_telemetry", "a run with OpenTelemetry on vs off"),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
