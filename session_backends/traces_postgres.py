@@ -16,6 +16,7 @@ transaction-scoped advisory lock, so many workers can start at once.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -39,14 +40,22 @@ from runner_core.traces import (
     trace_not_found,
 )
 
-from .postgres import _IDENT_RE, _PREFIX_RE, _check_name
-
 __all__ = ["PostgresTraceStore"]
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_name(value: object, option: str, longest: int) -> None:
+    """A schema or table prefix (quoted in every statement too), as the session store takes."""
+    if not isinstance(value, str) or len(value) > longest or not _NAME_RE.fullmatch(value):
+        raise ConfigurationError(
+            f"{option} {value!r} is not allowed: use letters, digits and '_', starting with a "
+            f"letter or '_', at most {longest} characters."
+        )
 
 
 class PostgresTraceStore:
@@ -80,9 +89,9 @@ class PostgresTraceStore:
         if (dsn is None) == (pool is None):
             raise ConfigurationError("PostgresTraceStore needs a dsn or a pool (one of them).")
         if schema is not None:
-            _check_name(schema, "schema", _IDENT_RE, 40)
+            _check_name(schema, "schema", 40)
         if table_prefix:
-            _check_name(table_prefix, "table_prefix", _PREFIX_RE, 30)
+            _check_name(table_prefix, "table_prefix", 30)
         self.ttl = check_ttl(ttl, "ttl")
         self.cleanup_interval = (
             check_ttl(cleanup_interval, "cleanup_interval") or DEFAULT_CLEANUP_INTERVAL
