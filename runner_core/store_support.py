@@ -48,6 +48,8 @@ __all__ = [
     "check_event_limit",
     "check_fence",
     "check_num_events",
+    "check_pool_options",
+    "check_sql_name",
     "check_ttl",
     "decode_event",
     "decode_events",
@@ -111,6 +113,34 @@ def check_event_limit(value: int | None) -> int | None:
             f"The default is {DEFAULT_EVENT_LIMIT}."
         )
     return value
+
+
+def check_sql_name(value: object, option: str, *, longest: int) -> str:
+    """A schema or table prefix that SQL stores put into statements (always quoted too):
+    letters, digits and ``_``, starting with a letter or ``_``, at most ``longest`` long."""
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= longest
+        or not (value[0].isascii() and (value[0].isalpha() or value[0] == "_"))
+        or not all(c.isascii() and (c.isalnum() or c == "_") for c in value)
+    ):
+        raise ConfigurationError(
+            f"{option} {value!r} is not allowed: use letters, digits and '_', starting with a "
+            f"letter or '_', at most {longest} characters."
+        )
+    return value
+
+
+def check_pool_options(connect_timeout: object, max_pool_size: object) -> None:
+    """A SQL store's ``connect_timeout`` (seconds > 0) and ``max_pool_size`` (int >= 1)."""
+    if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int | float):
+        raise ConfigurationError(f"connect_timeout must be seconds, got {connect_timeout!r}.")
+    if not connect_timeout > 0:
+        raise ConfigurationError(f"connect_timeout must be > 0, got {connect_timeout!r}.")
+    if isinstance(max_pool_size, bool) or not isinstance(max_pool_size, int):
+        raise ConfigurationError(f"max_pool_size must be an integer, got {max_pool_size!r}.")
+    if max_pool_size < 1:
+        raise ConfigurationError(f"max_pool_size must be >= 1, got {max_pool_size!r}.")
 
 
 # --- arguments -----------------------------------------------------------------------------

@@ -64,6 +64,8 @@ from runner_core.store_support import (
     check_event_limit,
     check_fence,
     check_num_events,
+    check_pool_options,
+    check_sql_name,
     check_ttl,
     decode_events,
     decode_json_object,
@@ -81,7 +83,7 @@ from runner_core.store_support import (
     utcnow,
 )
 
-from .mysql_statements import MAX_KEY_LENGTH, Statements, check_prefix
+from .mysql_statements import MAX_KEY_LENGTH, Statements
 
 __all__ = ["MySQLSessionService"]
 
@@ -206,15 +208,8 @@ class MySQLSessionService:
             raise ConfigurationError(f"MySQLSessionService needs a mysql:// URL, got {url!r}.")
         self._url = _Url(url)
         if table_prefix:
-            check_prefix(table_prefix)
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int | float):
-            raise ConfigurationError(f"connect_timeout must be seconds, got {connect_timeout!r}.")
-        if connect_timeout <= 0:
-            raise ConfigurationError(f"connect_timeout must be > 0, got {connect_timeout!r}.")
-        if isinstance(max_pool_size, bool) or not isinstance(max_pool_size, int):
-            raise ConfigurationError(f"max_pool_size must be an integer, got {max_pool_size!r}.")
-        if max_pool_size < 1:
-            raise ConfigurationError(f"max_pool_size must be >= 1, got {max_pool_size!r}.")
+            check_sql_name(table_prefix, "table_prefix", longest=30)
+        check_pool_options(connect_timeout, max_pool_size)
         self.table_prefix = table_prefix
         self.soft_delete = bool(soft_delete)
         self.skip_db_init = bool(skip_db_init)

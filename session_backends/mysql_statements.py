@@ -26,19 +26,12 @@ put into the text; IDs and values always travel as parameters.
 
 from __future__ import annotations
 
-import re
-
-from runner_core.errors import ConfigurationError
-
 __all__ = [
     "MAX_KEY_LENGTH",
-    "PREFIX_RE",
     "TABLES",
     "Statements",
-    "check_prefix",
 ]
 
-PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,29}")
 #: The longest state key, summary filter key and event ID the tables hold (characters).
 MAX_KEY_LENGTH = 255
 #: The tables, without the prefix.
@@ -65,16 +58,6 @@ _DELETED = (
 _TABLE_OPTIONS = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
 
-def check_prefix(value: object) -> str:
-    """A table prefix: letters, digits and ``_``, starting with a letter or ``_``, <= 30."""
-    if not isinstance(value, str) or not PREFIX_RE.fullmatch(value):
-        raise ConfigurationError(
-            f"table_prefix {value!r} is not allowed: use letters, digits and '_', starting with "
-            "a letter or '_', at most 30 characters (or '' for none)."
-        )
-    return value
-
-
 def _expires(ttl: float | None) -> str:
     """The expiry of a row written now with ``ttl`` seconds, as SQL."""
     if ttl is None:
@@ -86,7 +69,8 @@ class Statements:
     """Every statement the store runs. See the module docstring.
 
     Args:
-        prefix: the validated table prefix.
+        prefix: the table prefix, validated by the store
+            (:func:`~runner_core.store_support.check_sql_name`).
         soft_delete: deletes and expiry set ``deleted_at`` (True) or remove rows.
         session_ttl, app_state_ttl, user_state_ttl: seconds, or None for no expiry.
     """

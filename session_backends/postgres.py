@@ -1,21 +1,10 @@
 """``PostgresSessionService``: sessions in PostgreSQL (psycopg 3, async pool).
 
-Tables (names get ``table_prefix`` and live in ``schema`` when set; e.g. ``tenant_a.app1_...``):
-
-- ``session_states``     one row per session: state (JSONB), ``event_count`` (every event ever
-  appended), ``first_position`` (the oldest kept event), ``last_user_position``
-- ``session_events``     one row per event: ``event_id``, ``position`` (append order), event JSONB
-- ``session_summaries``  one row per (session, ``filter_key``), with the summary's ``event_count``
-- ``app_states`` / ``user_states``  one row per key, value JSONB
-- ``session_fences``     one row per fenced session: the fencing token of its owner
-  (``take_fence``), apart from ``session_states`` because the session may not exist yet
-
-Every table has ``expires_at`` and ``deleted_at``; uniqueness holds among live rows only
-(partial unique indexes ``WHERE deleted_at IS NULL``), so a deleted session's ID can be used
-again. Deletes and expiry set ``deleted_at`` (soft delete, the default) or remove rows
-(``soft_delete=False``); reads never see either. Expired rows are hidden at once and swept by a
-cleanup loop. Events evicted by the event limit are removed, not soft-deleted: the limit exists
-to bound storage.
+The tables are in :mod:`session_backends.postgres_schema`, the statements in
+:mod:`session_backends.postgres_statements`; this module runs them. Deletes and expiry set
+``deleted_at`` (soft delete, the default) or remove rows (``soft_delete=False``); reads never see
+either. Expired rows are hidden at once and swept by a cleanup loop. Events evicted by the event
+limit are removed, not soft-deleted: the limit exists to bound storage.
 
 Each append is one transaction: ``SELECT ... FOR UPDATE`` the session row (so appends to one
 session queue up, from any number of processes), insert the event unless its ID is there,
@@ -36,23 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import zlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from runner_core.errors import (
     ConfigurationError,
     CorruptSessionDataError,
-    InvalidRequestError,
     SessionBackendError,
-    SessionNotFoundError,
 )
 from runner_core.events import Event, state_delta_of
 from runner_core.session import (
@@ -63,16 +47,17 @@ from runner_core.session import (
     merge_state,
     split_state_delta,
     validate_identifier,
-    window_events,
 )
 from runner_core.store_support import (
     DEFAULT_CLEANUP_INTERVAL,
+    already_exists,
     apply_append,
     check_appendable,
     check_delta,
     check_event_limit,
     check_fence,
     check_num_events,
+    check_pool_options,
     check_ttl,
     decode_events,
     decode_json_object,
@@ -80,326 +65,25 @@ from runner_core.store_support import (
     decode_time,
     encode_json,
     fenced,
+    first_kept_position,
+    loaded_session,
+    new_session,
     route_initial_state,
     session_key,
+    session_not_found,
+    summary_session_not_found,
     utcnow,
 )
+
+from .postgres_schema import Tables
+from .postgres_statements import Statements
 
 __all__ = ["PostgresSessionService"]
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 
-_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
-_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,29}")
 _HINT = "is PostgreSQL running and reachable there? Check AGENT_RUNNER_SESSION_URL"
-_LIVE = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
-_KEY = "app_name = %s AND user_id = %s AND session_id = %s"
-_EXPIRES = "now() + %s::float8 * interval '1 second'"
-
-
-def _live(alias: str) -> str:
-    """Neither deleted nor expired."""
-    return (
-        f"{alias}.deleted_at IS NULL AND ({alias}.expires_at IS NULL OR {alias}.expires_at > now())"
-    )
-
-
-def _check_name(value: object, option: str, pattern: re.Pattern[str], longest: int) -> str:
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise ConfigurationError(
-            f"{option} {value!r} is not allowed: use letters, digits and '_', starting with a "
-            f"letter or '_', at most {longest} characters."
-        )
-    return value
-
-
-class _Statements:
-    """Every SQL statement the service runs, built once from the validated names."""
-
-    def __init__(self, schema: str | None, prefix: str, soft_delete: bool) -> None:
-        def table(name: str) -> sql.Identifier:
-            return (
-                sql.Identifier(schema, prefix + name) if schema else sql.Identifier(prefix + name)
-            )
-
-        def q(text: str, **names: sql.Composable) -> sql.Composed:
-            return sql.SQL(text).format(**names)
-
-        ss, se, su = table("session_states"), table("session_events"), table("session_summaries")
-        aps, uss, sf = table("app_states"), table("user_states"), table("session_fences")
-        t = {"ss": ss, "se": se, "su": su, "aps": aps, "uss": uss, "sf": sf}
-        self.lock_key = zlib.crc32(f"agent-runner-sessions:{schema}.{prefix}".encode())
-
-        #: Every table and index, schema-qualified: all present means nothing to create.
-        self.objects: list[sql.Identifier] = [ss, se, su, aps, uss, sf]
-
-        def ix(name: str) -> sql.Identifier:
-            self.objects.append(table(name))
-            return sql.Identifier(f"{prefix}{name}")
-
-        stamps = (
-            "created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL, "
-            "expires_at TIMESTAMPTZ, deleted_at TIMESTAMPTZ"
-        )
-        ids = "app_name VARCHAR(128) NOT NULL, user_id VARCHAR(128) NOT NULL, "
-        sid = "session_id VARCHAR(128) NOT NULL, "
-        self.ddl: list[sql.Composed] = []
-        if schema:
-            self.ddl.append(q("CREATE SCHEMA IF NOT EXISTS {s}", s=sql.Identifier(schema)))
-        self.ddl += [
-            q(
-                "CREATE TABLE IF NOT EXISTS {ss} (id BIGSERIAL PRIMARY KEY, "
-                + ids
-                + sid
-                + "state JSONB NOT NULL DEFAULT '{{}}'::jsonb, "
-                "event_count BIGINT NOT NULL DEFAULT 0, "
-                "first_position BIGINT NOT NULL DEFAULT 0, "
-                "last_user_position BIGINT NOT NULL DEFAULT -1, " + stamps + ")",
-                ss=ss,
-            ),
-            q(
-                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {ss} (app_name, user_id, session_id) "
-                "WHERE deleted_at IS NULL",
-                ix=ix("session_states_unique_active"),
-                ss=ss,
-            ),
-            q(
-                "CREATE INDEX IF NOT EXISTS {ix} ON {ss} (expires_at) "
-                "WHERE deleted_at IS NULL AND expires_at IS NOT NULL",
-                ix=ix("session_states_expires"),
-                ss=ss,
-            ),
-            q(
-                "CREATE TABLE IF NOT EXISTS {se} (id BIGSERIAL PRIMARY KEY, "
-                + ids
-                + sid
-                + "event_id TEXT NOT NULL, position BIGINT NOT NULL, event JSONB NOT NULL, "
-                + stamps
-                + ")",
-                se=se,
-            ),
-            q(
-                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {se} "
-                "(app_name, user_id, session_id, event_id) WHERE deleted_at IS NULL",
-                ix=ix("session_events_unique_active"),
-                se=se,
-            ),
-            q(
-                "CREATE INDEX IF NOT EXISTS {ix} ON {se} (app_name, user_id, session_id, position)"
-                " WHERE deleted_at IS NULL",
-                ix=ix("session_events_position"),
-                se=se,
-            ),
-            q(
-                "CREATE TABLE IF NOT EXISTS {su} (id BIGSERIAL PRIMARY KEY, "
-                + ids
-                + sid
-                + "filter_key TEXT NOT NULL, summary JSONB NOT NULL, "
-                "event_count BIGINT NOT NULL, " + stamps + ")",
-                su=su,
-            ),
-            q(
-                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {su} "
-                "(app_name, user_id, session_id, filter_key) WHERE deleted_at IS NULL",
-                ix=ix("session_summaries_unique_active"),
-                su=su,
-            ),
-            q(
-                "CREATE TABLE IF NOT EXISTS {aps} (id BIGSERIAL PRIMARY KEY, "
-                "app_name VARCHAR(128) NOT NULL, key TEXT NOT NULL, value JSONB, " + stamps + ")",
-                aps=aps,
-            ),
-            q(
-                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {aps} (app_name, key) "
-                "WHERE deleted_at IS NULL",
-                ix=ix("app_states_unique_active"),
-                aps=aps,
-            ),
-            q(
-                "CREATE TABLE IF NOT EXISTS {uss} (id BIGSERIAL PRIMARY KEY, "
-                + ids
-                + "key TEXT NOT NULL, value JSONB, "
-                + stamps
-                + ")",
-                uss=uss,
-            ),
-            q(
-                "CREATE UNIQUE INDEX IF NOT EXISTS {ix} ON {uss} (app_name, user_id, key) "
-                "WHERE deleted_at IS NULL",
-                ix=ix("user_states_unique_active"),
-                uss=uss,
-            ),
-            q(
-                "CREATE TABLE IF NOT EXISTS {sf} ("
-                + ids
-                + sid
-                + "token BIGINT NOT NULL, PRIMARY KEY (app_name, user_id, session_id))",
-                sf=sf,
-            ),
-        ]
-
-        def retire(name: str, where: str, *, using: str | None = None) -> str:
-            """Soft or hard delete of the rows of ``name`` matching ``where``."""
-            if soft_delete:
-                head = f"UPDATE {{{name}}} AS x SET deleted_at = now()"
-                return head + (f" FROM {using}" if using else "") + f" WHERE {where}"
-            head = f"DELETE FROM {{{name}}} AS x"
-            return head + (f" USING {using}" if using else "") + f" WHERE {where}"
-
-        same = (
-            "x.app_name = gone.app_name AND x.user_id = gone.user_id "
-            "AND x.session_id = gone.session_id AND x.deleted_at IS NULL"
-        )
-        key_x = "x.app_name = %s AND x.user_id = %s AND x.session_id = %s AND x.deleted_at IS NULL"
-        expired = "x.deleted_at IS NULL AND x.expires_at <= now()"
-
-        # The expired session under this key (if any), with its events and summaries.
-        self.retire_expired_session = q(
-            "WITH gone AS ("
-            + retire("ss", f"{key_x} AND x.expires_at <= now()")
-            + " RETURNING x.app_name, x.user_id, x.session_id), "
-            "e AS (" + retire("se", same, using="gone") + " RETURNING 1), "
-            "s AS (" + retire("su", same, using="gone") + " RETURNING 1) "
-            "SELECT count(*) FROM gone",
-            **t,
-        )
-        self.delete_session = q(
-            "WITH a AS (" + retire("ss", key_x) + " RETURNING 1), "
-            "e AS (" + retire("se", key_x) + " RETURNING 1), "
-            "s AS (" + retire("su", key_x) + " RETURNING 1) "
-            "SELECT count(*) FROM a",
-            **t,
-        )
-        self.remove_expired = q(
-            "WITH gone AS ("
-            + retire("ss", expired)
-            + " RETURNING x.app_name, x.user_id, x.session_id), "
-            "e AS (" + retire("se", same, using="gone") + " RETURNING 1), "
-            "s AS (" + retire("su", same, using="gone") + " RETURNING 1), "
-            "f AS (DELETE FROM {sf} AS x USING gone WHERE x.app_name = gone.app_name "
-            "AND x.user_id = gone.user_id AND x.session_id = gone.session_id RETURNING 1), "
-            "a AS (" + retire("aps", expired) + " RETURNING 1), "
-            "u AS (" + retire("uss", expired) + " RETURNING 1) "
-            "SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM a) "
-            "+ (SELECT count(*) FROM u)",
-            **t,
-        )
-        self.insert_session = q(
-            "INSERT INTO {ss} (app_name, user_id, session_id, state, created_at, updated_at, "
-            f"expires_at) VALUES (%s, %s, %s, %s::jsonb, %s, %s, {_EXPIRES})",
-            **t,
-        )
-
-        def user_agg(app: str, user: str) -> str:
-            return (
-                "(SELECT jsonb_object_agg(u.key, u.value) FROM {uss} AS u "
-                f"WHERE u.app_name = {app} AND u.user_id = {user} AND {_live('u')})"
-            )
-
-        def app_agg(app: str) -> str:
-            return (
-                "(SELECT jsonb_object_agg(a.key, a.value) FROM {aps} AS a "
-                f"WHERE a.app_name = {app} AND {_live('a')})"
-            )
-
-        self.scopes = q(f"SELECT {user_agg('%s', '%s')}::text, {app_agg('%s')}::text", **t)
-        s_live = _live("s")
-        # One statement (one snapshot, one round trip): the session row as a JSON document
-        # at position -1, then the events in append order. Rows beat one big array here:
-        # array literals escape every quote of the event JSON.
-        self.get_session = q(
-            "SELECT -1 AS position, json_build_object("
-            "'state', s.state, 'created_at', s.created_at, 'updated_at', s.updated_at, "
-            "'event_count', s.event_count, "
-            f"'user_state', {user_agg('s.app_name', 's.user_id')}, "
-            f"'app_state', {app_agg('s.app_name')}, "
-            "'summaries', (SELECT jsonb_object_agg(m.filter_key, m.summary::text) FROM {su} AS m "
-            "WHERE m.app_name = s.app_name AND m.user_id = s.user_id "
-            "AND m.session_id = s.session_id AND m.deleted_at IS NULL))::text "
-            f"FROM {{ss}} AS s WHERE s.app_name = %s AND s.user_id = %s AND s.session_id = %s "
-            f"AND {s_live} "
-            "UNION ALL SELECT e.position, e.event::text FROM {se} AS e "
-            "WHERE e.app_name = %s AND e.user_id = %s AND e.session_id = %s "
-            "AND e.deleted_at IS NULL ORDER BY 1",
-            **t,
-        )
-        self.list_sessions = q(
-            "SELECT session_id, state::text, created_at, updated_at, event_count FROM {ss} "
-            f"WHERE app_name = %s AND user_id = %s AND {_LIVE} ORDER BY created_at, session_id",
-            **t,
-        )
-        self.lock_session = q(
-            "SELECT id, event_count, first_position, last_user_position FROM {ss} "
-            f"WHERE {_KEY} AND {_LIVE} FOR UPDATE",
-            **t,
-        )
-        self.take_fence = q(
-            "INSERT INTO {sf} (app_name, user_id, session_id, token) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (app_name, user_id, session_id) DO UPDATE SET "
-            "token = GREATEST({sf}.token, excluded.token) RETURNING token",
-            **t,
-        )
-        self.check_fence = q(f"SELECT token FROM {{sf}} WHERE {_KEY} FOR SHARE", **t)
-        self.delete_fence = q(f"DELETE FROM {{sf}} WHERE {_KEY}", **t)
-        self.share_session = q(f"SELECT 1 FROM {{ss}} WHERE {_KEY} AND {_LIVE} FOR KEY SHARE", **t)
-        self.insert_event = q(
-            "INSERT INTO {se} (app_name, user_id, session_id, event_id, position, event, "
-            f"created_at, updated_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, "
-            f"{_EXPIRES}) ON CONFLICT (app_name, user_id, session_id, event_id) "
-            "WHERE deleted_at IS NULL DO NOTHING RETURNING 1",
-            **t,
-        )
-        self.update_session = q(
-            "UPDATE {ss} SET state = state || %s::jsonb, event_count = %s, first_position = %s, "
-            f"last_user_position = %s, updated_at = %s, expires_at = {_EXPIRES} WHERE id = %s",
-            **t,
-        )
-        self.evict_events = q(
-            f"DELETE FROM {{se}} WHERE {_KEY} AND position < %s AND deleted_at IS NULL", **t
-        )
-        self.upsert_user_state = q(
-            "INSERT INTO {uss} (app_name, user_id, key, value, created_at, updated_at, "
-            f"expires_at) SELECT %s, %s, d.k, d.v::jsonb, now(), now(), {_EXPIRES} "
-            "FROM unnest(%s::text[], %s::text[]) AS d(k, v) "
-            "ON CONFLICT (app_name, user_id, key) WHERE deleted_at IS NULL DO UPDATE SET "
-            "value = excluded.value, updated_at = excluded.updated_at, "
-            "expires_at = excluded.expires_at",
-            **t,
-        )
-        self.refresh_user_state = q(
-            f"UPDATE {{uss}} SET expires_at = {_EXPIRES} WHERE app_name = %s AND user_id = %s "
-            f"AND {_LIVE}",
-            **t,
-        )
-        self.upsert_app_state = q(
-            "INSERT INTO {aps} (app_name, key, value, created_at, updated_at, expires_at) "
-            f"SELECT %s, d.k, d.v::jsonb, now(), now(), {_EXPIRES} "
-            "FROM unnest(%s::text[], %s::text[]) AS d(k, v) "
-            "ON CONFLICT (app_name, key) WHERE deleted_at IS NULL DO UPDATE SET "
-            "value = excluded.value, updated_at = excluded.updated_at, "
-            "expires_at = excluded.expires_at",
-            **t,
-        )
-        self.refresh_app_state = q(
-            f"UPDATE {{aps}} SET expires_at = {_EXPIRES} WHERE app_name = %s AND {_LIVE}", **t
-        )
-        self.get_summary = q(
-            "SELECT m.summary::text FROM {su} AS m JOIN {ss} AS s ON s.app_name = m.app_name "
-            "AND s.user_id = m.user_id AND s.session_id = m.session_id "
-            "WHERE m.app_name = %s AND m.user_id = %s AND m.session_id = %s "
-            f"AND m.filter_key = %s AND m.deleted_at IS NULL AND {s_live}",
-            **t,
-        )
-        self.put_summary = q(
-            "INSERT INTO {su} (app_name, user_id, session_id, filter_key, summary, event_count, "
-            "created_at, updated_at) VALUES (%s, %s, %s, %s, %s::jsonb, %s, now(), now()) "
-            "ON CONFLICT (app_name, user_id, session_id, filter_key) WHERE deleted_at IS NULL "
-            "DO UPDATE SET summary = excluded.summary, event_count = excluded.event_count, "
-            "updated_at = excluded.updated_at WHERE {su}.event_count < excluded.event_count "
-            "RETURNING 1",
-            **t,
-        )
 
 
 class PostgresSessionService:
@@ -441,18 +125,8 @@ class PostgresSessionService:
     ) -> None:
         if (dsn is None) == (pool is None):
             raise ConfigurationError("PostgresSessionService needs a dsn or a pool (one of them).")
-        if schema is not None:
-            _check_name(schema, "schema", _IDENT_RE, 40)
-        if table_prefix:
-            _check_name(table_prefix, "table_prefix", _PREFIX_RE, 30)
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int | float):
-            raise ConfigurationError(f"connect_timeout must be seconds, got {connect_timeout!r}.")
-        if connect_timeout <= 0:
-            raise ConfigurationError(f"connect_timeout must be > 0, got {connect_timeout!r}.")
-        if isinstance(max_pool_size, bool) or not isinstance(max_pool_size, int):
-            raise ConfigurationError(f"max_pool_size must be an integer, got {max_pool_size!r}.")
-        if max_pool_size < 1:
-            raise ConfigurationError(f"max_pool_size must be >= 1, got {max_pool_size!r}.")
+        tables = Tables(schema, table_prefix)
+        check_pool_options(connect_timeout, max_pool_size)
         self.schema = schema
         self.table_prefix = table_prefix
         self.soft_delete = bool(soft_delete)
@@ -470,7 +144,8 @@ class PostgresSessionService:
         self._pool = pool
         self._owns_pool = pool is None
         self._where = self._describe(dsn) if dsn is not None else "the given pool"
-        self._sql = _Statements(schema, table_prefix, self.soft_delete)
+        self._tables = tables
+        self._sql = Statements(tables, self.soft_delete)
         self._ready_lock: asyncio.Lock | None = None
         self._initialized = self.skip_db_init
         self._cleanup_task: asyncio.Task[None] | None = None
@@ -549,7 +224,7 @@ class PostgresSessionService:
         deadlock with) running appends, so it runs only when an object is missing, checked
         before and again under the advisory lock.
         """
-        names = [obj.as_string(conn) for obj in self._sql.objects]
+        names = [obj.as_string(conn) for obj in self._tables.objects]
 
         async def complete() -> bool:
             cur = await conn.execute(
@@ -561,10 +236,10 @@ class PostgresSessionService:
         if await complete():
             return
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._sql.lock_key,))
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._tables.lock_key,))
             if await complete():
                 return
-            for statement in self._sql.ddl:
+            for statement in self._tables.ddl:
                 await conn.execute(statement)
 
     async def _attempt(self, action: str, work: Callable[[Conn], Awaitable[T]]) -> T:
@@ -738,24 +413,13 @@ class PostgresSessionService:
                             (*ids, session_json, now, now, self.session_ttl),
                         )
                 except psycopg.errors.UniqueViolation as exc:
-                    raise InvalidRequestError(
-                        f"session {key.session_id!r} of user {key.user_id!r} in app "
-                        f"{key.app_name!r} already exists. Get it with get_session, or pass "
-                        "another session_id (or none for a generated one)."
-                    ) from exc
+                    raise already_exists(key) from exc
                 await self._write_scopes(conn, key.app_name, key.user_id, parts.user, parts.app)
                 user_state, app_state = await self._scopes(conn, key.app_name, key.user_id)
             return merge_state(parts.session, app_state, user_state)
 
         merged = await self._run("creating a session", work)
-        return Session(
-            id=key.session_id,
-            app_name=key.app_name,
-            user_id=key.user_id,
-            state=merged,
-            created_at=now,
-            updated_at=now,
-        )
+        return new_session(key, merged, now)
 
     async def get_session(
         self,
@@ -789,20 +453,21 @@ class PostgresSessionService:
             raise CorruptSessionDataError(
                 f"stored session row of {where} is incomplete ({exc!r}); repair or delete it."
             ) from exc
-        events = decode_events(rows[1:], f"session_events of {where}")
-        return Session(
-            id=key.session_id,
-            app_name=key.app_name,
-            user_id=key.user_id,
-            state=merge_state(state, record["app_state"] or {}, record["user_state"] or {}),
-            events=window_events(events, num_events=num_events, since=since),
+        return loaded_session(
+            key,
+            state=state,
+            app_state=record["app_state"] or {},
+            user_state=record["user_state"] or {},
+            created_at=created_at,
+            updated_at=updated_at,
+            event_count=event_count,
+            events=decode_events(rows[1:], f"session_events of {where}"),
             summaries={
                 fk: decode_summary(raw, f"session_summaries of {where}, filter_key {fk!r}")
                 for fk, raw in summaries.items()
             },
-            created_at=created_at,
-            updated_at=updated_at,
-            event_count=event_count,
+            num_events=num_events,
+            since=since,
         )
 
     async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:
@@ -819,15 +484,11 @@ class PostgresSessionService:
 
         rows, user_state, app_state = await self._run("listing sessions", work)
         return [
-            Session(
-                id=sid,
-                app_name=app_name,
-                user_id=user_id,
-                state=merge_state(
-                    decode_json_object(state_raw, f"session_states of {sid!r}"),
-                    app_state,
-                    user_state,
-                ),
+            loaded_session(
+                SessionKey(app_name, user_id, sid),
+                state=decode_json_object(state_raw, f"session_states of {sid!r}"),
+                app_state=app_state,
+                user_state=user_state,
                 created_at=created_at,
                 updated_at=updated_at,
                 event_count=int(event_count),
@@ -892,11 +553,7 @@ class PostgresSessionService:
                         raise fenced(key, fence, None if holder is None else holder[0])
                 row = await cur.fetchone()
                 if row is None:
-                    raise SessionNotFoundError(
-                        f"session {key.session_id!r} of user {key.user_id!r} in app "
-                        f"{key.app_name!r} does not exist (deleted or expired). "
-                        "Create it with create_session first."
-                    )
+                    raise session_not_found(key)
                 pk, position, first, last_user = row
                 cur = await conn.execute(
                     self._sql.insert_event, (*ids, event.id, position, event_json, now, now, ttl)
@@ -906,11 +563,9 @@ class PostgresSessionService:
                 count = position + 1
                 if is_user:
                     last_user = position
-                new_first = first
-                if limit is not None and count - first > limit:
-                    new_first = count - limit
-                    if first <= last_user < new_first:
-                        new_first = last_user
+                new_first = first_kept_position(
+                    first=first, count=count, last_user=last_user, limit=limit
+                )
                 await conn.execute(
                     self._sql.update_session,
                     (session_delta, count, new_first, last_user, now, ttl, pk),
@@ -1004,10 +659,7 @@ class PostgresSessionService:
             async with conn.transaction():
                 cur = await conn.execute(self._sql.share_session, ids)
                 if await cur.fetchone() is None:
-                    raise SessionNotFoundError(
-                        f"cannot store a summary: session {key.session_id!r} of user "
-                        f"{key.user_id!r} in app {key.app_name!r} does not exist."
-                    )
+                    raise summary_session_not_found(key)
                 cur = await conn.execute(
                     self._sql.put_summary,
                     (*ids, summary.filter_key, summary_json, summary.event_count),
