@@ -9,7 +9,8 @@ COPY runner_core ./runner_core
 COPY session_backends ./session_backends
 COPY workers ./workers
 COPY gateway ./gateway
-RUN pip install --no-cache-dir '.[gateway]' \
+# otel: workers export traces and metrics when OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/telemetry.md).
+RUN pip install --no-cache-dir '.[gateway,otel]' \
     && useradd --system --uid 10001 --home-dir /app agent
 # Build-time check: the worker app, the Redis transport and Flower import from the installed
 # package alone (tests/test_install.py runs this same line in a bare virtual environment).
