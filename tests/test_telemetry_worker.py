@@ -70,12 +70,16 @@ def worker(
 
 
 def produce(
-    worker_env: dict[str, str], receiver: OtlpReceiver, session_id: str, message: str
+    worker_env: dict[str, str],
+    receiver: OtlpReceiver,
+    session_id: str,
+    message: str,
+    app_name: str = "testkit",
 ) -> dict[str, str]:
     """Submit a run from a producer process under its own span; its invocation and trace IDs."""
     env = {**worker_env, **otel_env(receiver)}
     done = subprocess.run(
-        [sys.executable, "-c", PRODUCER, "testkit", session_id, message],
+        [sys.executable, "-c", PRODUCER, app_name, session_id, message],
         env=env,
         capture_output=True,
         text=True,
@@ -201,3 +205,54 @@ def test_a_failed_run_has_its_error_on_its_spans(
         span = by_name(spans, name)
         assert span.status_code == STATUS_ERROR, name
         assert span.attributes["error.type"] == "model_http_error", name
+
+
+def test_the_summary_job_a_run_queued_is_in_the_runs_trace(
+    worker_env: dict[str, str],
+    receiver: OtlpReceiver,
+    model_server: ScriptedModelServer,
+    redis_url: str,
+) -> None:
+    # Given a worker on the runs queue and the summary shards, for an app with a summarizer
+    shards = ",".join(f"summary.{index}" for index in range(8))
+    env = {
+        **worker_env,
+        **otel_env(receiver),
+        "AGENT_RUNNER_AGENTS": "summarized=tests.summary_agents:build_summarized",
+        "OPENAI_BASE_URL": model_server.url,
+    }
+    model_server.add_text("Hello Alice.")
+    model_server.set_default("Alice said hi and was greeted.")  # the summary's model call
+    worker = CeleryWorker(env, concurrency=2, queues=f"runs,{shards}")
+    try:
+        worker.start().wait_ready()
+
+        # When a completed run queues its session's summary job
+        submitted = produce(worker_env, receiver, "chat-1", "Hi, I am Alice", "summarized")
+        wait_for_completion(redis_url, submitted["invocation_id"])
+        trace_id = submitted["trace_id"]
+        receiver.wait_for(
+            "the summary job's span",
+            has_spans(trace_id, "run/agent_runner.summarize_session", "run summarized"),
+        )
+        receiver.wait_for(
+            "the summary job's metric",
+            lambda otlp: {"agent_runner.summary.status": "stored"}
+            in otlp.metrics.get("agent_runner.summary.duration", []),
+        )
+    finally:
+        worker.close()
+
+    # Then the job's span is in the run's trace, below the run's task
+    spans = receiver.trace(trace_id)
+    job = by_name(spans, "run/agent_runner.summarize_session")
+    ancestors = []
+    span = job
+    while span.parent_span_id:
+        span = parent_of(spans, span)
+        ancestors.append(span.name)
+    assert ancestors[:2] == [
+        "apply_async/agent_runner.summarize_session",
+        "run/agent_runner.submit_run",
+    ]
+    assert ancestors[-1] == "handle request"
