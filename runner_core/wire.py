@@ -42,6 +42,7 @@ import zlib
 from typing import Literal
 
 __all__ = [
+    "ADD_FEEDBACK",
     "ATTEMPTS_TTL_S",
     "CANCEL_MESSAGE",
     "CANCEL_TTL_S",
@@ -100,6 +101,8 @@ SUMMARIZE_SESSION = "agent_runner.summarize_session"
 #: The webhook delivery task (workers.webhooks registers it; run workers enqueue it after a run
 #: that has a webhook, on the run queue).
 DELIVER_WEBHOOK = "agent_runner.deliver_webhook"
+#: The feedback task (workers.feedback registers it; any service sends it on the run queue).
+ADD_FEEDBACK = "agent_runner.add_feedback"
 #: The run queue producers send to and run workers consume, unless ``AGENT_RUNNER_QUEUE`` says.
 DEFAULT_RUNS_QUEUE = "runs"
 #: Summary queues are this and the shard number: ``summary.0`` ... ``summary.N-1``.

@@ -38,14 +38,22 @@ from runner_core.memory import (
     search_text,
 )
 
-from .postgres import _IDENT_RE, _PREFIX_RE, _check_name
-
 __all__ = ["PostgresMemoryService"]
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 _HINT = "is PostgreSQL running and reachable there? Check AGENT_RUNNER_MEMORY_URL"
 _CONFIG_RE = re.compile(r"[a-z_]{1,40}")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_name(value: object, option: str, longest: int) -> None:
+    """A schema or table prefix (also quoted in every statement), as the session store takes."""
+    if not isinstance(value, str) or len(value) > longest or not _NAME_RE.fullmatch(value):
+        raise ConfigurationError(
+            f"{option} {value!r} is not allowed: use letters, digits and '_', starting with a "
+            f"letter or '_', at most {longest} characters."
+        )
 _SCOPE = "app_name = %s AND scope = %s"
 
 
@@ -82,9 +90,9 @@ class PostgresMemoryService(MemoryService):
         if (dsn is None) == (pool is None):
             raise ConfigurationError("PostgresMemoryService needs a dsn or a pool (one of them).")
         if schema is not None:
-            _check_name(schema, "schema", _IDENT_RE, 40)
+            _check_name(schema, "schema", 40)
         if table_prefix:
-            _check_name(table_prefix, "table_prefix", _PREFIX_RE, 30)
+            _check_name(table_prefix, "table_prefix", 30)
         if not isinstance(text_search_config, str) or not _CONFIG_RE.fullmatch(
             text_search_config
         ):

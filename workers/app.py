@@ -69,7 +69,10 @@ def _configure(app: Celery) -> None:
         raise SystemExit(EXIT_CONFIG) from None
 
 
-app = Celery("agent_runner", include=["workers.tasks", "workers.summaries", "workers.webhooks"])
+app = Celery(
+    "agent_runner",
+    include=["workers.tasks", "workers.summaries", "workers.webhooks", "workers.feedback"],
+)
 _configure(app)
 
 

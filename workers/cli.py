@@ -8,6 +8,8 @@
                                                      print a run's events until it completes
     agent-runner cancel INVOCATION_ID
     agent-runner schema [PATH]                       the event JSON Schema (default: stdout)
+    agent-runner feedback ID STEP KIND TEXT --app A --user U
+                                                     feedback on a step (docs/memory.md)
     agent-runner serve [--host H] [--port P]         the HTTP gateway (docs/gateway.md)
     agent-runner artifact list|versions|get ...      what runs saved (docs/artifacts.md)
 
@@ -299,6 +301,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from .feedback import give_feedback
+
+    result = give_feedback(
+        args.app, args.user, args.invocation_id, args.step_id, args.kind, args.content
+    )
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = render_event_json_schema()
     if args.path is None or args.path == "-":
@@ -576,6 +588,17 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--user", default=None, help="the run's user: only theirs is shown")
     trace.add_argument("--json", action="store_true", help="the trace as JSON")
     trace.set_defaults(handler=cmd_trace)
+
+    feedback = commands.add_parser(
+        "feedback", help="feedback on a step of a run; positive and correction teach the agent"
+    )
+    feedback.add_argument("invocation_id")
+    feedback.add_argument("step_id", help="a step of the run's trace (agent-runner trace ID)")
+    feedback.add_argument("kind", choices=["positive", "negative", "correction"])
+    feedback.add_argument("content", help="what was right, wrong, or should be done instead")
+    feedback.add_argument("--app", required=True, help="the run's app")
+    feedback.add_argument("--user", required=True, help="the run's user (yours)")
+    feedback.set_defaults(handler=cmd_feedback)
 
     schema = commands.add_parser("schema", help="print (or write) the JSON Schema of events")
     schema.add_argument(

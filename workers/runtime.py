@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from runner_core.memory import MemoryService
 from runner_core.session import SessionService
 from runner_core.traces import TraceStore
 from session_backends.redis_target import AsyncRedis, async_client, is_cluster_url
@@ -34,6 +35,7 @@ from .agents import AgentRegistry
 from .bus import EventBus
 from .cancel_watch import CancelWatcher
 from .celery_config import load_celeryconfig
+from .memory import build_memory
 from .session_lock import SessionLocks
 from .settings import Settings, mask_url
 from .summary_routing import SummarySettings
@@ -104,6 +106,8 @@ class WorkerRuntime:
         self.cancels: CancelWatcher
         self.sessions: SessionService
         self.traces: TraceStore | None = None
+        #: Long-term memory (``AGENT_RUNNER_MEMORY_URL``); None: off.
+        self.memory: MemoryService | None = None
         self.locks: SessionLocks
         self.agents: AgentRegistry
         self.unacked_index_key = "unacked_index"
@@ -159,6 +163,7 @@ class WorkerRuntime:
             from session_backends.traces import trace_store_from_url
 
             self.traces = trace_store_from_url(settings.trace_url, ttl=settings.trace_ttl_s)
+        self.memory = build_memory(settings)
         broker_transport_options = load_celeryconfig().broker_transport_options
         self.unacked_index_key = str(broker_transport_options.get("global_keyprefix", "")) + str(
             broker_transport_options.get("unacked_index_key", "unacked_index")
@@ -204,6 +209,8 @@ class WorkerRuntime:
         closes = [self.cancels.close, self.agents.close, self.sessions.close]
         if self.traces is not None:
             closes.append(self.traces.close)
+        if self.memory is not None:
+            closes.append(self.memory.close)
         for close in closes:
             try:
                 await close()

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from runner_core.errors import ConfigurationError
+from runner_core.memory import DEFAULT_MAX_ITEMS_PER_SCOPE
 from runner_core.session import validate_identifier
 from runner_core.wire import (
     DEFAULT_EVENT_TTL_S,
@@ -38,6 +39,7 @@ __all__ = [
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 _SESSION_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql", "mysql")
+_MEMORY_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql")
 _TRACE_SCHEMES = ("memory", "redis", "rediss", "unix", "postgres", "postgresql")
 #: A Redis Cluster (``redis+cluster://host:port``): for events and leases, and sessions.
 _CLUSTER_SCHEMES = tuple(CLUSTER_SCHEMES)
@@ -208,6 +210,11 @@ class Settings:
     #: Where execution traces go (docs/traces.md); None: traces off (``AGENT_RUNNER_TRACES``).
     trace_url: str | None = DEFAULT_BROKER_URL
     trace_ttl_s: float | None = None
+    #: Long-term memory (docs/memory.md); None: off (``AGENT_RUNNER_MEMORY_URL`` unset).
+    memory_url: str | None = None
+    memory_max_items_per_scope: int = DEFAULT_MAX_ITEMS_PER_SCOPE
+    #: Search memory by embeddings of this model (the OpenAI-compatible endpoint); None: words.
+    memory_embedding_model: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -287,6 +294,15 @@ class Settings:
             soft_shutdown_s=_number(env, "AGENT_RUNNER_SOFT_SHUTDOWN_S", 30.0, minimum=0) or 0.0,
             trace_url=trace_url,
             trace_ttl_s=_number(env, "AGENT_RUNNER_TRACE_TTL_S", None, minimum=1, allow_none=True),
+            memory_url=(
+                None
+                if _text(env, "AGENT_RUNNER_MEMORY_URL", None) is None
+                else _url(env, "AGENT_RUNNER_MEMORY_URL", "memory://", _MEMORY_SCHEMES)
+            ),
+            memory_max_items_per_scope=whole(
+                "AGENT_RUNNER_MEMORY_MAX_ITEMS", DEFAULT_MAX_ITEMS_PER_SCOPE, 1
+            ),
+            memory_embedding_model=_text(env, "AGENT_RUNNER_MEMORY_EMBEDDING_MODEL", None),
         )
 
     @property
