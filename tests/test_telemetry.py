@@ -3,6 +3,7 @@ exporters (no collector, no network)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -333,3 +334,42 @@ async def test_the_execution_trace_records_the_same_trace_id(otel: Otel) -> None
     assert trace is not None
     assert trace.otel_trace_id == completion.trace_id
     assert completion.trace_id == format(otel.span("run app").context.trace_id, "032x")
+
+
+# --- workers.telemetry: the switch ---------------------------------------------------------
+
+
+def test_workers_telemetry_is_on_only_with_an_otlp_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers import telemetry
+
+    for name in telemetry.ENDPOINT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not telemetry.enabled()
+    assert telemetry.setup() is False  # nothing set up, nothing imported
+    assert telemetry.run_plugins() == []
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4318/v1/traces")
+    assert telemetry.enabled()
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert not telemetry.enabled()
+
+
+def test_an_endpoint_without_the_extra_is_a_configuration_error_naming_it() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['opentelemetry.sdk'] = None  # the otel extra is not installed\n"
+        "from runner_core.errors import ConfigurationError\n"
+        "from workers import telemetry\n"
+        "try:\n"
+        "    telemetry.setup()\n"
+        "except ConfigurationError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    env.pop("OTEL_SDK_DISABLED", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    )
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT is set" in result.stdout
+    assert "pip install 'agent-runner[otel]'" in result.stdout
