@@ -35,6 +35,7 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
+from bench import bench_tracing
 from bench.event_sizes import EventSizes
 from bench.event_sizes import render as render_event_sizes
 from bench.report import (
@@ -345,6 +346,7 @@ async def measure(runs: int, warmup: int) -> dict[str, Any]:
         await agent.model.close()
         trees = {case.key: await measure_tree(server, client, case, runs, warmup, sizes)
                  for case in TREE_CASES}  # fmt: skip
+        tracing = await bench_tracing.measure(server, runs, warmup)
         await client.close()
         await cover_other_types(server, sizes)
     diffs = [r - b for r, b in zip(runner_ms, raw_ms, strict=True)]
@@ -357,6 +359,7 @@ async def measure(runs: int, warmup: int) -> dict[str, Any]:
         "events_per_run": events_per_run,
         "event_bytes": sizes.result(),
         "trees": trees,
+        "tracing": tracing,
         # Per run, in run order; runner_ms[i] - raw_ms[i] is the i-th paired difference.
         "samples": {"raw_ms": rounded(raw_ms, 4), "runner_ms": rounded(runner_ms, 4)},
     }
@@ -374,6 +377,8 @@ def render(result: dict[str, Any]) -> str:
     verdict = "meets" if over["median"] < 3.0 else "misses"
     # Results written before the bytes table or the trees have none.
     trees = "\n\n" + render_trees(result) if "trees" in result else ""
+    if "tracing" in result:
+        trees += "\n\n" + bench_tracing.render(result)
     event_bytes = ""
     if "event_bytes" in result:
         event_bytes = "\n\n" + render_event_sizes(result["event_bytes"])

@@ -66,9 +66,9 @@ def _now() -> datetime:
 
 
 def current_otel_trace_id(ctx: InvocationContext) -> str | None:
-    """The OpenTelemetry trace ID of the run, when a telemetry plugin set one on the context."""
-    value = getattr(ctx, "trace_id", None)
-    return value if isinstance(value, str) and value else None
+    """The OpenTelemetry trace ID of the run, when a telemetry plugin set one on the context
+    (:class:`~runner_core.telemetry.Telemetry` does, in its run scope)."""
+    return ctx.trace_id or None
 
 
 def _descends(branch: Branch, ancestor: Branch) -> bool:

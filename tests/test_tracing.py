@@ -274,3 +274,21 @@ async def test_one_recorder_records_every_run_of_its_runner() -> None:
             ids.append(stream.invocation_id)
     traces = await asyncio.gather(*(store.get(i) for i in ids))
     assert all(t is not None and t.status == "completed" for t in traces)
+
+
+async def test_with_telemetry_on_the_trace_records_the_runs_opentelemetry_trace_id() -> None:
+    sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
+    from runner_core.telemetry import Telemetry
+
+    model = FakeModel()
+    model.add_text("hi")
+    store = InMemoryTraceStore()
+    telemetry = Telemetry(tracer_provider=sdk_trace.TracerProvider())
+    plugins = [TraceRecorder(store), telemetry]
+    async with Runner("demo", LLMAgent("a", model=model), plugins=plugins) as runner:
+        stream = runner.run("alice", "s1", "hello")
+        completion = await stream.completion()
+
+    trace = await store.get(stream.invocation_id)
+    assert completion.trace_id is not None and len(completion.trace_id) == 32
+    assert trace is not None and trace.otel_trace_id == completion.trace_id

@@ -1,0 +1,124 @@
+"""The cost of execution traces per run: the same run with the trace recorder and without it.
+
+Part of ``python -m bench runtime`` (:mod:`bench.bench_runtime` calls :func:`measure` and
+:func:`render`): the runtime benchmark's run (two streamed model calls with one tool call in
+between, in-memory sessions) through two Runners built alike, one with a
+:class:`~runner_core.tracing.TraceRecorder` in its plugins, alternating A B A B; the cost is the
+median of the paired differences. Two trace stores: in memory (the recorder's own CPU) and a
+real ``redis-server`` on loopback (each step one round trip, as a worker writes them).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from bench.report import rounded, summarize
+from runner_core import InMemoryTraceStore, LLMAgent, Runner, TraceRecorder, TraceStore, tool
+from runner_core.testing import ScriptedModelServer, scripted_model
+from session_backends import InMemorySessionService
+from session_backends.traces import RedisTraceStore
+from tests.services import RedisServer
+
+__all__ = ["measure", "render"]
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def _script(server: ScriptedModelServer) -> None:
+    server.add_tool_calls([("call_1", "add", {"a": 2, "b": 3})])
+    server.add_text("The answer is 5.", chunks=4)
+
+
+async def _pairs(
+    server: ScriptedModelServer, store: TraceStore, runs: int, warmup: int
+) -> dict[str, Any]:
+    agent = LLMAgent("bench", model=scripted_model(server), instruction="Be brief.", tools=[add])
+    sessions = InMemorySessionService()
+    plain = Runner("bench", agent, session_service=sessions)
+    traced = Runner(
+        "bench", agent, session_service=sessions, plugins=[TraceRecorder(store, agent=agent)]
+    )
+    off_ms: list[float] = []
+    on_ms: list[float] = []
+    steps = 0
+    for i in range(warmup + runs):
+        timings = []
+        for runner, name in ((plain, "off"), (traced, "on")):
+            _script(server)
+            invocation_id = str(uuid.uuid4())
+            t0 = time.perf_counter()
+            stream = runner.run("user", f"{name}-{i}", "What is 2 + 3?", invocation_id=invocation_id)
+            events = [e async for e in stream]
+            timings.append((time.perf_counter() - t0) * 1000)
+            assert events[-1].type == "runner.completion" and events[-1].status == "completed"
+        trace = await store.get(invocation_id)  # the traced run's, outside the timed span
+        assert trace is not None and trace.status == "completed", trace
+        steps = len(trace.steps)
+        if i >= warmup:
+            off_ms.append(timings[0])
+            on_ms.append(timings[1])
+    await plain.close()
+    await traced.close()
+    await sessions.close()
+    await agent.model.close()
+    diffs = [on - off for on, off in zip(on_ms, off_ms, strict=True)]
+    return {
+        "steps_per_run": steps,
+        "off_ms": summarize(off_ms),
+        "on_ms": summarize(on_ms),
+        "overhead_ms": summarize(diffs),
+        "samples": {"off_ms": rounded(off_ms, 4), "on_ms": rounded(on_ms, 4)},
+    }
+
+
+async def measure(server: ScriptedModelServer, runs: int, warmup: int) -> dict[str, Any]:
+    """Tracing on vs off, with the trace store in memory and in Redis."""
+    cases: dict[str, Any] = {}
+    memory = InMemoryTraceStore()
+    cases["memory"] = {"label": "in-memory trace store", **await _pairs(server, memory, runs, warmup)}
+    with RedisServer() as redis_server:
+        store = RedisTraceStore(redis_server.url)
+        try:
+            cases["redis"] = {
+                "label": "Redis trace store (loopback)",
+                **await _pairs(server, store, runs, warmup),
+            }
+        finally:
+            await store.close()
+    return cases
+
+
+def render(result: dict[str, Any]) -> str:
+    """The "tracing on vs off" section of the runtime page."""
+    lines = [
+        "### Tracing on vs off",
+        "",
+        f"The same run ({result['runs']} interleaved pairs, in-memory sessions) through a Runner",
+        "with the trace recorder (`TraceRecorder`, docs/traces.md) and one without it; the",
+        "cost is the median of the paired differences.",
+        "",
+        "| trace store | steps per run | off ms, median (p90) | on ms, median (p90) "
+        "| **tracing cost ms**, median (p90) | on / off |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for case in result["tracing"].values():
+        off, on, over = case["off_ms"], case["on_ms"], case["overhead_ms"]
+        lines.append(
+            f"| {case['label']} | {case['steps_per_run']} "
+            f"| {off['median']:.2f} ({off['p90']:.2f}) | {on['median']:.2f} ({on['p90']:.2f}) "
+            f"| **{over['median']:.2f}** ({over['p90']:.2f}) "
+            f"| {on['median'] / off['median']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Each step is written before its event is handed out, and the trace's header at the",
+        "start and the end of the run: with Redis, a run of these steps makes that many more",
+        "round trips (one Lua script each) than the same run untraced.",
+    ]
+    return "\n".join(lines)
