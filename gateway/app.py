@@ -17,23 +17,19 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from runner_core.errors import AgentRunnerError, InvalidRequestError, shown
-from runner_core.session import SessionService
 from runner_core.wire import OWNER_TTL_S, session_digest, session_lock_key
 from workers import client
-from workers.bus import EventBus
 from workers.requests import RunRequest
 from workers.webhooks import (
     WebhookSettings,
@@ -43,188 +39,21 @@ from workers.webhooks import (
     webhook_state,
 )
 
-from .errors import (
-    BadBodyError,
-    BodyTooLargeError,
-    ConflictError,
-    NotFoundError,
-    UnauthorizedError,
-    error_body,
-    error_status,
-)
+from . import resources
+from .deps import BodyLimit, Gateway, Key, gateway_of, json_object, user_of, validate_seq
+from .errors import ConflictError, NotFoundError, error_body, error_status
+from .openapi import CONFIRM_BODY, CONFIRMATION_OPTIONS, SUBMIT_BODY, openapi
 from .runs import RunOwner, authorize, forget_run, record_run
-from .settings import ApiKey, GatewaySettings
+from .settings import GatewaySettings
 from .stream import event_frames
 
-__all__ = ["create_app"]
+# Gateway and Key are re-exported for the routes built beside these (gateway.console_api).
+__all__ = ["Gateway", "Key", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-#: Fields a confirmation may carry besides ``tool_confirmations`` (the run's identity is the
-#: paused run's).
-_CONFIRMATION_OPTIONS = frozenset({"request_id", "run_timeout_s", "run_config", "webhook_url"})
-
-
-class Gateway:
-    """What the routes share: settings and the clients opened at start-up."""
-
-    def __init__(self, settings: GatewaySettings, webhooks: WebhookSettings) -> None:
-        self.settings = settings
-        self.webhooks = webhooks
-        self.prefix = settings.workers.events_prefix
-        self.redis: aioredis.Redis
-        self.bus: EventBus
-        self.sessions: SessionService
-
-    async def open(self) -> None:
-        from session_backends import from_url
-
-        workers = self.settings.workers
-        self.redis = aioredis.Redis.from_url(
-            workers.redis_url,
-            max_connections=self.settings.redis_connections,
-            socket_timeout=self.settings.keepalive_s + 10,
-        )
-        self.bus = EventBus(self.redis, prefix=self.prefix)
-        self.sessions = from_url(workers.session_url)
-
-    async def close(self) -> None:
-        await self.redis.aclose()
-        await self.sessions.close()
-
-
-# --- request plumbing ----------------------------------------------------------------------
-
-
-class BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with 413, by ``Content-Length`` at once and
-    while reading a body sent without one."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await _send_error(send, 413, "body_too_large", self._message())
-            return
-        received = 0
-
-        async def limited() -> MutableMapping[str, Any]:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise BodyTooLargeError(self._message())
-            return message
-
-        await self.app(scope, limited, send)
-
-    def _message(self) -> str:
-        return (
-            f"the request body is over {self.limit} bytes "
-            "(AGENT_RUNNER_GATEWAY_MAX_BODY_BYTES); send less."
-        )
-
-
-async def _send_error(
-    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    status: int,
-    error_type: str,
-    message: str,
-) -> None:
-    body = json.dumps(error_body(error_type, message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-def api_key(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> ApiKey:
-    """The caller's key, from ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
-
-    Raises:
-        UnauthorizedError: no key, or one the gateway does not know.
-    """
-    presented = x_api_key
-    if authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise UnauthorizedError(
-                "the Authorization header must be 'Bearer <API key>' (or send X-API-Key)."
-            )
-        presented = token.strip()
-    if not presented:
-        raise UnauthorizedError(
-            "this route needs an API key: send 'Authorization: Bearer <API key>' or "
-            "'X-API-Key: <API key>'."
-        )
-    key = _gateway(request).settings.key_for(presented)
-    if key is None:
-        raise UnauthorizedError("the API key is not valid; check it with your operator.")
-    return key
-
-
-Key = Annotated[ApiKey, Depends(api_key)]
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, RecursionError) as exc:
-        raise BadBodyError(f"the body is not valid JSON ({exc}); send a JSON object.") from None
-    if not isinstance(body, dict):
-        raise BadBodyError("the body must be a JSON object, e.g. {\"app_name\": ..., ...}.")
-    return body
-
-
-def _user_of(key: ApiKey, given: object) -> str:
-    """The user a request acts for: the key's; an operator key names it (``user_id``)."""
-    if key.user_id is None:
-        if not isinstance(given, str) or not given:
-            raise InvalidRequestError(
-                "user_id is required with an operator key: name the user the run is for."
-            )
-        return given
-    if given is not None and given != key.user_id:
-        raise InvalidRequestError(
-            f"user_id {shown(given)} is not this API key's user: the user of a request is "
-            "always its key's; leave user_id out."
-        )
-    return key.user_id
-
-
-def _validate_seq(value: str, name: str) -> int:
-    if not value.isdigit() or len(value) > 18:
-        raise InvalidRequestError(
-            f"{name} {shown(value)} is not an event seq; send the id of the last event you "
-            "received (a whole number >= 0)."
-        )
-    return int(value)
+#: The older private name of :func:`gateway.deps.user_of` (the console's routes use it).
+_user_of = user_of
 
 
 # --- the work of the routes ----------------------------------------------------------------
@@ -315,7 +144,8 @@ def create_app(
     app.state.gateway = gateway
     _install_error_handlers(app)
     _add_routes(app)
-    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
+    app.include_router(resources.router)
+    app.openapi = functools.partial(openapi, app)  # type: ignore[method-assign]
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -363,7 +193,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _add_routes(app: FastAPI) -> None:  # noqa: C901 (one closure per route)
-    gw = Depends(_gateway)
+    gw = Depends(gateway_of)
 
     @app.get("/healthz", tags=["service"])
     async def healthz(gateway: Gateway = gw) -> dict[str, str]:
@@ -371,12 +201,12 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 (one closure per route)
         await gateway.bus.last_seq("healthz")
         return {"status": "ok"}
 
-    @app.post("/v1/runs", status_code=202, tags=["runs"], openapi_extra=_SUBMIT_BODY)
+    @app.post("/v1/runs", status_code=202, tags=["runs"], openapi_extra=SUBMIT_BODY)
     async def submit_run(request: Request, key: Key, gateway: Gateway = gw) -> dict[str, Any]:
         """Submit a run: the fields of ``submit_run`` (user from the key) and ``webhook_url``."""
-        body = await _json_object(request)
+        body = await json_object(request)
         webhook_url = body.pop("webhook_url", None)
-        body["user_id"] = _user_of(key, body.get("user_id"))
+        body["user_id"] = user_of(key, body.get("user_id"))
         return await _submit(gateway, body, webhook_url)
 
     @app.get("/v1/runs/{invocation_id}", tags=["runs"])
@@ -421,9 +251,9 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 (one closure per route)
         owner = await authorize(gateway.redis, key, invocation_id, prefix=gateway.prefix)
         position: int | None = None
         if last_event_id is not None and last_event_id.strip():
-            position = _validate_seq(last_event_id.strip(), "Last-Event-ID")
+            position = validate_seq(last_event_id.strip(), "Last-Event-ID")
         elif after_seq is not None:
-            position = _validate_seq(after_seq, "after_seq")
+            position = validate_seq(after_seq, "after_seq")
         if position is not None:
             done = await gateway.bus.completion(invocation_id)
             if done is not None and position >= done.seq:
@@ -470,7 +300,7 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 (one closure per route)
         "/v1/runs/{invocation_id}/confirmations",
         status_code=202,
         tags=["runs"],
-        openapi_extra=_CONFIRM_BODY,
+        openapi_extra=CONFIRM_BODY,
     )
     async def confirm_run(
         invocation_id: str, request: Request, key: Key, gateway: Gateway = gw
@@ -478,18 +308,18 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 (one closure per route)
         """Answer a paused run's confirmations: a new run of the same session (202)."""
         client.validate_invocation_id(invocation_id)
         owner = await authorize(gateway.redis, key, invocation_id, prefix=gateway.prefix)
-        body = await _json_object(request)
+        body = await json_object(request)
         if "tool_confirmations" not in body:
             raise InvalidRequestError(
                 "tool_confirmations is required: {call_id: true | false | "
                 "{\"arguments\": {...}}} for the calls the run.paused event lists."
             )
-        extra = sorted(set(body) - _CONFIRMATION_OPTIONS - {"tool_confirmations"})
+        extra = sorted(set(body) - CONFIRMATION_OPTIONS - {"tool_confirmations"})
         if extra:
             raise InvalidRequestError(
                 f"unexpected field(s) {', '.join(map(shown, extra))}: a confirmation continues "
                 "the paused run's session; it takes tool_confirmations and "
-                f"{', '.join(sorted(_CONFIRMATION_OPTIONS))}."
+                f"{', '.join(sorted(CONFIRMATION_OPTIONS))}."
             )
         done = await gateway.bus.completion(invocation_id)
         last_seq = await gateway.bus.last_seq(invocation_id) if done is None else done.seq
@@ -520,7 +350,7 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 (one closure per route)
         limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
     ) -> Response:
         """A session's stored events (the newest ``limit``) and state."""
-        user = _user_of(key, user_id)
+        user = user_of(key, user_id)
         session = await gateway.sessions.get_session(app_name, user, session_id, num_events=limit)
         if session is None:
             raise NotFoundError(
@@ -546,67 +376,3 @@ async def _with_retry_hint(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]
     yield b"retry: 2000\n\n"
     async for frame in frames:
         yield frame
-
-
-# --- OpenAPI -------------------------------------------------------------------------------
-
-
-def _request_schemas() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The submit and confirmation body schemas, built from :class:`RunRequest` (one owner of
-    the fields), and the component schemas they refer to."""
-    schema = RunRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    components = schema.pop("$defs", {})
-    submit = json.loads(json.dumps(schema))
-    submit["title"] = "SubmitRun"
-    submit["required"] = [name for name in submit.get("required", []) if name != "user_id"]
-    submit["properties"]["user_id"]["description"] = (
-        "only with an operator key; a user key's runs are its user's"
-    )
-    webhook = {
-        "type": "string",
-        "format": "uri",
-        "description": "called (POST, signed) once the run completes; docs/gateway.md",
-    }
-    submit["properties"]["webhook_url"] = webhook
-    props = schema["properties"]
-    confirm = {
-        "title": "Confirmations",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["tool_confirmations"],
-        "properties": {
-            "tool_confirmations": props["tool_confirmations"],
-            **{name: props[name] for name in sorted(_CONFIRMATION_OPTIONS) if name in props},
-            "webhook_url": webhook,
-        },
-    }
-    return submit, confirm, components
-
-
-def _body_extra(schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema}},
-        }
-    }
-
-
-_SUBMIT_SCHEMA, _CONFIRM_SCHEMA, _COMPONENTS = _request_schemas()
-_SUBMIT_BODY = _body_extra(_SUBMIT_SCHEMA)
-_CONFIRM_BODY = _body_extra(_CONFIRM_SCHEMA)
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(_COMPONENTS)
-        schema["components"]["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        }
-        schema["security"] = [{"bearer": []}, {"apiKey": []}]
-        app.openapi_schema = schema
-    return app.openapi_schema

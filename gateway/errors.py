@@ -11,13 +11,23 @@ status below; the message says what was wrong and how to fix it, and never echoe
     └── BadBodyError         400    the body is not a JSON object
 
 Errors of the layers below are mapped where they surface (:func:`error_status`):
-``InvalidRequestError`` 422 (``UnknownInvocationError`` 404), ``EventBusUnavailableError`` and
-``BrokerUnavailableError`` 503, anything else 500 (logged, with a message that leaks nothing).
+``InvalidRequestError`` 422 (``UnknownInvocationError``, ``TraceNotFoundError`` and
+``InvocationOwnedError`` 404), ``ConfigurationError`` 501 (the feature is not configured),
+``EventBusUnavailableError``, ``BrokerUnavailableError`` and a store that failed 503, anything
+else 500 (logged, with a message that leaks nothing).
 """
 
 from __future__ import annotations
 
-from runner_core.errors import AgentRunnerError, InvalidRequestError
+from runner_core.errors import (
+    AgentRunnerError,
+    ArtifactBackendError,
+    ConfigurationError,
+    InvalidRequestError,
+    InvocationOwnedError,
+    SessionBackendError,
+    TraceNotFoundError,
+)
 from workers.bus import EventBusError, EventBusUnavailableError, UnknownInvocationError
 from workers.client import BrokerUnavailableError
 
@@ -69,11 +79,15 @@ def error_status(exc: BaseException) -> tuple[int, str]:
     """The HTTP status and error type of an exception raised while serving a request."""
     if isinstance(exc, GatewayError):
         return exc.status, exc.type
-    if isinstance(exc, UnknownInvocationError):
+    if isinstance(exc, UnknownInvocationError | TraceNotFoundError | InvocationOwnedError):
         return 404, "not_found"
     if isinstance(exc, InvalidRequestError):
         return 422, "invalid_request"
-    if isinstance(exc, EventBusUnavailableError | BrokerUnavailableError):
+    if isinstance(exc, ConfigurationError):
+        return 501, "not_configured"
+    unavailable = (EventBusUnavailableError, BrokerUnavailableError, SessionBackendError,
+                   ArtifactBackendError)  # fmt: skip
+    if isinstance(exc, unavailable):
         return 503, "unavailable"
     if isinstance(exc, EventBusError):
         return 502, "event_bus_error"

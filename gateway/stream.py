@@ -70,6 +70,8 @@ def _seq_and_type(fields: dict[Any, Any], where: str) -> tuple[str, int, str]:
     """
     raw = fields.get(STREAM_FIELD.encode(), fields.get(STREAM_FIELD))
     try:
+        if not isinstance(raw, bytes | str):
+            raise TypeError("no event field")
         text = _text(raw)
         event = json.loads(text)
         seq, kind = event["seq"], event["type"]
@@ -119,12 +121,12 @@ async def event_frames(
         EventBusError: a stream entry is corrupt.
     """
     key = stream_key(invocation_id, prefix)
-    last_entry = b"0-0"
+    last_entry: bytes | str = b"0-0"
     next_seq = 0 if after_seq is None else after_seq + 1
     block_ms = max(1, int(keepalive_s * 1000))
     quiet_without_stream = 0
     while True:
-        response = await redis.xread({key: last_entry}, count=_READ_COUNT, block=block_ms)
+        response: Any = await redis.xread({key: last_entry}, count=_READ_COUNT, block=block_ms)
         if not response:
             if await _expired(redis, invocation_id, prefix=prefix, claim_key=claim_key):
                 quiet_without_stream += 1

@@ -12,7 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.services", "tests.mariadb", "tests.redis_cluster", "tests.celery_workers"]
+pytest_plugins = [
+    "tests.services",
+    "tests.mariadb",
+    "tests.redis_cluster",
+    "tests.celery_workers",
+    "tests.gateway_support",
+]
 
 # Nothing in the tests may reach a real LLM: point the openai client's defaults at a closed
 # loopback port, so a model built without an explicit base_url fails fast instead of calling out.

@@ -1,5 +1,6 @@
 """The HTTP gateway under test: real ``agent-runner serve`` processes, an SSE reader, a webhook
-receiver (tests/test_gateway*.py)."""
+receiver, and their fixtures (tests/test_gateway*.py; loaded as a plugin by tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 
+from runner_core.testing import ScriptedModelServer
+from tests.celery_workers import StartWorker
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,3 +152,63 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- fixtures (a plugin of tests/conftest.py) ------------------------------------------------
+
+
+StartGateway = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def model_server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def stack_env(
+    postgres_dsn: str, model_server: ScriptedModelServer, tmp_path: Path
+) -> dict[str, str]:
+    """What the workers and gateways get on top of the test Redis (tests/celery_workers.py)."""
+    return {
+        "OPENAI_BASE_URL": model_server.url,
+        "AGENT_RUNNER_SESSION_URL": postgres_dsn,
+        "AGENT_RUNNER_ARTIFACT_URL": postgres_dsn,
+        "AGENT_RUNNER_AGENTS": "testkit=tests.worker_agents:build_testkit,"
+        "notes=tests.gateway_agents:build_notes",
+        "AGENT_RUNNER_TEST_HOLD_DIR": str(tmp_path),
+        "AGENT_RUNNER_GATEWAY_API_KEYS": f"{ALICE_KEY}=alice,{BOB_KEY}=bob,{OPERATOR_KEY}=*",
+        "AGENT_RUNNER_GATEWAY_KEEPALIVE_S": "0.3",
+        "AGENT_RUNNER_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "AGENT_RUNNER_WEBHOOK_ALLOW_PRIVATE": "true",
+        "AGENT_RUNNER_WEBHOOK_BACKOFF_S": "0.2",
+    }
+
+
+@pytest.fixture
+def worker(start_worker: StartWorker, stack_env: dict[str, str]) -> Any:
+    return start_worker(**stack_env)
+
+
+@pytest.fixture
+def start_gateway(
+    worker_env: dict[str, str], stack_env: dict[str, str]
+) -> Iterator[StartGateway]:
+    started: list[GatewayProcess] = []
+
+    def start(**env: str) -> GatewayProcess:
+        gateway = GatewayProcess({**worker_env, **stack_env, **env})
+        started.append(gateway)
+        return gateway.wait_ready()
+
+    try:
+        yield start
+    finally:
+        for gateway in started:
+            gateway.close()
+
+
+@pytest.fixture
+def gateway(start_gateway: StartGateway, worker: Any) -> GatewayProcess:
+    return start_gateway()

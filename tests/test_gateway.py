@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.gateway_support import (
     OPERATOR_KEY,
     WEBHOOK_SECRET,
     GatewayProcess,
+    StartGateway,
     WebhookReceiver,
     events_of,
     read_run,
@@ -30,60 +30,6 @@ from tests.gateway_support import (
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.celery]
-
-StartGateway = Callable[..., GatewayProcess]
-
-
-@pytest.fixture
-def model_server() -> Iterator[ScriptedModelServer]:
-    with ScriptedModelServer() as server:
-        yield server
-
-
-@pytest.fixture
-def stack_env(
-    postgres_dsn: str, model_server: ScriptedModelServer, tmp_path: Path
-) -> dict[str, str]:
-    """What the workers and gateways get on top of the test Redis (tests/celery_workers.py)."""
-    return {
-        "OPENAI_BASE_URL": model_server.url,
-        "AGENT_RUNNER_SESSION_URL": postgres_dsn,
-        "AGENT_RUNNER_TEST_HOLD_DIR": str(tmp_path),
-        "AGENT_RUNNER_GATEWAY_API_KEYS": f"{ALICE_KEY}=alice,{BOB_KEY}=bob,{OPERATOR_KEY}=*",
-        "AGENT_RUNNER_GATEWAY_KEEPALIVE_S": "0.3",
-        "AGENT_RUNNER_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "AGENT_RUNNER_WEBHOOK_ALLOW_PRIVATE": "true",
-        "AGENT_RUNNER_WEBHOOK_BACKOFF_S": "0.2",
-    }
-
-
-@pytest.fixture
-def worker(start_worker: StartWorker, stack_env: dict[str, str]) -> Any:
-    return start_worker(**stack_env)
-
-
-@pytest.fixture
-def start_gateway(
-    worker_env: dict[str, str], stack_env: dict[str, str]
-) -> Iterator[StartGateway]:
-    started: list[GatewayProcess] = []
-
-    def start(**env: str) -> GatewayProcess:
-        gateway = GatewayProcess({**worker_env, **stack_env, **env})
-        started.append(gateway)
-        return gateway.wait_ready()
-
-    try:
-        yield start
-    finally:
-        for gateway in started:
-            gateway.close()
-
-
-@pytest.fixture
-def gateway(start_gateway: StartGateway, worker: Any) -> GatewayProcess:
-    return start_gateway()
-
 
 def submit(gateway: GatewayProcess, key: str, **fields: Any) -> dict[str, Any]:
     body = {"app_name": "testkit", "session_id": "s1", "message": "hi", **fields}
@@ -427,13 +373,7 @@ def test_a_webhook_is_signed_and_redelivered_after_the_receiver_first_fails(
     assert delivery["status"] == "completed"
     assert delivery["completion"]["final_text"] == "hooked"
     # And the run's status comes to say it was delivered on the second attempt
-    deadline = time.monotonic() + 30
-    with gateway.client(ALICE_KEY) as http:
-        while True:
-            webhook = http.get(f"/v1/runs/{run['invocation_id']}").json()["webhook"]
-            if webhook["status"] != "pending" or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+    webhook = wait_for_webhook(gateway, run["invocation_id"])
     assert webhook["status"] == "delivered" and webhook["attempts"] == 2
     assert webhook["delivery_id"] == delivery["delivery_id"]
 
@@ -456,3 +396,40 @@ def test_a_webhook_to_a_private_address_is_refused_unless_allowed(
         assert response.status_code == 422, url
         message = response.json()["error"]["message"]
         assert "not a public address" in message and "ALLOW_PRIVATE" in message
+
+
+def wait_for_webhook(gateway: GatewayProcess, invocation_id: str) -> dict[str, Any]:
+    """The run's webhook state once it is no longer pending (the deadline only keeps a broken
+    delivery from hanging the suite)."""
+    deadline = time.monotonic() + 60
+    with gateway.client(ALICE_KEY) as http:
+        while True:
+            webhook: dict[str, Any] = http.get(f"/v1/runs/{invocation_id}").json()["webhook"]
+            if webhook["status"] != "pending" or time.monotonic() > deadline:
+                return webhook
+            time.sleep(0.05)
+
+
+def test_a_worker_checks_the_address_again_before_it_delivers(
+    start_gateway: StartGateway,
+    start_worker: StartWorker,
+    stack_env: dict[str, str],
+    model_server: ScriptedModelServer,
+) -> None:
+    # Given a gateway that accepts a loopback webhook, but workers that allow public addresses
+    # only (as when a name resolved to a public address at submit and to a private one later)
+    start_worker(**{**stack_env, "AGENT_RUNNER_WEBHOOK_ALLOW_PRIVATE": "false"})
+    lenient = start_gateway()
+    receiver = WebhookReceiver()
+    try:
+        model_server.add_text("done")
+        # When a run with that webhook completes
+        run = submit(lenient, ALICE_KEY, session_id="s-rebind", webhook_url=receiver.url)
+        webhook = wait_for_webhook(lenient, run["invocation_id"])
+    finally:
+        receiver.close()
+
+    # Then the worker refused to call it, and said why
+    assert webhook["status"] == "refused" and webhook["attempts"] == 1
+    assert "not a public address" in webhook["last_error"]
+    assert receiver.requests == []
