@@ -34,6 +34,7 @@ the trace's own (app, user) reads it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
@@ -61,6 +62,7 @@ __all__ = [
     "check_step_id",
     "decode_step",
     "decode_trace",
+    "newest_items",
     "read_trace",
     "trace_fenced",
 ]
@@ -90,6 +92,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def cap_value(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
     """``value`` cut to about ``limit`` characters of JSON, saying so in the value.
 
@@ -108,19 +114,33 @@ def cap_value(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
     if len(encoded) <= limit + _NOTE_CHARS:
         return value
     if isinstance(value, list):
-        kept: list[Any] = []
-        used = 0
-        for item in reversed(value):
-            size = len(json.dumps(item, ensure_ascii=False, default=str)) + 1
-            if used + size > limit:
-                break
-            kept.append(item)
-            used += size
-        kept.reverse()
-        if not kept:  # the newest item alone is too long: keep it, cut
-            kept = [cap_value(value[-1], limit)]
-        return [f"[{len(value) - len(kept)} earlier items left out]", *kept]
+        return newest_items(value, limit)
     return cap_value(encoded, limit)
+
+
+def newest_items(
+    items: Sequence[Any], limit: int = MAX_FIELD_CHARS, convert: Callable[[Any], Any] = _same
+) -> list[Any]:
+    """The newest of ``items`` (each ``convert`` ed) that fit in ``limit`` characters of JSON,
+    after a first item ``"[N earlier items left out]"`` when some are left out; the older items
+    are never converted. :func:`cap_value` of a list; a writer with a long list of objects to
+    convert (the messages sent to a model) calls it to convert only what is kept.
+    """
+    kept: list[Any] = []
+    used = 0
+    for item in reversed(items):
+        converted = convert(item)
+        size = len(json.dumps(converted, ensure_ascii=False, default=str)) + 1
+        if used + size > limit:
+            if not kept:  # the newest item alone is too long: keep it, cut
+                kept.append(cap_value(converted, limit))
+            break
+        kept.append(converted)
+        used += size
+    kept.reverse()
+    if len(kept) == len(items):
+        return kept
+    return [f"[{len(items) - len(kept)} earlier items left out]", *kept]
 
 
 class Step(BaseModel):

@@ -46,7 +46,7 @@ from .events import (
 )
 from .messages import ToolCall
 from .plugins import Plugin
-from .traces import Step, Trace, TraceStore
+from .traces import Step, Trace, TraceStore, newest_items
 
 if TYPE_CHECKING:
     from .agent import BaseAgent
@@ -258,10 +258,12 @@ class TraceBuilder:
         )
 
 
-def _sent(call: _ModelCall | None) -> list[dict[str, Any]] | None:
+def _sent(call: _ModelCall | None) -> list[Any] | None:
+    """The messages sent, newest first until the field's cap: a long history costs no more
+    than the part of it that is kept."""
     if call is None:
         return None
-    return [m.model_dump(exclude_none=True) for m in call.request.messages]
+    return newest_items(call.request.messages, convert=lambda m: m.model_dump(exclude_none=True))
 
 
 def _task_of(events: Iterable[Event]) -> str | None:

@@ -24,7 +24,7 @@ from runner_core.events import Event
 from runner_core.memory_sessions import InMemorySessionService
 from runner_core.memory_traces import InMemoryTraceStore
 from runner_core.testing import FakeModel
-from runner_core.traces import Step, Trace
+from runner_core.traces import MAX_FIELD_CHARS, Step, Trace
 from runner_core.tracing import TraceRecorder
 
 PRICE = ModelPrice(prompt_per_million=1_000_000, completion_per_million=2_000_000)
@@ -292,3 +292,18 @@ async def test_with_telemetry_on_the_trace_records_the_runs_opentelemetry_trace_
     trace = await store.get(stream.invocation_id)
     assert completion.trace_id is not None and len(completion.trace_id) == 32
     assert trace is not None and trace.otel_trace_id == completion.trace_id
+
+
+async def test_a_long_history_is_capped_in_the_step_keeping_the_newest_messages() -> None:
+    model = FakeModel()
+    model.add_text("noted")
+    history = [{"role": "user", "content": f"note {n}: " + "x" * 1000} for n in range(60)]
+    history += [{"role": "assistant", "content": "ok"}]
+
+    trace = await run_traced(LLMAgent("a", model=model), "the last question", messages=history)
+
+    [step, _] = trace.steps
+    assert step.messages[0].endswith("earlier items left out]")
+    assert step.messages[-1] == {"role": "user", "content": "the last question"}
+    assert 1 < len(step.messages) < len(history)
+    assert len(step.to_json()) < 2 * MAX_FIELD_CHARS
