@@ -12,8 +12,6 @@ background task (started on first use when a TTL is set, stopped by :meth:`close
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import threading
 import time
@@ -36,6 +34,7 @@ from .session import (
 )
 from .store_support import (
     DEFAULT_CLEANUP_INTERVAL,
+    ExpirySweeper,
     already_exists,
     apply_append,
     check_appendable,
@@ -126,7 +125,12 @@ class InMemorySessionService:
         # Workers may share one service between threads; every method holds the lock while it
         # touches the dicts and never awaits while holding it.
         self._lock = threading.Lock()
-        self._cleanup_task: asyncio.Task[None] | None = None
+        self._sweeper = ExpirySweeper(
+            self._sweep,
+            self.cleanup_interval,
+            enabled=bool(self.session_ttl or self.app_state_ttl or self.user_state_ttl),
+            name="agent-runner-memory-session-cleanup",
+        )
         self._closed = False
 
     def __repr__(self) -> str:
@@ -138,20 +142,8 @@ class InMemorySessionService:
     def _deadline(ttl: float | None) -> float | None:
         return None if ttl is None else time.monotonic() + ttl
 
-    def _start_cleanup(self) -> None:
-        if self._closed or not (self.session_ttl or self.app_state_ttl or self.user_state_ttl):
-            return
-        task = self._cleanup_task
-        if task is not None and not task.done():
-            return
-        self._cleanup_task = asyncio.get_running_loop().create_task(
-            self._cleanup_loop(), name="agent-runner-memory-session-cleanup"
-        )
-
-    async def _cleanup_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cleanup_interval)
-            self.remove_expired()
+    async def _sweep(self) -> None:
+        self.remove_expired()
 
     def remove_expired(self) -> int:
         """Drop expired sessions and scopes now; returns how many were dropped."""
@@ -221,7 +213,7 @@ class InMemorySessionService:
     ) -> Session:
         key = session_key(app_name, user_id, session_id)
         parts = route_initial_state(state)
-        self._start_cleanup()
+        self._sweeper.start()
         now_at = utcnow()
         with self._lock:
             now = time.monotonic()
@@ -256,7 +248,7 @@ class InMemorySessionService:
     ) -> Session | None:
         key = SessionKey(app_name, user_id, session_id)
         check_num_events(num_events)
-        self._start_cleanup()
+        self._sweeper.start()
         with self._lock:
             now = time.monotonic()
             stored = self._live_session(key, now)
@@ -284,7 +276,7 @@ class InMemorySessionService:
     async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:
         validate_identifier(app_name, "app_name")
         validate_identifier(user_id, "user_id")
-        self._start_cleanup()
+        self._sweeper.start()
         with self._lock:
             now = time.monotonic()
             sessions: list[Session] = []
@@ -333,7 +325,7 @@ class InMemorySessionService:
         raw = encode_event(event)
         stored_event = decode_event(raw)
         is_user = event.is_user_message()
-        self._start_cleanup()
+        self._sweeper.start()
         now_at = utcnow()
         with self._lock:
             now = time.monotonic()
@@ -388,7 +380,7 @@ class InMemorySessionService:
     async def update_app_state(self, app_name: str, delta: dict[str, Any]) -> None:
         validate_identifier(app_name, "app_name")
         check_delta(delta, "delta")
-        self._start_cleanup()
+        self._sweeper.start()
         with self._lock:
             self._write_scope(
                 self._app_state, app_name, delta, self.app_state_ttl, time.monotonic()
@@ -405,7 +397,7 @@ class InMemorySessionService:
         validate_identifier(app_name, "app_name")
         validate_identifier(user_id, "user_id")
         check_delta(delta, "delta")
-        self._start_cleanup()
+        self._sweeper.start()
         with self._lock:
             self._write_scope(
                 self._user_state,
@@ -443,10 +435,4 @@ class InMemorySessionService:
 
     async def close(self) -> None:
         self._closed = True
-        task, self._cleanup_task = self._cleanup_task, None
-        if task is None or task.done():
-            return
-        task.cancel()
-        if task.get_loop() is asyncio.get_running_loop():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._sweeper.close()

@@ -7,10 +7,12 @@ holds the plumbing around them so the backends do not repeat it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +24,7 @@ from .errors import (
     CorruptSessionDataError,
     FencedError,
     InvalidRequestError,
+    SessionBackendError,
     SessionNotFoundError,
 )
 from .events import Event, state_delta_of
@@ -41,6 +44,7 @@ from .session import (
 
 __all__ = [
     "DEFAULT_CLEANUP_INTERVAL",
+    "ExpirySweeper",
     "already_exists",
     "apply_append",
     "check_appendable",
@@ -85,6 +89,49 @@ def new_session_id() -> str:
 def session_key(app_name: str, user_id: str, session_id: str | None) -> SessionKey:
     """Validate the three IDs (a new ID when ``session_id`` is None or empty)."""
     return SessionKey(app_name, user_id, session_id or new_session_id())
+
+
+class ExpirySweeper:
+    """Runs a store's sweep of expired data every ``interval`` seconds in the background.
+
+    Started by the store's calls (:meth:`start`, a no-op while it runs, when ``enabled`` is
+    false or after :meth:`close`), on the running loop; stopped by :meth:`close`. A sweep that
+    fails with ``SessionBackendError`` is tried again at the next interval: reads hide expired
+    data anyway.
+    """
+
+    def __init__(
+        self, sweep: Callable[[], Awaitable[object]], interval: float, *, enabled: bool, name: str
+    ) -> None:
+        self._sweep = sweep
+        self.interval = interval
+        self._enabled = enabled
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        if self._closed or not self._enabled:
+            return
+        if self._task is not None and not self._task.done():
+            return
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=self._name)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            with contextlib.suppress(SessionBackendError):
+                await self._sweep()
+
+    async def close(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        if task.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # --- options -------------------------------------------------------------------------------

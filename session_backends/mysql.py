@@ -57,6 +57,7 @@ from runner_core.session import (
 )
 from runner_core.store_support import (
     DEFAULT_CLEANUP_INTERVAL,
+    ExpirySweeper,
     already_exists,
     apply_append,
     check_appendable,
@@ -234,7 +235,12 @@ class MySQLSessionService:
         self._initialized = False
         #: The server's max_allowed_packet: the largest statement it takes (bytes).
         self._max_packet: int | None = None
-        self._cleanup_task: asyncio.Task[None] | None = None
+        self._sweeper = ExpirySweeper(
+            self.remove_expired,
+            self.cleanup_interval,
+            enabled=bool(self.session_ttl or self.app_state_ttl or self.user_state_ttl),
+            name="agent-runner-mysql-session-cleanup",
+        )
         self._closed = False
 
     def __repr__(self) -> str:
@@ -281,7 +287,7 @@ class MySQLSessionService:
             if not self._initialized:
                 await self._attempt("creating the session tables", self._initialize)
                 self._initialized = True
-        self._start_cleanup()
+        self._sweeper.start()
 
     async def _initialize(self, conn: Connection) -> None:
         """Read max_allowed_packet; create what is missing, once, however many workers start.
@@ -347,22 +353,6 @@ class MySQLSessionService:
     async def _run(self, action: str, work: Callable[[Connection], Awaitable[T]]) -> T:
         await self._ready(action)
         return await self._attempt(action, work)
-
-    def _start_cleanup(self) -> None:
-        if self._closed or not (self.session_ttl or self.app_state_ttl or self.user_state_ttl):
-            return
-        if self._cleanup_task is not None and not self._cleanup_task.done():
-            return
-        self._cleanup_task = asyncio.get_running_loop().create_task(
-            self._cleanup_loop(), name="agent-runner-mysql-session-cleanup"
-        )
-
-    async def _cleanup_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cleanup_interval)
-            # A failed sweep is retried at the next interval; the reads hide expired rows anyway.
-            with contextlib.suppress(SessionBackendError):
-                await self.remove_expired()
 
     async def remove_expired(self) -> int:
         """Retire expired sessions (with their events and summaries) and state rows now.
@@ -759,12 +749,7 @@ class MySQLSessionService:
         if self._closed:
             return
         self._closed = True
-        task, self._cleanup_task = self._cleanup_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            if task.get_loop() is asyncio.get_running_loop():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._sweeper.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()

@@ -50,6 +50,7 @@ from runner_core.session import (
 )
 from runner_core.store_support import (
     DEFAULT_CLEANUP_INTERVAL,
+    ExpirySweeper,
     already_exists,
     apply_append,
     check_appendable,
@@ -148,7 +149,12 @@ class PostgresSessionService:
         self._sql = Statements(tables, self.soft_delete)
         self._ready_lock: asyncio.Lock | None = None
         self._initialized = self.skip_db_init
-        self._cleanup_task: asyncio.Task[None] | None = None
+        self._sweeper = ExpirySweeper(
+            self.remove_expired,
+            self.cleanup_interval,
+            enabled=bool(self.session_ttl or self.app_state_ttl or self.user_state_ttl),
+            name="agent-runner-postgres-session-cleanup",
+        )
         self._closed = False
         self._connect_kwargs: dict[str, Any] = {
             "autocommit": True,
@@ -203,7 +209,7 @@ class PostgresSessionService:
             if not self._initialized:
                 await self._attempt("creating the session tables", self._create_schema)
                 self._initialized = True
-        self._start_cleanup()
+        self._sweeper.start()
 
     def _new_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
         assert self._dsn is not None
@@ -326,22 +332,6 @@ class PostgresSessionService:
     async def _run(self, action: str, work: Callable[[Conn], Awaitable[T]]) -> T:
         await self._ready()
         return await self._attempt(action, work)
-
-    def _start_cleanup(self) -> None:
-        if self._closed or not (self.session_ttl or self.app_state_ttl or self.user_state_ttl):
-            return
-        if self._cleanup_task is not None and not self._cleanup_task.done():
-            return
-        self._cleanup_task = asyncio.get_running_loop().create_task(
-            self._cleanup_loop(), name="agent-runner-postgres-session-cleanup"
-        )
-
-    async def _cleanup_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cleanup_interval)
-            # A failed sweep is retried at the next interval; the reads hide expired rows anyway.
-            with contextlib.suppress(SessionBackendError):
-                await self.remove_expired()
 
     async def remove_expired(self) -> int:
         """Retire expired sessions (with their events and summaries) and state rows now.
@@ -672,12 +662,7 @@ class PostgresSessionService:
         if self._closed:
             return
         self._closed = True
-        task, self._cleanup_task = self._cleanup_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            if task.get_loop() is asyncio.get_running_loop():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._sweeper.close()
         loop = asyncio.get_running_loop()
         probe, self._probe = self._probe, None
         if probe is not None and not probe.done():
