@@ -11,8 +11,8 @@ State scopes (by key prefix):
 - anything else belongs to the session
 
 ``Session.state`` is the merged view with the prefixes kept. The helpers at the bottom of this
-module hold the rules every backend shares (key validation, delta routing, the event window), so
-memory, Redis and PostgreSQL behave the same.
+module hold the rules every backend shares (key validation, delta routing, the event window,
+eviction, which summary wins), so memory, Redis, PostgreSQL and MySQL behave the same.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class Session(BaseModel):
 
 @runtime_checkable
 class SessionService(Protocol):
-    """What a session store does. Memory, Redis and PostgreSQL implement it alike.
+    """What a session store does. Memory, Redis, PostgreSQL and MySQL implement it alike.
 
     Every method validates its IDs (:func:`validate_identifier`) and raises
     :class:`~runner_core.errors.InvalidRequestError` for bad ones. Store failures raise
