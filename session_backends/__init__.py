@@ -6,7 +6,8 @@ URL                    store
 =====================  ==========================================================
 ``memory://``          :class:`InMemorySessionService` (this process only)
 ``redis://``           :class:`RedisSessionService` (``rediss://`` for TLS,
-                       ``unix:///path/redis.sock?db=0`` for a Unix socket)
+                       ``unix:///path/redis.sock?db=0`` for a Unix socket,
+                       ``redis+cluster://host:port`` for a Redis Cluster)
 ``postgresql://``      :class:`PostgresSessionService` (``postgres://`` too)
 ``mysql://``           :class:`MySQLSessionService` (MySQL 8, MariaDB 10.11+; needs the
                        ``mysql`` extra: ``pip install 'agent-runner[mysql]'``)
@@ -42,6 +43,8 @@ _SCHEMES: dict[str, type[Any] | None] = {
     "redis": RedisSessionService,
     "rediss": RedisSessionService,
     "unix": RedisSessionService,
+    "redis+cluster": RedisSessionService,
+    "rediss+cluster": RedisSessionService,
     "postgresql": PostgresSessionService,
     "postgres": PostgresSessionService,
     "mysql": None,  # imported on first use: its driver is the optional ``mysql`` extra

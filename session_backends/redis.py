@@ -33,8 +33,17 @@ summary call carries a call ID the script stores beside its write (``call_id``,
 instead of "already there". State deltas are applied in the append script, after the dedupe,
 so they are never applied twice; the fence is checked before anything else on every attempt.
 
-The app-state hash has its own slot (``{A}``). The service talks to one Redis server (or a
-proxy that allows multi-slot scripts); it does not speak the Redis Cluster protocol.
+Redis Cluster (``redis+cluster://host:port``, or a ``RedisCluster`` client): every key of a
+user's sessions carries the tag ``{A/U}``, so each script and each read of a session stays in
+one slot. The app-state hash is shared by all users of an app and has its own slot (``{A}``),
+so on a cluster the scripts cannot write it: create and append put the app-state part of their
+delta into the session's ``P:app_pending:{A/U}/S`` hash instead (in the same atomic, fenced
+script: an app delta is never lost, nor written by a stale holder), and the store then copies
+it to ``P:app_state:{A}`` and removes what it copied. A writer that dies between the two leaves
+it pending; the next read of that session (or its next append with an app delta) finishes the
+copy. Until then other sessions do not see it: app state on a cluster is eventually, not
+atomically, consistent with the events that changed it. Reads of a session read the app state
+in a second round trip.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -96,6 +106,8 @@ from runner_core.store_support import (
     summary_session_not_found,
     utcnow,
 )
+
+from .redis_target import cluster_node_url, is_cluster_url
 
 __all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_RETRY_FOR_S", "RedisSessionService"]
 
@@ -221,6 +233,18 @@ if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
+# KEYS: a session's pending app-state hash (Redis Cluster). ARGV: field, value, ... as copied to
+# the app state. Removes each field that still holds the value copied (a newer append may have
+# set it again meanwhile: that one is copied next time).
+_SETTLE_APP_PENDING = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 1
+"""
+
 # KEYS: session, summaries, summary_counts.  ARGV: filter_key, summary_json, event_count,
 # call_id. Returns 1 stored (or stored by this very call: a retry after a lost reply), 0 an
 # equal or newer one is there, -1 no session, -2 corrupt stored count.
@@ -284,15 +308,17 @@ def _where_of(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return f"unix socket {parts.path}"
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    return f"cluster via {where}" if is_cluster_url(url) else where
 
 
 class RedisSessionService:
     """Sessions in Redis. See the module docstring for the key layout.
 
     Args:
-        url: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
-            ``unix:///path/to/socket?db=0``; a ``retry_for_s`` query parameter sets that
+        url: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS),
+            ``unix:///path/to/socket?db=0``, or ``redis+cluster://host:port`` (``rediss+cluster``
+            with TLS) for a Redis Cluster; a ``retry_for_s`` query parameter sets that
             option (``redis://host:6379/0?retry_for_s=30``).
         key_prefix: the first part of every key (letters, digits and ``._:-``).
         event_limit: events kept per session (oldest evicted first, never the latest user
@@ -306,8 +332,8 @@ class RedisSessionService:
             safe to retry: a write whose reply was lost is never applied twice. None: the
             URL's ``retry_for_s`` parameter, else :data:`DEFAULT_RETRY_FOR_S` (20 s). A call
             whose server stays away longer fails with SessionBackendError.
-        client: an existing ``redis.asyncio.Redis`` to use instead of ``url`` (not closed by
-            :meth:`close`; it must not decode responses).
+        client: an existing ``redis.asyncio.Redis`` (or ``RedisCluster``) to use instead of
+            ``url`` (not closed by :meth:`close`; it must not decode responses).
         cleanup_interval: accepted for parity with the other stores and ignored: Redis
             expires keys itself.
         max_connections: the most connections the store opens (default 256). With all of
@@ -326,7 +352,7 @@ class RedisSessionService:
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 2.0,
         retry_for_s: float | None = None,
-        client: aioredis.Redis | None = None,
+        client: aioredis.Redis | RedisCluster | None = None,
         cleanup_interval: float | timedelta | None = None,
         max_connections: int = 256,
     ) -> None:
@@ -373,12 +399,23 @@ class RedisSessionService:
         self._retry = Retry(_BACKOFF, -1, supported_errors=_TRANSIENT)
         if client is None:
             self._where = _where_of(url)
+        elif isinstance(client, RedisCluster):
+            self._where = "a Redis Cluster"
         else:
             conn_kwargs = client.connection_pool.connection_kwargs
             self._where = conn_kwargs.get("path") or (
                 f"{conn_kwargs.get('host', 'localhost')}:{conn_kwargs.get('port', 6379)}"
             )
         self._owns_client = client is None
+        if client is None and is_cluster_url(url):
+            client = RedisCluster.from_url(
+                cluster_node_url(url, variable="the Redis session store URL"),
+                max_connections=max_connections,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_connect_timeout,
+                retry=Retry(NoBackoff(), 0, supported_errors=_TRANSIENT),
+                decode_responses=False,
+            )
         if client is None:
             try:
                 # Blocking: with every connection busy (many runs at once), a command waits
@@ -398,7 +435,10 @@ class RedisSessionService:
                 client = aioredis.Redis.from_pool(pool)
             except ValueError as exc:
                 raise ConfigurationError(f"bad Redis URL for the session store: {exc}") from exc
-        self._client: aioredis.Redis = client
+        self._client: aioredis.Redis | RedisCluster = client
+        #: On a cluster the app state is in another slot than a session (module docstring).
+        self._cluster = isinstance(client, RedisCluster)
+        self._settle_app_pending = self._client.register_script(_SETTLE_APP_PENDING)
         self._create_script = self._client.register_script(_CREATE)
         self._append_script = self._client.register_script(_APPEND)
         self._take_fence_script = self._client.register_script(_TAKE_FENCE)
@@ -414,7 +454,8 @@ class RedisSessionService:
         return "{" + app_name + "/" + user_id + "}"
 
     def _session_keys(self, key: SessionKey) -> list[str]:
-        """The nine KEYS of the create and append scripts, in their order."""
+        """The nine KEYS of the create and append scripts, in their order. On a cluster the
+        eighth is the session's pending app state, not the app state (module docstring)."""
         p, tag, sid = self.key_prefix, self._user_tag(key.app_name, key.user_id), key.session_id
         return [
             f"{p}:session:{tag}/{sid}",
@@ -424,7 +465,7 @@ class RedisSessionService:
             f"{p}:summaries:{tag}/{sid}",
             f"{p}:summary_counts:{tag}/{sid}",
             self._user_state_key(key.app_name, key.user_id),
-            self._app_state_key(key.app_name),
+            f"{p}:app_pending:{tag}/{sid}" if self._cluster else self._app_state_key(key.app_name),
             self._index_key(key.app_name, key.user_id),
         ]
 
@@ -473,9 +514,16 @@ class RedisSessionService:
                     self._where, action, type(error).__name__, error, self.retry_for_s,
                 )  # fmt: skip
 
+        async def first_try() -> T:
+            # redis-py's RedisCluster fails a MULTI pipeline sent before it has learnt the
+            # cluster's slots; learning them first (once, then a no-op) avoids that.
+            if isinstance(self._client, RedisCluster):
+                await self._client.initialize()
+            return await attempt()
+
         try:
             return await self._retry.call_with_retry(
-                attempt, note, is_retryable=within_time, with_failure_count=True
+                first_try, note, is_retryable=within_time, with_failure_count=True
             )
         except (RedisError, OSError) as exc:
             retried = ""
@@ -541,7 +589,10 @@ class RedisSessionService:
         if int(result[0]) == 0:
             raise already_exists(key)
         user_state = self._decode_hash(_pairs(result[1]), keys[6])
-        app_state = self._decode_hash(_pairs(result[2]), keys[7])
+        app_raw: Mapping[Any, Any] = _pairs(result[2])
+        if self._cluster:  # result[2] is what is pending: copy it, then read the app state
+            app_raw = await self._cluster_app_state(key, app_raw)
+        app_state = self._decode_hash(app_raw, self._app_state_key(key.app_name))
         return new_session(key, merge_state(parts.session, app_state, user_state), now)
 
     async def get_session(
@@ -571,11 +622,13 @@ class RedisSessionService:
         meta, state, raw_events, summaries, user_state, app_state = replies
         if not meta:
             return None
+        if self._cluster:  # app_state is the session's pending app state here
+            app_state = await self._cluster_app_state(key, app_state)
         created_at, updated_at, event_count = self._meta(meta, keys[0])
         return loaded_session(
             key,
             state=self._decode_hash(state, keys[1]),
-            app_state=self._decode_hash(app_state, keys[7]),
+            app_state=self._decode_hash(app_state, self._app_state_key(key.app_name)),
             user_state=self._decode_hash(user_state, keys[6]),
             created_at=created_at,
             updated_at=updated_at,
@@ -601,8 +654,10 @@ class RedisSessionService:
                 pipe.hgetall(keys[0])
                 pipe.hgetall(keys[1])
             pipe.hgetall(self._user_state_key(app_name, user_id))
-            pipe.hgetall(self._app_state_key(app_name))
-            return session_ids, await pipe.execute()
+            replies = await pipe.execute()
+            # Its own slot on a cluster, so outside the transaction (module docstring).
+            replies.append(await self._client.hgetall(self._app_state_key(app_name)))
+            return session_ids, replies
 
         session_ids, replies = await self._call("listing sessions", read)
         user_state = self._decode_hash(replies[-2], self._user_state_key(app_name, user_id))
@@ -634,10 +689,16 @@ class RedisSessionService:
     async def delete_session(self, app_name: str, user_id: str, session_id: str) -> None:
         key = SessionKey(app_name, user_id, session_id)
         keys = self._session_keys(key)
+        # On a cluster, what the session left pending goes to the app state first.
+        pending = keys[7:8] if self._cluster else []
+        if pending:
+            await self._cluster_app_state(
+                key, await self._call("deleting a session", lambda: self._client.hgetall(keys[7]))
+            )
 
         async def delete() -> None:
             pipe = self._client.pipeline(transaction=True)
-            pipe.delete(*keys[:6], self._fence_key(key))
+            pipe.delete(*keys[:6], self._fence_key(key), *pending)
             pipe.zrem(keys[8], key.session_id)
             await pipe.execute()
 
@@ -691,6 +752,9 @@ class RedisSessionService:
             raise session_not_found(key)
         if status == 0:
             return False
+        if self._cluster and parts.app:
+            pairs = deltas[len(deltas) - 2 * len(parts.app) :]  # the app scope's, last
+            await self._copy_app_pending(key, dict(zip(pairs[::2], pairs[1::2], strict=True)))
         apply_append(
             session,
             event,
@@ -700,6 +764,39 @@ class RedisSessionService:
             event_limit=self.event_limit,
         )
         return True
+
+    # --- app state on a cluster --------------------------------------------------------------
+
+    async def _copy_app_pending(self, key: SessionKey, pending: Mapping[Any, Any]) -> None:
+        """Copy app-state values a create or append left pending in ``key``'s session (Redis
+        Cluster) to the app state, then remove those that still hold what was copied. Safe
+        to repeat: copying the same values again changes nothing."""
+        app_key = self._app_state_key(key.app_name)
+        pending_key = self._session_keys(key)[7]
+        flat = [item for pair in pending.items() for item in pair]
+
+        async def copy() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(app_key, mapping=dict(pending))
+            if self.app_state_ttl:
+                pipe.pexpire(app_key, _ms(self.app_state_ttl))
+            await pipe.execute()
+            await self._settle_app_pending(keys=[pending_key], args=flat)
+
+        await self._call("copying app state", copy)
+
+    async def _cluster_app_state(
+        self, key: SessionKey, pending: Mapping[Any, Any]
+    ) -> Mapping[Any, Any]:
+        """The app state of ``key``'s app on a cluster, after copying what ``key``'s session
+        left pending (a writer that died between its script and the copy)."""
+        if pending:
+            await self._copy_app_pending(key, pending)
+        app_key = self._app_state_key(key.app_name)
+        raw: Mapping[Any, Any] = await self._call(
+            "reading app state", lambda: self._client.hgetall(app_key)
+        )
+        return raw
 
     # --- app and user state ------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import asyncmy
 import psycopg
 import pytest
-import redis.asyncio as aioredis
 
 import session_backends
 from runner_core.errors import (
@@ -52,6 +51,7 @@ from session_backends import (
     RedisSessionService,
     from_url,
 )
+from session_backends.redis_target import async_client
 
 APP = "support-bot"
 USER = "alice"
@@ -61,12 +61,19 @@ MakeService = Callable[..., Awaitable[SessionService]]
 BACKENDS = [
     pytest.param("memory", id="memory"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    # The Redis store on a three-node Redis Cluster (tests/redis_cluster.py).
+    pytest.param("redis-cluster", id="redis-cluster", marks=pytest.mark.redis),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
 ]
 
 #: The fixture giving each server-backed store's URL (a clean database or DB per test).
-URL_FIXTURES = {"redis": "redis_url", "postgres": "postgres_dsn", "mysql": "mysql_url"}
+URL_FIXTURES = {
+    "redis": "redis_url",
+    "redis-cluster": "redis_cluster_url",
+    "postgres": "postgres_dsn",
+    "mysql": "mysql_url",
+}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -755,8 +762,8 @@ async def test_close_is_idempotent(make_service: MakeService) -> None:
 
 async def corrupt_first_event(backend: str, url: str, session: Session) -> None:
     """Damage the stored first event behind the service's back."""
-    if backend == "redis":
-        client = aioredis.Redis.from_url(url)
+    if backend in ("redis", "redis-cluster"):
+        client = async_client(url)
         try:
             key = f"agent-runner:events:{{{session.app_name}/{session.user_id}}}/{session.id}"
             await client.lset(key, 0, "{not json")
@@ -835,6 +842,7 @@ def _writer(url: str, writer: int) -> None:
     "store",
     [
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-cluster", marks=pytest.mark.redis),
         pytest.param("postgres", marks=pytest.mark.postgres),
         pytest.param("mysql", marks=pytest.mark.mysql),
     ],
