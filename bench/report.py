@@ -100,6 +100,7 @@ BENCHMARKS = (
     Benchmark("distributed", "bench.bench_distributed", "runs through Celery workers"),
     Benchmark("summaries", "bench.bench_summaries", "summaries through the shard queues"),
     Benchmark("telemetry", "bench.bench_telemetry", "a run with OpenTelemetry on vs off"),
+    Benchmark("artifacts", "bench.bench_artifacts", "artifact save and load vs direct writes"),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
