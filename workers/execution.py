@@ -359,6 +359,7 @@ async def _run_with_lease(
         agent,
         session_service=rt.sessions,
         plugins=plugins,
+        artifact_service=rt.artifacts,
         memory_service=rt.memory,
     )
     last = claimed.last_seq

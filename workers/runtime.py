@@ -26,12 +26,14 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from runner_core.artifacts import ArtifactService
 from runner_core.memory import MemoryService
 from runner_core.session import SessionService
 from runner_core.traces import TraceStore
 from session_backends.redis_target import AsyncRedis, async_client, is_cluster_url
 
 from .agents import AgentRegistry
+from .artifacts import ArtifactSettings
 from .bus import EventBus
 from .cancel_watch import CancelWatcher
 from .celery_config import load_celeryconfig
@@ -81,6 +83,7 @@ class WorkerRuntime:
     """The per-process loop and the clients that live on it.
 
     Attributes (ready after :meth:`start`): ``loop``, ``redis`` (events and leases), ``bus``,
+    ``cancels``, ``sessions``, ``traces`` (None when traces are off), ``artifacts`` (None
     without ``AGENT_RUNNER_ARTIFACT_URL``), ``locks``, ``agents``,
     ``settings``, ``summary_settings``.
 
@@ -108,6 +111,7 @@ class WorkerRuntime:
         self.traces: TraceStore | None = None
         #: Long-term memory (``AGENT_RUNNER_MEMORY_URL``); None: off.
         self.memory: MemoryService | None = None
+        self.artifacts: ArtifactService | None = None
         self.locks: SessionLocks
         self.agents: AgentRegistry
         self.unacked_index_key = "unacked_index"
@@ -164,6 +168,9 @@ class WorkerRuntime:
 
             self.traces = trace_store_from_url(settings.trace_url, ttl=settings.trace_ttl_s)
         self.memory = build_memory(settings)
+        artifact_settings = ArtifactSettings.from_env(settings=settings)
+        if artifact_settings.url is not None:
+            self.artifacts = artifact_settings.open()
         broker_transport_options = load_celeryconfig().broker_transport_options
         self.unacked_index_key = str(broker_transport_options.get("global_keyprefix", "")) + str(
             broker_transport_options.get("unacked_index_key", "unacked_index")
@@ -211,6 +218,8 @@ class WorkerRuntime:
             closes.append(self.traces.close)
         if self.memory is not None:
             closes.append(self.memory.close)
+        if self.artifacts is not None:
+            closes.append(self.artifacts.close)
         for close in closes:
             try:
                 await close()
