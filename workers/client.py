@@ -1,4 +1,6 @@
-"""The producer's side: submit runs, read their events, cancel them.
+"""The producer's side: submit runs, read their events, cancel them, read the artifacts runs
+saved (:func:`list_artifacts`, :func:`artifact_versions`, :func:`load_artifact`, from
+:mod:`workers.artifacts`).
 
 Reading events: :func:`stream_events` reads the invocation's stream (``XREAD`` from the
 beginning, then ``XREAD BLOCK`` from the last entry it saw), not the pub/sub channel. Pub/sub is
@@ -61,6 +63,14 @@ from runner_core.wire import (
 )
 from session_backends.redis_target import async_client, is_cluster_url, sync_client
 
+from .artifacts import (
+    aartifact_versions,
+    alist_artifacts,
+    aload_artifact,
+    artifact_versions,
+    list_artifacts,
+    load_artifact,
+)
 from .bus import (
     CancelScript,
     EventBus,
@@ -85,12 +95,18 @@ __all__ = [
     "EventStreamTimeout",
     "ReplyText",
     "UnknownInvocationError",
+    "aartifact_versions",
     "acancel",
     "aget_trace",
+    "alist_artifacts",
+    "aload_artifact",
+    "artifact_versions",
     "astream_events",
     "cancel",
     "events_redis_url",
     "get_trace",
+    "list_artifacts",
+    "load_artifact",
     "stream_events",
     "submit",
     "validate_invocation_id",
