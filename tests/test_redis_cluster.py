@@ -21,6 +21,7 @@ tests/test_session_conformance.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,8 +33,9 @@ import redis.cluster
 from redis.asyncio.cluster import RedisCluster
 
 from runner_core.errors import ConfigurationError, FencedError, InvocationOwnedError
-from runner_core.events import Event
-from runner_core.session import SessionKey
+from runner_core.events import Event, StateUpdateEvent
+from runner_core.messages import Message
+from runner_core.session import Session, SessionKey
 from runner_core.wire import (
     cancel_key,
     events_channel,
@@ -44,11 +46,13 @@ from runner_core.wire import (
     session_tag,
     stream_key,
 )
+from session_backends import from_url
 from session_backends.redis_target import async_client, cluster_node_url, sync_client
 from tests.event_factory import make_event
 from tests.redis_cluster import RedisClusterServers
+from workers import client
 from workers.bus import EventBus, owner_identity
-from workers.client import acancel, astream_events, stream_events
+from workers.client import ReplyText, acancel, astream_events, stream_events
 from workers.session_lock import Busy, Claimed, SessionLocks
 from workers.settings import Settings
 
@@ -314,6 +318,110 @@ async def test_a_cancel_before_the_run_starts_is_seen_by_its_claim(
     assert not await cluster.exists(cancel_key(run, PREFIX))
 
 
+# --- the Redis session store -----------------------------------------------------------------
+
+
+def test_a_session_s_store_keys_share_one_slot(sync_cluster: redis.cluster.RedisCluster) -> None:
+    # Given the keys a fenced append touches (the store's own layout, module docstring of
+    # session_backends/redis.py): the session, its state, events, IDs, summaries, fence, its
+    # pending app state, the user's state and session index
+    tag, sid = "{demo/alice}", "s1"
+    names = [
+        f"agent-runner:{kind}:{tag}/{sid}"
+        for kind in ("session", "state", "events", "event_ids", "summaries", "summary_counts")
+    ]
+    names += [
+        f"agent-runner:fence:{tag}/{sid}",
+        f"agent-runner:app_pending:{tag}/{sid}",
+        f"agent-runner:user_state:{tag}",
+        f"agent-runner:sessions:{tag}",
+    ]
+    # Then the cluster puts them in one slot
+    assert len({keyslot(sync_cluster, name) for name in names}) == 1
+
+
+async def test_app_state_a_dead_writer_left_pending_is_copied_by_the_next_read(
+    redis_cluster_url: str, cluster: RedisCluster
+) -> None:
+    # Given a session whose app-state change was stored (in its pending hash, with its event)
+    # by a writer that died before copying it to the app state
+    store = from_url(redis_cluster_url)
+    try:
+        session = await store.create_session("demo", "alice", "s1")
+        event = StateUpdateEvent(
+            author="agent", invocation_id="inv-1", seq=0, state_delta={"app:motd": "hello"}
+        )
+        assert await store.append_event(session, event)
+        assert await store.get_app_state("demo") == {"motd": "hello"}
+        pending = "agent-runner:app_pending:{demo/alice}/s1"
+        assert not await cluster.exists(pending)  # copied, then removed
+        await cluster.hset(pending, "motd", json.dumps("left behind"))
+
+        # When the session is read, Then the pending value reaches the app state, for everyone
+        loaded = await store.get_session("demo", "alice", "s1")
+        assert loaded is not None and loaded.state["app:motd"] == "left behind"
+        assert await store.get_app_state("demo") == {"motd": "left behind"}
+        assert not await cluster.exists(pending)
+        bobs = await store.create_session("demo", "bob", "s9")
+        assert bobs.state == {"app:motd": "left behind"}
+    finally:
+        await store.close()
+
+
+# --- a real worker ------------------------------------------------------------------------------
+
+
+async def read_session(url: str, app_name: str, user_id: str, session_id: str) -> Session | None:
+    store = from_url(url)
+    try:
+        return await store.get_session(app_name, user_id, session_id)
+    finally:
+        await store.close()
+
+
+@pytest.mark.celery
+def test_a_run_through_a_celery_worker_whose_events_and_sessions_are_on_the_cluster(
+    start_worker: Any,
+    producer: Any,
+    redis_url: str,
+    redis_cluster_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a worker whose events, leases and sessions are on the cluster, its broker (and
+    # results) on the suite's single Redis, with the offline demo model
+    on_cluster = {
+        "AGENT_RUNNER_REDIS_URL": redis_cluster_url,
+        "AGENT_RUNNER_SESSION_URL": redis_cluster_url,
+    }
+    start_worker(OPENAI_API_KEY="", OPENAI_BASE_URL="", **on_cluster)
+    for name, value in on_cluster.items():
+        monkeypatch.setenv(name, value)
+
+    # When a producer submits a run and a subscriber reads it back by its ID
+    invocation_id = client.submit("assistant", "alice", "s-cluster", Message.user("what is 12*7"))
+    events = list(stream_events(invocation_id, timeout=60, known_wait=30))
+
+    # Then every event arrived once, in order, ending with the completion
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert events[-1].is_runner_completion() and events[-1].status == "completed"
+    reply = ReplyText()
+    texts = [text for e in events if (text := reply.feed(e)) is not None]
+    assert texts == ["12*7 = 84."]
+    # And the session is in the cluster's session store, the events' stream in the cluster;
+    # of the run's keys the single Redis holds only its execution trace (which needs one Redis:
+    # its default is the broker's on a cluster)
+    session = asyncio.run(read_session(redis_cluster_url, "assistant", "alice", "s-cluster"))
+    assert session is not None
+    assert [e.invocation_id for e in session.events] == [invocation_id] * len(session.events)
+    assert session.events[-1].type == "message"
+    single = redis.Redis.from_url(redis_url)
+    try:
+        left = single.keys(f"agent-runner:*{invocation_id}*")
+        assert all(key.startswith(b"agent-runner:trace") for key in left), left
+    finally:
+        single.close()
+
+
 # --- configuration ----------------------------------------------------------------------------
 
 
@@ -323,11 +431,11 @@ def test_cluster_urls_are_taken_for_events_and_sessions_and_refused_for_the_brok
         {
             "AGENT_RUNNER_BROKER_URL": "redis://127.0.0.1:6379/0",
             "AGENT_RUNNER_REDIS_URL": cluster,
-            # Execution traces are kept on a single Redis (docs/workers.md, "Redis Cluster").
-            "AGENT_RUNNER_TRACE_URL": "redis://127.0.0.1:6379/0",
         }
     )
     assert settings.redis_url == cluster and settings.session_url == cluster
+    # Execution traces need one Redis: on a cluster they default to the broker's
+    assert settings.trace_url == "redis://127.0.0.1:6379/0"
     with pytest.raises(ConfigurationError, match=r"AGENT_RUNNER_BROKER_URL.*single Redis"):
         Settings.from_env({"AGENT_RUNNER_BROKER_URL": cluster})
     with pytest.raises(ConfigurationError, match="AGENT_RUNNER_RESULT_BACKEND"):

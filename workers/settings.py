@@ -258,8 +258,12 @@ class Settings:
             )
         recovery = _number(env, "AGENT_RUNNER_RECOVERY_TIMEOUT_S", 600.0, minimum=1)
         assert recovery is not None
-        # Traces live beside the sessions when their store can hold them, else in Redis.
-        trace_default = session_url if urlsplit(session_url).scheme in _TRACE_SCHEMES else redis_url
+        # Traces live beside the sessions when their store can hold them, else in Redis (the
+        # broker's when the events Redis is a cluster: the trace store needs one Redis).
+        single_redis = broker if is_cluster_url(redis_url) else redis_url
+        trace_default = (
+            session_url if urlsplit(session_url).scheme in _TRACE_SCHEMES else single_redis
+        )
         trace_url: str | None = _url(env, "AGENT_RUNNER_TRACE_URL", trace_default, _TRACE_SCHEMES)
         if not _bool(env, "AGENT_RUNNER_TRACES", True):
             trace_url = None
