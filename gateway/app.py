@@ -145,6 +145,9 @@ def create_app(
     _install_error_handlers(app)
     _add_routes(app)
     app.include_router(resources.router)
+    from .console import install_console  # it builds on this module's routes and key check
+
+    install_console(app)
     app.openapi = functools.partial(openapi, app)  # type: ignore[method-assign]
     if settings.cors_origins:
         app.add_middleware(

@@ -1,0 +1,413 @@
+"""The web console in a real headless browser (Debian's chromium + chromedriver, via selenium)
+against a real gateway process (``agent-runner serve``), a real celery worker, Redis and the
+scripted model server.
+
+Each test saves screenshots under ``test-artifacts/console/`` (or ``$AGENT_RUNNER_TEST_ARTIFACTS``)
+and prints where. A missing browser skips locally and fails under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from runner_core.testing import ScriptedModelServer
+from tests.services import free_port
+
+pytest.importorskip("fastapi", reason="the gateway extra is not installed")
+
+ROOT = Path(__file__).resolve().parent.parent
+ALICE_KEY = "console-alice-key-0123456789"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("AGENT_RUNNER_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "console"
+#: Only keeps a broken page from hanging the suite; no test asserts on timing.
+WAIT_S = 60
+
+pytestmark = [pytest.mark.redis, pytest.mark.celery]
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: a missing browser fails the run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+# --- the gateway ---------------------------------------------------------------------------
+
+
+class Gateway:
+    """``agent-runner serve`` on a free port of 127.0.0.1."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="console-gateway-", suffix=".log")
+        args = [
+            sys.executable, "-m", "workers.cli", "serve",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self) -> Gateway:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the gateway exited at start:\n{self.log_tail()}")
+            try:
+                if httpx2.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx2.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the gateway is not ready after {WAIT_S} s:\n{self.log_tail()}")
+
+    def get(self, path: str) -> Any:
+        response = httpx2.get(
+            f"{self.url}{path}", headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def log_tail(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-6000:]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def model_server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(
+    worker_env: dict[str, str],
+    start_worker: Callable[..., Any],
+    model_server: ScriptedModelServer,
+) -> Iterator[Gateway]:
+    """A worker serving the ``testkit`` app with the scripted model, and a gateway in front."""
+    start_worker(OPENAI_BASE_URL=model_server.url)
+    env = {**worker_env, "AGENT_RUNNER_GATEWAY_API_KEYS": f"{ALICE_KEY}=alice"}
+    server = Gateway(env)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.close()
+
+
+# --- the browser ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser_binaries() -> tuple[str, str]:
+    chromium = _chromium()
+    if chromium is None or not os.path.exists(CHROMEDRIVER):
+        _missing(
+            "no chromium/chromedriver: apt-get install -y chromium chromium-driver "
+            "(Debian's packages; .ci/run installs them)"
+        )
+    pytest.importorskip("selenium", reason="selenium (the dev extra) is not installed")
+    assert chromium is not None
+    return chromium, CHROMEDRIVER
+
+
+class Page:
+    """The console in one browser window, with the waits the tests need."""
+
+    def __init__(self, driver: Any, url: str, shots: Path) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver = driver
+        self.url = url
+        self.shots = shots
+        self.wait = WebDriverWait(driver, WAIT_S)
+        #: Browser console messages a test expects (e.g. the 401 of a wrong key).
+        self.expected_errors: list[str] = []
+
+    def open(self) -> Page:
+        self.driver.get(self.url)
+        return self
+
+    def find(self, css: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def find_all(self, css: str) -> list[Any]:
+        from selenium.webdriver.common.by import By
+
+        return list(self.driver.find_elements(By.CSS_SELECTOR, css))
+
+    def until(self, condition: Callable[[], Any], what: str) -> Any:
+        """Wait until ``condition()`` returns something truthy; fail naming ``what``."""
+        from selenium.common.exceptions import TimeoutException
+
+        def probe(_driver: Any) -> Any:
+            try:
+                return condition()
+            except Exception:  # an element replaced while read: look again
+                return False
+
+        try:
+            return self.wait.until(probe)
+        except TimeoutException:
+            self.screenshot("timeout")
+            notice = self.find("#notice").text
+            raise AssertionError(
+                f"waited {WAIT_S} s for {what}; notice: {notice!r}; transcript:\n"
+                f"{self.find('#transcript').text}"
+            ) from None
+
+    def connect(self, key: str = ALICE_KEY) -> None:
+        self.find("#key-input").send_keys(key)
+        self.find("#key-connect").click()
+        self.until(lambda: self.find("#composer-input").is_enabled(), "the console to connect")
+        self.until(
+            lambda: self.find("#app-select").get_attribute("value") == "testkit"
+            or self.choose_app("testkit"),
+            "the testkit app to be chosen",
+        )
+
+    def choose_app(self, app: str) -> bool:
+        from selenium.webdriver.support.ui import Select
+
+        Select(self.find("#app-select")).select_by_value(app)
+        return False
+
+    def send(self, text: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        box = self.find("#composer-input")
+        box.send_keys(text)
+        box.send_keys(Keys.ENTER)  # Enter sends
+
+    def completions(self) -> list[Any]:
+        return self.find_all("#transcript .completion")
+
+    def wait_for_completions(self, count: int) -> list[Any]:
+        return self.until(
+            lambda: (found := self.completions()) and len(found) >= count and found,
+            f"{count} completed run(s) in the transcript",
+        )
+
+    def screenshot(self, name: str) -> Path:
+        self.shots.mkdir(parents=True, exist_ok=True)
+        path = self.shots / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+
+@pytest.fixture
+def page(
+    browser_binaries: tuple[str, str],
+    gateway: Gateway,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[Page]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, chromedriver = browser_binaries
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container has no user namespaces for the sandbox
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,800",
+        "--no-first-run",
+        "--no-default-browser-check",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='console-chromium-')}",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    shots = ARTIFACTS / request.node.name
+    shutil.rmtree(shots, ignore_errors=True)
+    try:
+        page = Page(driver, gateway.url + "/", shots)
+        yield page.open()
+        errors = [
+            entry["message"]
+            for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE"
+            and not any(expected in entry["message"] for expected in page.expected_errors)
+        ]
+        assert not errors, f"the page logged errors: {errors}"
+    finally:
+        driver.quit()
+        with capsys.disabled():
+            print(f"\n[console screenshots] {request.node.name}: {shots}")
+
+
+# --- the tests -----------------------------------------------------------------------------
+
+
+def test_chat_streams_the_reply_and_shows_tool_calls(
+    page: Page, model_server: ScriptedModelServer, gateway: Gateway
+) -> None:
+    # Given a tool call, then a reply in three deltas
+    model_server.add_tool_calls([("call_1", "record", {"label": "console"})])
+    model_server.add_text("The answer is forty-two.", chunks=["The answer ", "is ", "forty-two."])
+    page.connect()
+    # Record every text the streaming reply shows, to see it grow delta by delta.
+    page.driver.execute_script(
+        """
+        window.__shown = [];
+        new MutationObserver((records) => {
+          for (const record of records) {
+            for (const node of record.addedNodes) {
+              if (node.nodeType === Node.TEXT_NODE && record.target.matches?.(".msg.agent .text")) {
+                window.__shown.push(node.data);
+              }
+            }
+          }
+        }).observe(document.getElementById("transcript"), {childList: true, subtree: true});
+        """
+    )
+
+    # When the user types a question and presses Enter
+    page.send("what is six times seven?")
+
+    # Then the run completes, the reply is there, and it appeared in parts before the whole
+    completion = page.wait_for_completions(1)[0]
+    assert "completed" in completion.text
+    replies = page.find_all("#transcript .msg.agent .text")
+    assert [reply.text for reply in replies] == ["The answer is forty-two."]
+    shown = page.driver.execute_script("return window.__shown")
+    assert shown[:3] == ["The answer ", "The answer is ", "The answer is forty-two."], shown
+    # the agent speaking is named, the user's message is shown once
+    assert page.find("#transcript .msg.agent .who").text == "testkit"
+    assert [m.text for m in page.find_all("#transcript .msg.user .text")] == [
+        "what is six times seven?"
+    ]
+    # the tool call and its result
+    tool = page.find("#transcript .tool")
+    assert "record" in tool.find_element("css selector", ".tool-name").text
+    assert "console" in tool.find_element("css selector", ".tool-args").text
+    assert "recorded console (1)" in tool.find_element("css selector", ".tool-result").text
+    # status, usage of the run
+    status = page.find("#run-status").text
+    assert "completed" in status and "tokens" in status and "model call" in status
+    assert "null" not in status and "undefined" not in status
+    page.screenshot("chat")
+
+    # On a narrow window the same page still shows the conversation and the message box
+    page.driver.set_window_size(400, 800)
+    box = page.find("#composer-input")
+    assert box.is_displayed() and box.size["width"] <= 400
+    page.screenshot("chat-narrow")
+
+
+def test_model_text_is_shown_as_text_never_markup(
+    page: Page, model_server: ScriptedModelServer
+) -> None:
+    hostile = '<img src=x onerror="window.__pwned=1"><b>bold?</b>'
+    model_server.add_text(hostile)
+    page.connect()
+    page.send("say something odd")
+    page.wait_for_completions(1)
+    assert page.find("#transcript .msg.agent .text").text == hostile
+    assert page.find_all("#transcript img, #transcript b") == []
+    assert page.driver.execute_script("return window.__pwned === undefined")
+    page.screenshot("escaped")
+
+
+def test_a_paused_run_is_approved_in_the_console(
+    page: Page, model_server: ScriptedModelServer, gateway: Gateway
+) -> None:
+    # Given a run that asks for a refund (a tool that needs confirmation)
+    model_server.add_tool_calls([("call_r", "refund", {"amount": 5})])
+    model_server.add_text("Refund done.")
+    page.connect()
+    page.send("refund my order")
+
+    # Then the console shows the paused run and asks to confirm
+    page.until(lambda: page.find("#transcript .confirm button.approve"), "a confirmation")
+    assert "paused" in page.find("#run-status").text
+    assert "refund" in page.find("#transcript .confirm legend").text
+    assert '"amount": 5' in page.find("#transcript .confirm .tool-args").text
+    page.screenshot("paused")
+
+    # When the user approves
+    page.find("#transcript .confirm button.approve").click()
+
+    # Then a new run goes on in the same session: the refund runs, the model answers
+    page.wait_for_completions(2)
+    assert "completed" in page.completions()[-1].text
+    assert "refunded 5" in page.find("#transcript .tool .tool-result").text
+    assert page.find_all("#transcript .msg.agent .text")[-1].text == "Refund done."
+    page.screenshot("approved")
+    session = page.find("#session-label").text.split()[1]
+    history = gateway.get(f"/v1/sessions/testkit/{session}")
+    results = [e for e in history["events"] if e["type"] == "tool.result"]
+    assert [r["message"]["content"] for r in results] == ["refunded 5"]
+
+
+def test_sessions_are_listed_and_reopened(
+    page: Page, model_server: ScriptedModelServer
+) -> None:
+    model_server.add_text("First answer.")
+    model_server.add_text("Second answer.")
+    page.connect()
+    first = page.find("#session-label").text.split()[1]
+    page.send("first question")
+    page.wait_for_completions(1)
+    # a new session, then back to the first from the list
+    page.find("#new-session").click()
+    assert page.find_all("#transcript .item") == []
+    page.send("second question")
+    page.wait_for_completions(1)
+    page.until(
+        lambda: len(page.find_all("#session-list button.session")) >= 2,
+        "two sessions in the list",
+    )
+    page.find(f'#session-list button[data-session-id="{first}"]').click()
+    page.until(
+        lambda: [m.text for m in page.find_all("#transcript .msg .text")]
+        == ["first question", "First answer."],
+        "the first session's history",
+    )
+    current = page.find('#session-list button[aria-current="true"]')
+    assert current.get_attribute("data-session-id") == first
+    page.screenshot("sessions")
+
+
+def test_a_wrong_key_is_refused_clearly(page: Page) -> None:
+    page.expected_errors.append("/v1/apps - Failed to load resource")  # the 401
+    page.find("#key-input").send_keys("not-a-key-of-this-gateway")
+    page.find("#key-connect").click()
+    page.until(lambda: "not valid" in page.find("#notice").text, "the refusal")
+    assert not page.find("#composer-input").is_enabled()
+    assert page.driver.execute_script("return sessionStorage.length") == 0
+    page.screenshot("refused")
+
