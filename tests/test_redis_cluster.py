@@ -22,6 +22,7 @@ tests/test_session_conformance.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -52,6 +53,7 @@ from tests.event_factory import make_event
 from tests.redis_cluster import RedisClusterServers
 from workers import client
 from workers.bus import EventBus, owner_identity
+from workers.cancel_watch import CancelWatcher
 from workers.client import ReplyText, acancel, astream_events, stream_events
 from workers.session_lock import Busy, Claimed, SessionLocks
 from workers.settings import Settings
@@ -316,6 +318,38 @@ async def test_a_cancel_before_the_run_starts_is_seen_by_its_claim(
     done = await acancel(run, redis_url=redis_cluster_url)
     assert done is not None and done.status == "cancelled"
     assert not await cluster.exists(cancel_key(run, PREFIX))
+
+
+async def test_a_worker_s_cancel_watch_hears_requests_on_a_cluster(
+    cluster: RedisCluster, bus: EventBus
+) -> None:
+    # Given a worker's cancel watch on the cluster (one subscription, sweeps every 30 s)
+    watcher = CancelWatcher(cluster, prefix=PREFIX, poll_s=30)
+    watcher.start()
+    try:
+        await asyncio.wait_for(watcher.subscribed.wait(), timeout=10)
+        run, other = str(uuid.uuid4()), str(uuid.uuid4())
+        with watcher.watch(run) as cancelled, watcher.watch(other) as other_cancelled:
+            # When a client cancels one run (its key and message in the run's own slot)
+            await bus.request_cancel(run)
+            # Then the message reaches the watch, whichever node it subscribed on
+            await asyncio.wait_for(cancelled.wait(), timeout=10)
+            assert not other_cancelled.is_set()
+    finally:
+        await watcher.close()
+
+    # And a request made before the watch started is found by its sweep (keys on many nodes)
+    early = [str(uuid.uuid4()) for _ in range(6)]
+    for run in early:
+        await bus.request_cancel(run)
+    sweeper = CancelWatcher(cluster, prefix=PREFIX, poll_s=0.05)
+    sweeper.start()
+    try:
+        with contextlib.ExitStack() as stack:
+            events = [stack.enter_context(sweeper.watch(run)) for run in early]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout=10)
+    finally:
+        await sweeper.close()
 
 
 # --- the Redis session store -----------------------------------------------------------------

@@ -115,6 +115,11 @@ class CancelWatcher:
     async def _listen(self) -> None:
         failures = 0
         while True:
+            if isinstance(self.redis, RedisCluster):
+                # Its pub/sub picks a node from the slots it has learnt; if this fails, so does
+                # the subscription below, which is retried.
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    await self.redis.initialize()
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(self._channel_prefix + "*")
