@@ -45,12 +45,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
-import redis.asyncio as aioredis
 from celery import Task
 
 from runner_core.errors import ConfigurationError, InvalidRequestError
 from runner_core.events import RunCompletionEvent
 from runner_core.wire import DELIVER_WEBHOOK, OWNER_TTL_S, webhook_key
+from session_backends.redis_target import AsyncRedis
 
 from .app import app
 from .runtime import WorkerRuntime, get_runtime
@@ -267,7 +267,7 @@ def delivery_id(invocation_id: str) -> str:
 
 
 async def register_webhook(
-    redis: aioredis.Redis, invocation_id: str, url: str, *, prefix: str, ttl_s: int
+    redis: AsyncRedis, invocation_id: str, url: str, *, prefix: str, ttl_s: int
 ) -> None:
     """Record ``url`` as the webhook of the run ``invocation_id`` (before the run is sent)."""
     key = webhook_key(invocation_id, prefix)
@@ -277,13 +277,13 @@ async def register_webhook(
         await pipe.execute()
 
 
-async def forget_webhook(redis: aioredis.Redis, invocation_id: str, *, prefix: str) -> None:
+async def forget_webhook(redis: AsyncRedis, invocation_id: str, *, prefix: str) -> None:
     """Remove a webhook registered for a run that was then not sent."""
     await redis.delete(webhook_key(invocation_id, prefix))
 
 
 async def webhook_state(
-    redis: aioredis.Redis, invocation_id: str, *, prefix: str
+    redis: AsyncRedis, invocation_id: str, *, prefix: str
 ) -> dict[str, Any] | None:
     """The webhook of a run as ``{"url", "status", "attempts", "last_error"?}``, or None."""
     raw = await redis.hgetall(webhook_key(invocation_id, prefix))
@@ -291,6 +291,7 @@ async def webhook_state(
         return None
     state: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
     state["attempts"] = int(state.get("attempts", 0))
+    state.pop("queued", None)
     state["delivery_id"] = delivery_id(invocation_id)
     return state
 
@@ -299,18 +300,27 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _has_webhook(redis: aioredis.Redis, key: str) -> bool:
-    return bool(await redis.hexists(key, "url"))
+async def _to_queue(redis: AsyncRedis, key: str) -> bool:
+    """Whether the run has a webhook whose delivery was not queued yet."""
+    url, queued = await redis.hmget(key, ["url", "queued"])
+    return url is not None and queued is None
+
+
+async def _mark_queued(redis: AsyncRedis, key: str) -> None:
+    await redis.hset(key, "queued", 1)
 
 
 def enqueue_after_run(rt: WorkerRuntime, completion: RunCompletionEvent) -> None:
-    """After a run's task: queue its webhook delivery if the run has one. Never raises."""
+    """After a run's task: queue its webhook delivery if the run has one and it was not
+    queued yet (a redelivered run's copy finds it queued). Marked after sending, so a worker
+    dying in between makes a duplicate delivery at worst, never a lost one. Never raises."""
     invocation_id = completion.invocation_id
     key = webhook_key(invocation_id, rt.settings.events_prefix)
     try:
-        if not rt.run(_has_webhook(rt.redis, key), timeout=30):
+        if not rt.run(_to_queue(rt.redis, key), timeout=30):
             return
         app.send_task(DELIVER_WEBHOOK, args=[invocation_id], queue=rt.settings.queue)
+        rt.run(_mark_queued(rt.redis, key), timeout=30)
     except Exception:
         # The run is complete and published; its completion stays readable from the stream.
         logger.exception("run %s: its webhook delivery could not be queued", invocation_id)
@@ -341,6 +351,10 @@ def _post(target: WebhookTarget, body: bytes, headers: dict[str, str], timeout: 
     return response.status_code
 
 
+async def _count_attempt(redis: AsyncRedis, key: str) -> int:
+    return int(await redis.hincrby(key, "attempts", 1))
+
+
 def _deliver_webhook(self: Task, invocation_id: str) -> str:
     """Deliver one run's webhook (one attempt; retried by raising ``self.retry``).
 
@@ -355,10 +369,11 @@ def _deliver_webhook(self: Task, invocation_id: str) -> str:
     state = rt.run(webhook_state(rt.redis, invocation_id, prefix=prefix), timeout=30)
     if state is None or state.get("status") == "delivered":
         return "skipped"
-    attempt = int(state["attempts"]) + 1
+    # Counted atomically: two deliveries of one webhook (a duplicate) never share a number.
+    attempt = int(rt.run(_count_attempt(rt.redis, key), timeout=30))
 
     def record(status: str, error: str | None = None) -> str:
-        fields: dict[str, str | int] = {"status": status, "attempts": attempt}
+        fields: dict[str, str | int] = {"status": status}
         if error is not None:
             fields["last_error"] = error
         rt.run(rt.redis.hset(key, mapping=fields), timeout=30)  # type: ignore[arg-type]
