@@ -98,14 +98,26 @@ class _Tables:
         self.fence_holder = q(
             "SELECT token FROM {f} WHERE app_name = %s AND user_id = %s AND session_id = %s"
         )
-        self.next_version = q(
-            "INSERT INTO {n} AS n (app_name, user_id, scope, name, next_version) "
-            "VALUES (%s, %s, %s, %s, 1) ON CONFLICT (app_name, user_id, scope, name) "
-            "DO UPDATE SET next_version = n.next_version + 1 RETURNING n.next_version - 1"
-        )
-        self.insert_version = q(
-            "INSERT INTO {v} (app_name, user_id, scope, name, version, content_type, size, "
-            "created_at, location, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        # One statement, one round trip: the fence row read FOR SHARE (a newer owner's
+        # take_fence waits for it, or this sees its token), the version taken from the name's
+        # row (its lock orders concurrent saves), the version row written; nothing when a
+        # greater token holds the fence. Returns (version or NULL, the fence's token).
+        self.commit = q(
+            "WITH fence AS (SELECT token FROM {f} WHERE app_name = %(app)s "
+            "AND user_id = %(user)s AND session_id = %(fenced_session)s FOR SHARE), "
+            "allowed AS (SELECT NOT EXISTS "
+            "(SELECT 1 FROM fence WHERE token > %(token)s::bigint) AS ok), "
+            "taken AS (INSERT INTO {n} AS n (app_name, user_id, scope, name, next_version) "
+            "SELECT %(app)s, %(user)s, %(scope)s, %(name)s, 1 FROM allowed WHERE ok "
+            "ON CONFLICT (app_name, user_id, scope, name) "
+            "DO UPDATE SET next_version = n.next_version + 1 "
+            "RETURNING n.next_version - 1 AS version), "
+            "written AS (INSERT INTO {v} (app_name, user_id, scope, name, version, "
+            "content_type, size, created_at, location, data) "
+            "SELECT %(app)s, %(user)s, %(scope)s, %(name)s, taken.version, %(content_type)s::text, "
+            "%(size)s::bigint, %(created_at)s::timestamptz, %(location)s::text, %(data)s::bytea "
+            "FROM taken RETURNING version) "
+            "SELECT (SELECT version FROM written), (SELECT max(token) FROM fence)"
         )
         columns = "version, content_type, size, created_at, location"
         self.latest = q(
@@ -212,14 +224,22 @@ class _Postgres:
         return self._pool
 
     async def run(
-        self, action: str, body: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
+        self,
+        action: str,
+        body: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+        *,
+        transaction: bool = True,
     ) -> T:
-        """Run ``body`` in one transaction; driver failures become ArtifactBackendError.
-        A FencedError raised by ``body`` rolls the transaction back and passes as it is."""
+        """Run ``body`` in one transaction (or, for one statement, in autocommit); driver
+        failures become ArtifactBackendError. A FencedError raised by ``body`` rolls the
+        transaction back and passes as it is."""
         try:
             pool = await self._ready()
-            async with pool.connection() as conn, conn.transaction():
-                return await body(conn)
+            async with pool.connection() as conn:
+                if not transaction:
+                    return await body(conn)
+                async with conn.transaction():
+                    return await body(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
             raise ArtifactBackendError(
                 f"PostgreSQL artifact store at {self.where} failed while {action}: "
@@ -249,19 +269,32 @@ class _Postgres:
         data: bytes | None,
         fence: RunFence | None,
     ) -> ArtifactVersion:
-        async def body(conn: psycopg.AsyncConnection[Any]) -> int:
-            await self.check_fence(conn, fence)
-            cursor = await conn.execute(self.tables.next_version, _key_params(key))
+        params = {
+            "app": key.app_name,
+            "user": key.user_id,
+            "scope": key.session_id or "",
+            "name": key.path,
+            # Unfenced: a session ID no fence row has, and a NULL token nothing exceeds.
+            "fenced_session": fence.session.session_id if fence is not None else "",
+            "token": fence.token if fence is not None else None,
+            "content_type": content_type,
+            "size": size,
+            "created_at": created_at,
+            "location": location,
+            "data": data,
+        }
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...]:
+            cursor = await conn.execute(self.tables.commit, params)
             row = await cursor.fetchone()
             assert row is not None
-            version = int(row[0])
-            await conn.execute(
-                self.tables.insert_version,
-                (*_key_params(key), version, content_type, size, created_at, location, data),
-            )
-            return version
+            return tuple(row)
 
-        version = await self.run(f"saving {key.name!r}", body)
+        written, holder = await self.run(f"saving {key.name!r}", body, transaction=False)
+        if written is None:
+            assert fence is not None
+            raise fenced(fence.session, fence.token, holder)
+        version = int(written)
         return ArtifactVersion(
             name=key.name,
             version=version,
@@ -287,7 +320,7 @@ class _Postgres:
             cursor = await conn.execute(statement, params)
             return await cursor.fetchone()
 
-        row = await self.run(f"loading {key.name!r}", body)
+        row = await self.run(f"loading {key.name!r}", body, transaction=False)
         if row is None:
             return None
         data = bytes(row[5]) if with_data and row[5] is not None else None
@@ -298,7 +331,7 @@ class _Postgres:
             cursor = await conn.execute(self.tables.names, (app_name, user_id, session_id or ""))
             return await cursor.fetchall()
 
-        rows = await self.run("listing artifact names", body)
+        rows = await self.run("listing artifact names", body, transaction=False)
         return [name if scope else USER_PREFIX + name for scope, name in rows]
 
     async def versions(self, key: ArtifactKey) -> list[ArtifactVersion]:
@@ -306,7 +339,8 @@ class _Postgres:
             cursor = await conn.execute(self.tables.versions, _key_params(key))
             return await cursor.fetchall()
 
-        return [_info(key, row) for row in await self.run(f"listing {key.name!r}", body)]
+        rows = await self.run(f"listing {key.name!r}", body, transaction=False)
+        return [_info(key, row) for row in rows]
 
     async def remove(self, key: ArtifactKey, fence: RunFence | None) -> list[str]:
         async def body(conn: psycopg.AsyncConnection[Any]) -> list[str]:
