@@ -59,7 +59,7 @@ from .bus import EventBusUnavailableError, Fence, owner_identity
 from .requests import RunRequest, TaskID
 from .runtime import WorkerRuntime
 from .session_lock import Busy, Claimed, Lease
-from .telemetry import run_plugins, session_wait
+from .telemetry import current_trace_id, run_plugins, session_wait
 
 __all__ = ["RunLabels", "execute_run", "failure_events", "publish_failure"]
 
@@ -180,6 +180,7 @@ def failure_events(
             user_id=labels.user_id,
             session_id=labels.session_id,
             request_id=labels.request_id,
+            trace_id=current_trace_id(),
         )
     )
     numbering = EventNumbering.after(after_seq)

@@ -39,6 +39,7 @@ from runner_core.wire import SUBMIT_RUN, SUMMARIZE_SESSION
 __all__ = [
     "ENDPOINT_VARIABLES",
     "PUBLISHED_AT_HEADER",
+    "current_trace_id",
     "enabled",
     "run_plugins",
     "session_wait",
@@ -193,6 +194,17 @@ def run_plugins() -> list[Plugin]:
     """The plugins a worker's Runner gets: the telemetry plugin when telemetry is on."""
     state = _state
     return [state.plugin] if state is not None and state.pid == os.getpid() else []
+
+
+def current_trace_id() -> str | None:
+    """The trace ID (32 hex digits) of the span current here when telemetry is on, else None:
+    what a completion the worker publishes itself (a run that could not run) carries."""
+    if _state is None:
+        return None
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
 
 
 @asynccontextmanager
