@@ -207,6 +207,20 @@ def test_a_failed_run_has_its_error_on_its_spans(
         assert span.attributes["error.type"] == "model_http_error", name
 
 
+def test_a_run_that_cannot_run_has_the_producers_trace_on_its_completion(
+    worker: CeleryWorker, worker_env: dict[str, str], receiver: OtlpReceiver, redis_url: str
+) -> None:
+    # Given a request for an app no worker serves
+    submitted = produce(worker_env, receiver, "s-unknown", "hi", app_name="nosuchapp")
+
+    # When the worker refuses it
+    events = wait_for_completion(redis_url, submitted["invocation_id"])
+
+    # Then the failure it publishes names the producer's trace
+    assert events[-1]["status"] == "failed"
+    assert events[-1]["error"]["type"] == "invalid_request"
+    assert events[-1]["trace_id"] == submitted["trace_id"]
+
 def test_the_summary_job_a_run_queued_is_in_the_runs_trace(
     worker_env: dict[str, str],
     receiver: OtlpReceiver,
