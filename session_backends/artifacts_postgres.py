@@ -6,13 +6,17 @@ Tables (``table_prefix`` in front of each name, in ``schema`` when given):
 - ``artifact_names (app_name, user_id, scope, name, next_version)``: one row per artifact;
   ``scope`` is the session ID, or ``''`` for ``user:`` names. A save takes the next version
   with ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``: the row lock makes concurrent
-  saves of one name wait for each other, so each gets its own version.
+  saves of one name wait for each other, so each gets its own version. The whole save (fence
+  check, version, version row) is one statement.
 - ``artifact_versions (app_name, user_id, scope, name, version, content_type, size,
   created_at, location, data)``: ``data`` holds the bytes, or ``location`` says where a blob
   store keeps them.
 - ``artifact_fences (app_name, user_id, session_id, token)``: the fence of each session's
-  artifact writes. A save reads it ``FOR SHARE`` in its transaction, so a newer owner's
+  artifact writes. A save reads it ``FOR SHARE`` in its statement, so a newer owner's
   ``take_fence`` waits for saves in flight and every later save sees the new token.
+
+An index and a store given the same database, schema and prefix share these tables; give each
+its own.
 
 A version becomes visible when its transaction commits, whole or not at all.
 """

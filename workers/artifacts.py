@@ -37,6 +37,7 @@ from runner_core.artifacts import (
     ArtifactVersion,
 )
 from runner_core.errors import ConfigurationError
+from runner_core.wire import DEFAULT_EVENTS_PREFIX
 from session_backends.artifact_urls import artifacts_from_url
 
 from .settings import Settings, mask_url
@@ -61,7 +62,7 @@ class ArtifactSettings:
     url: str | None = None
     index_url: str | None = None
     max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
-    key_prefix: str = "agent-runner"
+    key_prefix: str = DEFAULT_EVENTS_PREFIX
 
     @classmethod
     def from_env(
