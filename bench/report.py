@@ -101,6 +101,7 @@ BENCHMARKS = (
     Benchmark("summaries", "bench.bench_summaries", "summaries through the shard queues"),
     Benchmark("telemetry", "bench.bench_telemetry", "a run with OpenTelemetry on vs off"),
     Benchmark("artifacts", "bench.bench_artifacts", "artifact save and load vs direct writes"),
+    Benchmark("gateway", "bench.bench_gateway", "1,000 SSE clients via the gateway vs direct"),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
