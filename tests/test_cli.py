@@ -103,9 +103,9 @@ def test_dev_chats_through_the_local_stack_and_cleans_up() -> None:
     history = out.split("--- history of session", 1)[1]
     assert "user> what is 6*7" in history and "6*7 = 42." in history
     assert "new session chat-" in out
-    # And every process it started (redis-server, the worker) is gone
+    # And every process it started (redis-server, the worker, the gateway) is gone
     pids = [int(pid) for pid in re.findall(r"pid (\d+)", result.stderr)]
-    assert len(pids) == 2, result.stderr
+    assert len(pids) == 3, result.stderr
     assert all(process_gone(pid) for pid in pids)
 
 

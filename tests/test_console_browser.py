@@ -226,16 +226,18 @@ class Page:
 
 
 @pytest.fixture
-def page(
+def browser(
     browser_binaries: tuple[str, str],
-    gateway: Gateway,
     request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
-) -> Iterator[Page]:
+) -> Iterator[Callable[[str], Page]]:
+    """``browser(url)``: the page at ``url`` in a headless chromium window of 1280x800. The
+    test fails if the page logged an error it did not expect."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     chromium, chromedriver = browser_binaries
+    profile = tempfile.mkdtemp(prefix="console-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for argument in (
@@ -246,27 +248,39 @@ def page(
         "--window-size=1280,800",
         "--no-first-run",
         "--no-default-browser-check",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='console-chromium-')}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
     shots = ARTIFACTS / request.node.name
     shutil.rmtree(shots, ignore_errors=True)
+    pages: list[Page] = []
+
+    def open_page(url: str) -> Page:
+        pages.append(Page(driver, url, shots))
+        return pages[-1].open()
+
     try:
-        page = Page(driver, gateway.url + "/", shots)
-        yield page.open()
+        yield open_page
+        expected = [text for page in pages for text in page.expected_errors]
         errors = [
             entry["message"]
             for entry in driver.get_log("browser")
-            if entry["level"] == "SEVERE"
-            and not any(expected in entry["message"] for expected in page.expected_errors)
+            if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in expected)
         ]
         assert not errors, f"the page logged errors: {errors}"
     finally:
         driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
         with capsys.disabled():
             print(f"\n[console screenshots] {request.node.name}: {shots}")
+
+
+@pytest.fixture
+def page(browser: Callable[[str], Page], gateway: Gateway) -> Page:
+    """The console of the test's gateway."""
+    return browser(gateway.url + "/")
 
 
 # --- the tests -----------------------------------------------------------------------------
@@ -411,3 +425,51 @@ def test_a_wrong_key_is_refused_clearly(page: Page) -> None:
     assert page.driver.execute_script("return sessionStorage.length") == 0
     page.screenshot("refused")
 
+
+
+def test_agent_runner_dev_prints_the_console_url_and_the_console_chats(
+    browser: Callable[[str], Page],
+) -> None:
+    # Given `agent-runner dev` (its own Redis, worker and gateway; the offline demo model)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AGENT_RUNNER_"))}
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "dev", "--user", "carol", "--concurrency", "2"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=env, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert dev.stdin is not None and dev.stdout is not None
+    try:
+        # When it prints the console's URL
+        seen = []
+        for line in dev.stdout:
+            seen.append(line)
+            if line.startswith("console:") or len(seen) > 50:
+                break
+        assert seen[-1].startswith("console: http://127.0.0.1:"), "".join(seen)
+        url = seen[-1].split()[1]
+        assert "#key=" in url
+
+        # Then the console opened at that URL is connected with the stack's key (taken out of
+        # the address bar) and chats with the built-in assistant through the whole stack
+        page = browser(url)
+        page.until(lambda: page.find("#composer-input").is_enabled(), "the console to connect")
+        assert "#key=" not in page.driver.current_url
+        assert page.find("#app-select").get_attribute("value") == "assistant"
+        page.send("what is 6*7")
+        page.wait_for_completions(1)
+        assert "42" in page.find_all("#transcript .msg.agent .text")[-1].text
+        assert "calculator" in page.find("#transcript .tool .tool-name").text
+        page.screenshot("dev")
+    finally:
+        dev.stdin.write("/exit\n")
+        dev.stdin.close()
+        try:
+            dev.wait(timeout=60)
+        finally:
+            if dev.poll() is None:
+                os.killpg(dev.pid, signal.SIGKILL)
+                dev.wait()
+    rest = dev.stdout.read()
+    dev.stdout.close()
+    assert dev.returncode == 0, rest
+    assert "bye" in rest

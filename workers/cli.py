@@ -2,7 +2,7 @@
 
 ::
 
-    agent-runner dev [--flower]                      local stack + interactive chat
+    agent-runner dev [--flower] [--no-console]       local stack + web console + terminal chat
     agent-runner submit APP USER SESSION MESSAGE [--follow] [--run-config JSON]
     agent-runner tail INVOCATION_ID [--after-seq N] [--wait S]
                                                      print a run's events until it completes
@@ -29,6 +29,7 @@ import contextlib
 import importlib
 import json
 import os
+import secrets
 import signal
 import sys
 import uuid
@@ -452,7 +453,7 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from .localstack import LocalStack
+    from .localstack import CONSOLE_MISSING, LocalStack, gateway_installed
 
     settings = Settings.from_env()
     if settings.uses_openai:
@@ -462,7 +463,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(DEMO_NOTICE, flush=True)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     print("starting the local stack (Ctrl-C or /exit stops it)...", flush=True)
-    with LocalStack(flower=args.flower, concurrency=args.concurrency) as stack:
+    # The console's key is this stack's own, made up now and gone with it.
+    console_key = secrets.token_urlsafe(24) if args.console and gateway_installed() else None
+    keys = None if console_key is None else f"{console_key}={args.user}"
+    with LocalStack(flower=args.flower, gateway_keys=keys, concurrency=args.concurrency) as stack:
+        if stack.gateway_url is not None:
+            # The key rides in the fragment, which browsers never send to a server.
+            print(
+                f"console: {stack.gateway_url}/#key={console_key} (user {args.user!r})",
+                flush=True,
+            )
+        elif args.console:
+            print(CONSOLE_MISSING, flush=True)
         # This process is the producer: point the client (and workers.app) at the stack.
         for name in (
             "AGENT_RUNNER_BROKER_URL",
@@ -524,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
         "dev", help="start a local stack (Redis, a run worker) and chat with an agent"
     )
     dev.add_argument("--flower", action="store_true", help="also start Flower")
+    dev.add_argument(
+        "--no-console",
+        dest="console",
+        action="store_false",
+        help="do not start the gateway and its web console",
+    )
     dev.add_argument(
         "--app", default="assistant", help="app name to chat with (default: assistant)"
     )

@@ -1,4 +1,5 @@
-"""A throw-away local stack for ``agent-runner dev``: Redis, a run worker, optionally Flower.
+"""A throw-away local stack for ``agent-runner dev``: Redis, a run worker, optionally Flower
+and the HTTP gateway with its web console (``agent-runner serve``, docs/console.md).
 
 Everything listens on 127.0.0.1 on free ports, lives in one temporary directory, and is stopped
 (and the directory removed) when the stack is closed, also after an error or Ctrl-C. Redis is
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import os
 import shutil
 import signal
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -35,7 +38,14 @@ import redis
 from runner_core.errors import AgentRunnerError
 from runner_core.wire import DEFAULT_RUNS_QUEUE
 
-__all__ = ["LocalStack", "LocalStackError", "find_redis_server", "free_port"]
+__all__ = [
+    "CONSOLE_MISSING",
+    "LocalStack",
+    "LocalStackError",
+    "find_redis_server",
+    "free_port",
+    "gateway_installed",
+]
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 60.0
@@ -47,6 +57,18 @@ RESTART_FIRST_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
 #: A process that ran at least this long before exiting is restarted after the first delay again.
 RESTART_RESET_AFTER_S = 60.0
+
+
+#: What ``agent-runner dev`` says when it cannot start the gateway and its console.
+CONSOLE_MISSING = (
+    "console: not started: the web console needs the gateway extra "
+    "(pip install 'agent-runner[gateway]'); the terminal chat below works without it."
+)
+
+
+def gateway_installed() -> bool:
+    """Whether the gateway's packages (the ``gateway`` extra) are importable."""
+    return all(importlib.util.find_spec(name) is not None for name in ("fastapi", "uvicorn"))
 
 
 class LocalStackError(AgentRunnerError):
@@ -181,10 +203,13 @@ class _Process:
 
 
 class LocalStack:
-    """Redis + one run worker (+ Flower) on 127.0.0.1, for development and demos.
+    """Redis + one run worker (+ Flower, + the gateway) on 127.0.0.1, for development and demos.
 
     Args:
         flower: also start Flower (``celery flower``) on a free port.
+        gateway_keys: also start the gateway (``agent-runner serve``) on a free port, with these
+            ``AGENT_RUNNER_GATEWAY_API_KEYS`` entries (``KEY=USER_ID``); it needs the gateway
+            extra.
         concurrency: threads of the run worker.
         queue: the queue the worker consumes.
         env: the environment for the subprocesses (default: this process's).
@@ -198,12 +223,14 @@ class LocalStack:
         self,
         *,
         flower: bool = False,
+        gateway_keys: str | None = None,
         concurrency: int = 8,
         queue: str = DEFAULT_RUNS_QUEUE,
         env: Mapping[str, str] | None = None,
         say: Callable[[str], None] | None = None,
     ) -> None:
         self.flower = flower
+        self.gateway_keys = gateway_keys
         self.concurrency = concurrency
         self.queue = queue
         self.base_env = dict(os.environ if env is None else env)
@@ -211,6 +238,7 @@ class LocalStack:
         self.directory: Path | None = None
         self.redis_port: int | None = None
         self.flower_port: int | None = None
+        self.gateway_port: int | None = None
         self.processes: list[_Process] = []
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -226,6 +254,11 @@ class LocalStack:
     @property
     def flower_url(self) -> str | None:
         return None if self.flower_port is None else f"http://{LOOPBACK}:{self.flower_port}"
+
+    @property
+    def gateway_url(self) -> str | None:
+        """The gateway's URL; its web console is at ``/``."""
+        return None if self.gateway_port is None else f"http://{LOOPBACK}:{self.gateway_port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -245,7 +278,8 @@ class LocalStack:
     # --- life cycle --------------------------------------------------------------------
 
     def start(self) -> LocalStack:
-        """Start Redis, the run worker and (if asked) Flower; wait until each answers.
+        """Start Redis, the run worker and (if asked) Flower and the gateway; wait until each
+        answers.
 
         Raises:
             LocalStackError: a part is missing or did not start; what started is stopped again.
@@ -256,6 +290,8 @@ class LocalStack:
             self._start_worker()
             if self.flower:
                 self._start_flower()
+            if self.gateway_keys is not None:
+                self._start_gateway()
         except BaseException:
             self.stop()
             raise
@@ -441,3 +477,26 @@ class LocalStack:
 
         self._wait(process, listening)
         self.say(f"flower: {self.flower_url} (pid {process.pid})")
+
+    def _start_gateway(self) -> None:
+        assert self.gateway_keys is not None
+        self.gateway_port = free_port()
+        args = [
+            sys.executable, "-m", "workers.cli", "serve",
+            "--host", LOOPBACK, "--port", str(self.gateway_port), "--log-level", "warning",
+        ]  # fmt: skip
+        env = {**self.env, "AGENT_RUNNER_GATEWAY_API_KEYS": self.gateway_keys}
+        process = self._spawn("gateway", args, env, "the gateway", restart=True)
+
+        # no proxy from the environment for a loopback address
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def healthy() -> bool:
+            try:
+                with opener.open(f"{self.gateway_url}/healthz", timeout=1) as answer:
+                    return bool(answer.status == 200)
+            except OSError:
+                return False
+
+        self._wait(process, healthy)
+        self.say(f"gateway: {self.gateway_url} (pid {process.pid}, log {process.log})")
