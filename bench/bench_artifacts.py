@@ -272,9 +272,9 @@ def render(result: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "For small artifacts the index round trip dominates (a Lua script in Redis, a "
-        "transaction of three statements in PostgreSQL, against a bare file write); for 10 MiB "
-        "the bytes dominate and the ratio nears 1. Writing the direct file does not fsync, nor "
+        "For small artifacts the index round trip dominates (a Lua script in Redis, one "
+        "statement in PostgreSQL, against a bare file write); for 10 MiB the bytes dominate and "
+        "the ratio nears 1. Writing the direct file does not fsync, nor "
         "does the store's. The machine is shared with other work, so medians move between "
         "runs.",
         "",
