@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -237,10 +237,12 @@ async def first_answer(
     return None
 
 
-@asynccontextmanager
-async def plugin_scopes(
+_NO_SCOPES: AbstractAsyncContextManager[None] = nullcontext()
+
+
+def plugin_scopes(
     plugins: Sequence[Plugin], step: str, *args: Any
-) -> AsyncIterator[None]:
+) -> AbstractAsyncContextManager[None]:
     """The plugins' ``{step}_scope(*args)`` around a step: entered in order, exited in reverse,
     each exactly once with the exception that ended the step, which goes on (a scope cannot
     swallow it).
@@ -249,9 +251,13 @@ async def plugin_scopes(
         CallbackError: a scope hook raised, or returned something that is not an async
             context manager (or None).
     """
-    if not plugins:
-        yield
-        return
+    if not plugins:  # the common case costs no generator
+        return _NO_SCOPES
+    return _plugin_scopes(plugins, step, *args)
+
+
+@asynccontextmanager
+async def _plugin_scopes(plugins: Sequence[Plugin], step: str, *args: Any) -> AsyncIterator[None]:
     entered: list[tuple[str, AbstractAsyncContextManager[Any]]] = []
     try:
         for plugin in plugins:
