@@ -8,7 +8,8 @@ replaces a model answer hides that answer's usage from it).
 Spans follow the OpenTelemetry GenAI semantic conventions, v1.36.0 by default;
 ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` switches to the latest
 experimental version (as the conventions ask), which names the provider
-``gen_ai.provider.name`` instead of ``gen_ai.system``::
+``gen_ai.provider.name`` instead of ``gen_ai.system``. Opted-in content is recorded as the latest
+conventions' span attributes in both modes (v1.36.0 used log events, not emitted here)::
 
     run {app}                      the run (INTERNAL); its trace ID is the completion's trace_id
     └── invoke_agent {agent}       each run of each agent of the tree (INTERNAL)
