@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import httpx2
 import pytest
 
 from gateway.settings import GatewaySettings, parse_api_keys
@@ -183,3 +184,74 @@ def test_the_webhook_wire_names() -> None:
     assert wire.DELIVER_WEBHOOK == "agent_runner.deliver_webhook"
     assert wire.webhook_key("I") == "agent-runner:webhook:I"
     assert wire.webhook_key("I", "p") == "p:webhook:I"
+
+
+# --- the app in-process (what needs neither Redis nor a worker) ----------------------------
+
+
+def _app(**settings: object) -> object:
+    from gateway.app import create_app
+
+    keys = parse_api_keys(f"{KEY}=alice", source="test")
+    return create_app(GatewaySettings(keys=keys, **settings))  # type: ignore[arg-type]
+
+
+async def _call(app: object, method: str, path: str, **kwargs: object) -> httpx2.Response:
+    transport = httpx2.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx2.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        return await http.request(method, path, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_cors_answers_only_the_configured_origins() -> None:
+    app = _app(cors_origins=("https://app.example",))
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,last-event-id"}  # fmt: skip
+    allowed = await _call(app, "OPTIONS", "/v1/runs",
+                          headers={"Origin": "https://app.example", **preflight})  # fmt: skip
+    refused = await _call(app, "OPTIONS", "/v1/runs",
+                          headers={"Origin": "https://evil.example", **preflight})  # fmt: skip
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "last-event-id" in allowed.headers["access-control-allow-headers"].lower()
+    assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_without_cors_settings_no_origin_is_allowed() -> None:
+    answer = await _call(_app(), "GET", "/healthz-nothing", headers={"Origin": "https://a.b"})
+    assert "access-control-allow-origin" not in answer.headers
+    assert answer.status_code == 404 and answer.json()["error"]["type"] == "not_found"
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read() -> None:
+    app = _app(max_body_bytes=2048)
+    answer = await _call(app, "POST", "/v1/runs", content=b"{" + b" " * 4096 + b"}",
+                         headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    assert answer.status_code == 413
+    assert answer.json()["error"]["type"] == "body_too_large"
+    assert "2048" in answer.json()["error"]["message"]
+
+
+async def test_a_route_without_a_valid_key_is_refused_with_json() -> None:
+    app = _app()
+    none = await _call(app, "GET", "/v1/runs/abc")
+    basic = await _call(app, "GET", "/v1/runs/abc", headers={"Authorization": "Basic eDp5"})
+    wrong = await _call(app, "GET", "/v1/runs/abc", headers={"X-API-Key": "x" * 20})
+    assert [r.status_code for r in (none, basic, wrong)] == [401, 401, 401]
+    assert "Bearer" in basic.json()["error"]["message"]
+    assert "not valid" in wrong.json()["error"]["message"]
+    wrong_method = await _call(app, "DELETE", "/v1/runs", headers={"X-API-Key": KEY})
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["type"] == "method_not_allowed"
+
+
+def test_serve_refuses_to_start_without_keys_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from workers.cli import main
+
+    monkeypatch.delenv("AGENT_RUNNER_GATEWAY_API_KEYS", raising=False)
+    monkeypatch.delenv("AGENT_RUNNER_GATEWAY_API_KEYS_FILE", raising=False)
+    assert main(["serve", "--port", "9"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0
+    assert error.startswith("agent-runner: error: the gateway has no API key")
