@@ -28,6 +28,11 @@ history rule has it: *an agent called as a tool sees only its input*.
   structured output, ``max_iterations`` reached, one of its tools asking for a person's
   confirmation) becomes an error result (``tool_execution_error``) that says how it ended. The
   calling model reads that error, and the caller's run goes on.
+- **Artifacts.** With the caller's artifact store, the agent's tools save into a session of the
+  call's own; once its run completes, the latest version of each artifact it saved there is
+  saved into the caller's session through the caller's context (so the caller's ``tool.result``
+  records it in ``artifact_delta``, and the caller's fence guards it), and the call's own
+  session's artifacts are deleted. ``user:`` artifacts are the user's, shared as they are.
 - **Usage.** The run's usage is the ``usage`` of the ``tool.result`` event and counts in the
   caller's totals, for a failed run too. The caller's completion prices its whole usage
   (``cost``) at the calling agent's model price.
@@ -51,12 +56,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from .agent import BaseAgent
+from .artifacts import ArtifactService
 from .errors import InvalidRequestError, ToolError, ToolExecutionError
 from .events import RunCompletionEvent, Usage, state_delta_of
 from .memory_sessions import InMemorySessionService
 from .run_config import RunConfig
 from .runner import Runner
-from .session import TEMP_PREFIX
+from .session import TEMP_PREFIX, USER_PREFIX
 from .tools import _NAME_RE, Confirmation, FunctionTool, ToolContext
 
 __all__ = ["AgentTool"]
@@ -151,11 +157,16 @@ class AgentTool(FunctionTool):
         invocation_id = uuid.uuid5(uuid.NAMESPACE_URL, context.idempotency_key).hex
         state_writes: dict[str, Any] = {}
         service = InMemorySessionService()
+        artifacts = context.artifacts.service if context.artifacts is not None else None
+        session_id: str | None = None
         try:
             session = await service.create_session(
                 context.app_name, context.user_id, state=initial_state
             )
-            runner = Runner(context.app_name, self.agent, session_service=service)
+            session_id = session.id
+            runner = Runner(
+                context.app_name, self.agent, session_service=service, artifact_service=artifacts
+            )
             stream = runner.run(
                 context.user_id,
                 session.id,
@@ -167,8 +178,14 @@ class AgentTool(FunctionTool):
                 async for event in stream:
                     state_writes.update(state_delta_of(event))
                 completion = await stream.completion()
+            if artifacts is not None and completion.status == "completed":
+                await _adopt_artifacts(artifacts, context, session.id)
         finally:
             await service.close()
+            if artifacts is not None and session_id is not None:
+                await artifacts.delete_session_artifacts(
+                    context.app_name, context.user_id, session_id
+                )
         if completion.usage != Usage():
             context.add_usage(completion.usage)
         if completion.status != "completed":
@@ -195,3 +212,14 @@ class AgentTool(FunctionTool):
 
     def __repr__(self) -> str:
         return f"AgentTool(agent={self.agent.name!r}, name={self.name!r})"
+
+
+async def _adopt_artifacts(store: ArtifactService, context: ToolContext, session_id: str) -> None:
+    """Save the latest version of each artifact the agent saved in its own session into the
+    caller's session, through the caller's context."""
+    for name in await store.list_artifact_names(context.app_name, context.user_id, session_id):
+        if name.startswith(USER_PREFIX):
+            continue  # the user's already: shared as it is
+        artifact = await store.load_artifact(context.app_name, context.user_id, session_id, name)
+        if artifact is not None:
+            await context.save_artifact(name, artifact.data, content_type=artifact.content_type)

@@ -202,3 +202,37 @@ def test_a_runner_refuses_something_that_is_not_an_artifact_store() -> None:
 
     with pytest.raises(InvalidRequestError, match="artifact_service must be an artifact store"):
         Runner(APP, LLMAgent("a", model=FakeModel()), artifact_service="memory://")  # type: ignore[arg-type]
+
+
+async def test_an_agent_called_as_a_tool_hands_its_artifacts_to_the_callers_session() -> None:
+    from runner_core import AgentTool
+
+    store = InMemoryArtifactService()
+
+    @tool
+    async def draft(context: ToolContext) -> str:
+        """Draft the text."""
+        await context.save_artifact("draft.md", "first draft")
+        await context.save_artifact("draft.md", "second draft")
+        await context.save_artifact("user:style.txt", "terse")
+        return "drafted"
+
+    inner_model = FakeModel()
+    inner_model.add_tool_calls([("i1", "draft", {})])
+    inner_model.add_text("drafted it")
+    drafter = LLMAgent("drafter", model=inner_model, tools=[draft], description="Drafts.")
+    outer_model = FakeModel()
+    outer_model.add_tool_calls([("o1", "drafter", {"request": "draft it"})])
+    outer_model.add_text("done")
+    runner = Runner(
+        APP, LLMAgent("boss", model=outer_model, tools=[AgentTool(drafter)]), artifact_service=store
+    )
+
+    events = await _events(runner, "s1", "get a draft")
+
+    (result,) = [e for e in events if e.type == "tool.result"]
+    assert result.artifact_delta == {"draft.md": 0}
+    assert await store.list_artifact_names(APP, USER, "s1") == ["draft.md", "user:style.txt"]
+    adopted = await store.load_artifact(APP, USER, "s1", "draft.md")
+    assert adopted is not None and adopted.text() == "second draft"
+    assert adopted.content_type == "text/markdown; charset=utf-8"
