@@ -16,6 +16,7 @@ from .errors import (
     FencedError,
     InvalidRequestError,
     InvocationOwnedError,
+    MemoryBackendError,
     ModelConnectionError,
     ModelError,
     ModelHTTPError,
@@ -36,6 +37,7 @@ from .events import (
     Event,
     EventError,
     EventType,
+    MemoryInjectedEvent,
     MessageDeltaEvent,
     MessageEvent,
     RunCompletionEvent,
@@ -47,9 +49,13 @@ from .events import (
     ToolResultEvent,
     Usage,
 )
+from .feedback import FeedbackResult, add_feedback
 from .invocation import InvocationContext, RunOutcome
+from .memory import Experience, Fact, MemoryHit, MemoryService, Skill, agent_scope, user_scope
 from .memory_artifacts import InMemoryArtifactService
+from .memory_injection import MemoryInjection, load_memory
 from .memory_sessions import InMemorySessionService
+from .memory_store import InMemoryMemoryService
 from .memory_traces import InMemoryTraceStore
 from .messages import FunctionCall, Message, ToolCall
 from .model import GenerationConfig, Model, ModelPrice, ModelRequest, ModelResponse, TextDelta
@@ -91,6 +97,9 @@ __all__ = [
     "Event",
     "EventError",
     "EventType",
+    "Experience",
+    "Fact",
+    "FeedbackResult",
     "FencedError",
     "FunctionCall",
     "FunctionTool",
@@ -98,6 +107,7 @@ __all__ = [
     "Guardrail",
     "GuardrailTripped",
     "InMemoryArtifactService",
+    "InMemoryMemoryService",
     "InMemorySessionService",
     "InMemoryTraceStore",
     "InvalidRequestError",
@@ -105,6 +115,11 @@ __all__ = [
     "InvocationOwnedError",
     "LLMAgent",
     "LoopAgent",
+    "MemoryBackendError",
+    "MemoryHit",
+    "MemoryInjectedEvent",
+    "MemoryInjection",
+    "MemoryService",
     "Message",
     "MessageDeltaEvent",
     "MessageEvent",
@@ -135,6 +150,7 @@ __all__ = [
     "SessionKey",
     "SessionNotFoundError",
     "SessionService",
+    "Skill",
     "StateUpdateEvent",
     "Step",
     "Summarizer",
@@ -154,13 +170,17 @@ __all__ = [
     "TraceStore",
     "UnknownToolCallError",
     "Usage",
+    "add_feedback",
+    "agent_scope",
     "check_event_count",
     "check_idle_time",
     "check_token_count",
     "create_session_summary",
     "get_session_summary_text",
     "load_artifacts",
+    "load_memory",
     "read_trace",
     "tool",
     "transfer_targets",
+    "user_scope",
 ]

@@ -30,6 +30,7 @@ server (:class:`~runner_core.memory_store.InMemoryMemoryService`,
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import re
 import secrets
@@ -108,6 +109,7 @@ _STOPWORDS: Final = frozenset(
     "you your".split()
 )
 _KIND_LETTER: Final[dict[str, str]] = {"skill": "s", "experience": "e", "fact": "f"}
+_KIND_OF_LETTER: Final[dict[str, MemoryKind]] = {"s": "skill", "e": "experience", "f": "fact"}
 
 
 def _now() -> datetime:
@@ -194,10 +196,7 @@ def new_item_id(kind: MemoryKind) -> str:
 
 def kind_of_id(item_id: str) -> MemoryKind | None:
     """The kind an item ID was made for (its last letter), or None."""
-    for kind, letter in _KIND_LETTER.items():
-        if item_id.endswith(letter):
-            return kind  # type: ignore[return-value]
-    return None
+    return _KIND_OF_LETTER.get(item_id[-1:])
 
 
 # --- items -----------------------------------------------------------------------------------
@@ -400,25 +399,25 @@ def bm25_scores(
     if n_items <= 0:
         return scores
     average = max(total_length / n_items, 1.0)
+    # norm = k1 * (1 - b + b * length / average), as base + per_word * length
+    base, per_word = BM25_K1 * (1.0 - BM25_B), BM25_K1 * BM25_B / average
+    get_score, get_length = scores.get, lengths.get
     for term in dict.fromkeys(terms):
         hits = postings.get(term)
         if not hits:
             continue
         df = len(hits)
-        idf = math.log(1.0 + (n_items - df + 0.5) / (df + 0.5))
+        weight = math.log(1.0 + (n_items - df + 0.5) / (df + 0.5)) * (BM25_K1 + 1.0)
         for item_id, tf in hits.items():
-            norm = BM25_K1 * (1.0 - BM25_B + BM25_B * lengths.get(item_id, 0) / average)
-            scores[item_id] = scores.get(item_id, 0.0) + idf * tf * (BM25_K1 + 1.0) / (tf + norm)
+            norm = base + per_word * get_length(item_id, 0)
+            scores[item_id] = get_score(item_id, 0.0) + weight * tf / (tf + norm)
     return scores
 
 
 def top(scores: Mapping[str, float], limit: int) -> list[tuple[str, float]]:
-    """The ``limit`` best ``(id, score)``, best first; ties go to the newer item."""
-    return sorted(scores.items(), key=lambda pair: (-pair[1], _desc(pair[0])))[:limit]
-
-
-def _desc(item_id: str) -> tuple[int, ...]:
-    return tuple(-ord(ch) for ch in item_id)
+    """The ``limit`` best ``(id, score)``, best first; ties go to the newer item (the greater
+    ID)."""
+    return heapq.nlargest(limit, scores.items(), key=lambda pair: (pair[1], pair[0]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,8 +537,7 @@ class MemoryService(ABC):
         hits: list[MemoryHit] = []
         for scope in checked_scopes:
             hits += await self._keyword_search(app_name, scope, terms, wanted, limit)
-        hits.sort(key=lambda hit: (-hit.score, _desc(hit.item.id)))
-        return hits[:limit]
+        return _best(hits, limit)
 
     async def get(self, app_name: str, scope: str, item_id: str) -> AnyItem | None:
         """The item ``item_id`` of the scope, or None."""
@@ -624,8 +622,7 @@ class MemoryService(ABC):
             ]
             items = {i.id: i for i in await self._get_many(app_name, scope, [i for i, _ in ranked])}
             hits += [MemoryHit(items[i], s) for i, s in ranked if i in items]
-        hits.sort(key=lambda hit: (-hit.score, _desc(hit.item.id)))
-        return hits[:limit]
+        return _best(hits, limit)
 
     # --- what a backend implements -------------------------------------------------------
 
@@ -669,6 +666,11 @@ class MemoryService(ABC):
     @abstractmethod
     async def _delete(self, app_name: str, scope: str, item_id: str) -> bool:
         """Delete one item with its index entries and vector; True if it was there."""
+
+
+def _best(hits: list[MemoryHit], limit: int) -> list[MemoryHit]:
+    """The ``limit`` best hits of several scopes, as :func:`top` orders them."""
+    return heapq.nlargest(limit, hits, key=lambda hit: (hit.score, hit.item.id))
 
 
 def _check_kinds(kinds: Sequence[MemoryKind] | None) -> frozenset[str]:

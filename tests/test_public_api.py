@@ -37,6 +37,10 @@ EXPECTED = {
         # Execution traces (issue 17).
         "InMemoryTraceStore", "Step", "Trace", "TraceNotFoundError", "TraceRecorder",
         "TraceStore", "read_trace",
+        # Long-term memory and feedback (issue 18).
+        "Experience", "Fact", "FeedbackResult", "InMemoryMemoryService", "MemoryBackendError",
+        "MemoryHit", "MemoryInjectedEvent", "MemoryInjection", "MemoryService", "Skill",
+        "add_feedback", "agent_scope", "load_memory", "user_scope",
     },
 }
 
