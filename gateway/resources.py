@@ -1,22 +1,26 @@
-"""What runs leave behind, over HTTP: a run's execution trace and a session's artifacts.
+"""What runs leave behind, over HTTP: a run's execution trace, feedback on its steps, and a
+session's artifacts.
 
 Each route acts for the key's user only (an operator key names the user with ``?user_id=``),
-through the producers' public helpers: :func:`workers.client.aget_trace` (docs/traces.md) and
-:mod:`workers.artifacts` (docs/artifacts.md). Anything another user owns is answered 404, as
-an unknown ID is.
+through the producers' public helpers: :func:`workers.client.aget_trace` (docs/traces.md),
+:func:`workers.feedback.give_feedback` (docs/memory.md) and :mod:`workers.artifacts`
+(docs/artifacts.md). Anything another user owns is answered 404, as an unknown ID is.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from runner_core.errors import InvalidRequestError, shown
 from workers import artifacts, client
+from workers.feedback import give_feedback
 
-from .deps import Gateway, Key, gateway_of, user_of
+from .deps import Gateway, Key, gateway_of, json_object, user_of
 from .errors import NotFoundError
 from .runs import authorize
 
@@ -35,6 +39,68 @@ async def run_trace(
     owner = await authorize(gateway.redis, key, invocation_id, prefix=gateway.prefix)
     trace = await client.aget_trace(owner.app_name, owner.user_id, invocation_id)
     return Response(trace.to_json(), media_type="application/json")
+
+
+#: The fields of a feedback body.
+_FEEDBACK_FIELDS = ("step_id", "kind", "content")
+
+
+@router.post(
+    "/v1/runs/{invocation_id}/feedback",
+    status_code=201,
+    tags=["runs"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": list(_FEEDBACK_FIELDS),
+                        "properties": {
+                            "step_id": {"type": "string", "description": "a step of the trace"},
+                            "kind": {"enum": ["positive", "negative", "correction"]},
+                            "content": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def run_feedback(
+    invocation_id: str,
+    request: Request,
+    key: Key,
+    gateway: Annotated[Gateway, Depends(gateway_of)],
+) -> dict[str, Any]:
+    """Feedback on a step of the run (docs/memory.md): recorded in its trace and, with memory
+    configured, learnt as an experience. 201 with what was stored."""
+    client.validate_invocation_id(invocation_id)
+    owner = await authorize(gateway.redis, key, invocation_id, prefix=gateway.prefix)
+    body = await json_object(request)
+    unknown = sorted(set(body) - set(_FEEDBACK_FIELDS))
+    missing = [name for name in _FEEDBACK_FIELDS if name not in body]
+    if unknown or missing:
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        problems += [f"unexpected {', '.join(map(shown, unknown))}"] if unknown else []
+        raise InvalidRequestError(
+            f"invalid feedback: {'; '.join(problems)}; send step_id (a step of GET .../trace), "
+            "kind (positive, negative or correction) and content."
+        )
+    # The stores' own helper, in a thread: it opens and closes them around the one write.
+    result = await asyncio.to_thread(
+        give_feedback,
+        owner.app_name,
+        owner.user_id,
+        invocation_id,
+        body["step_id"],
+        body["kind"],
+        body["content"],
+        settings=gateway.settings.workers,
+    )
+    return result.to_dict()
 
 
 @router.get("/v1/sessions/{app_name}/{session_id}/artifacts", tags=["artifacts"])

@@ -78,3 +78,37 @@ def test_a_sessions_artifacts_are_listed_and_fetched_by_its_user_only(
     # And bob's key finds nothing of hers: the same names are his own (empty) session's
     assert bobs_names["artifacts"] == [] and bobs_names["user_id"] == "bob"
     assert bobs_fetch.status_code == 404 and "Q3" not in bobs_fetch.text
+
+
+def test_feedback_on_a_step_lands_in_the_trace_and_only_its_user_gives_it(
+    gateway: GatewayProcess, finished_run: dict[str, Any]
+) -> None:
+    invocation_id = finished_run["invocation_id"]
+    url = f"/v1/runs/{invocation_id}/feedback"
+    with gateway.client(ALICE_KEY) as alice, gateway.client(BOB_KEY) as bob:
+        steps = alice.get(f"/v1/runs/{invocation_id}/trace").json()["steps"]
+        model_step = next(step["step_id"] for step in steps if step["kind"] == "model_call")
+        feedback = {"step_id": model_step, "kind": "positive", "content": "Good report."}
+        # When bob gives feedback on alice's run, and alice does
+        by_bob = bob.post(url, json=feedback)
+        given = alice.post(url, json=feedback)
+        # And alice sends feedback that is wrong in three ways
+        bad_kind = alice.post(url, json={**feedback, "kind": "meh"})
+        no_step = alice.post(url, json={**feedback, "step_id": "model:999"})
+        missing = alice.post(url, json={"kind": "positive", "colour": "red"})
+        after = alice.get(f"/v1/runs/{invocation_id}/trace").json()["steps"]
+
+    # Then bob's is refused as for an unknown run, and alice's is a feedback step of the trace
+    assert by_bob.status_code == 404
+    assert given.status_code == 201, given.text
+    step_id = given.json()["feedback_step_id"]
+    recorded = next(step for step in after if step["step_id"] == step_id)
+    assert recorded["kind"] == "feedback" and recorded["parent_ids"] == [model_step]
+    assert recorded["data"]["content"] == "Good report."
+    assert sum(step["kind"] == "feedback" for step in after) == 1  # bob's wrote nothing
+    # And each bad one is refused naming what is wrong, writing nothing
+    assert bad_kind.status_code == 422 and "meh" in bad_kind.json()["error"]["message"]
+    assert no_step.status_code == 422 and "model:999" in no_step.json()["error"]["message"]
+    assert missing.status_code == 422
+    assert "missing step_id, content" in missing.json()["error"]["message"]
+    assert "'colour'" in missing.json()["error"]["message"]
