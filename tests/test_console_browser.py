@@ -8,6 +8,7 @@ and prints where. A missing browser skips locally and fails under ``CI=true``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -113,9 +114,11 @@ def gateway(
     start_worker: Callable[..., Any],
     model_server: ScriptedModelServer,
 ) -> Iterator[Gateway]:
-    """A worker serving the ``testkit`` app with the scripted model, and a gateway in front."""
-    start_worker(OPENAI_BASE_URL=model_server.url)
-    env = {**worker_env, "AGENT_RUNNER_GATEWAY_API_KEYS": f"{ALICE_KEY}=alice"}
+    """A worker serving the ``testkit`` app with the scripted model, long-term memory in the
+    test Redis, and a gateway in front."""
+    memory = {"AGENT_RUNNER_MEMORY_URL": worker_env["AGENT_RUNNER_REDIS_URL"]}
+    start_worker(OPENAI_BASE_URL=model_server.url, **memory)
+    env = {**worker_env, **memory, "AGENT_RUNNER_GATEWAY_API_KEYS": f"{ALICE_KEY}=alice"}
     server = Gateway(env)
     try:
         yield server.wait_ready()
@@ -153,8 +156,16 @@ class Page:
         self.expected_errors: list[str] = []
 
     def open(self) -> Page:
+        self.viewport(1280, 800)
         self.driver.get(self.url)
         return self
+
+    def viewport(self, width: int, height: int) -> None:
+        """Make the page's viewport exactly ``width`` x ``height`` CSS pixels."""
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def find(self, css: str) -> Any:
         from selenium.webdriver.common.by import By
@@ -336,9 +347,11 @@ def test_chat_streams_the_reply_and_shows_tool_calls(
     page.screenshot("chat")
 
     # On a narrow window the same page still shows the conversation and the message box
-    page.driver.set_window_size(400, 800)
+    page.viewport(400, 800)
     box = page.find("#composer-input")
     assert box.is_displayed() and box.size["width"] <= 400
+    width = page.driver.execute_script("return document.documentElement.scrollWidth")
+    assert width <= 400, f"the page is {width} px wide in a 400 px window"
     page.screenshot("chat-narrow")
 
 
@@ -385,6 +398,97 @@ def test_a_paused_run_is_approved_in_the_console(
     history = gateway.get(f"/v1/sessions/testkit/{session}")
     results = [e for e in history["events"] if e["type"] == "tool.result"]
     assert [r["message"]["content"] for r in results] == ["refunded 5"]
+
+
+def _open_trace(page: Page) -> list[Any]:
+    """Open the last run's trace; return its steps once the trace is complete (the console
+    shows a running trace as it grows)."""
+    page.completions()[-1].find_element("css selector", "button.open-trace").click()
+    page.until(lambda: " · completed · " in page.find("#trace-summary").text, "the whole trace")
+    return page.find_all("#trace-graph button.step")
+
+
+def _step(page: Page, step_id: str) -> Any:
+    return page.find(f'#trace-graph button.step[data-step-id="{step_id}"]')
+
+
+def test_the_trace_is_a_graph_and_feedback_creates_an_experience(
+    page: Page, model_server: ScriptedModelServer, redis_url: str
+) -> None:
+    # Given a run that called a tool, then answered
+    model_server.add_tool_calls([("call_1", "record", {"label": "traced"})])
+    model_server.add_text("Recorded it.")
+    page.connect()
+    page.send("record this")
+    completion = page.wait_for_completions(1)[0]
+    assert "completed" in completion.text
+    assert len(page.find_all("#transcript li.tool")) == 1
+
+    # When the user opens the run's trace
+    steps = _open_trace(page)
+
+    # Then every step is a button, each below the steps it follows, joined by drawn lines
+    ids = [step.get_attribute("data-step-id") for step in steps]
+    by_id = dict(zip(ids, steps, strict=True))
+    tool = next(i for i in ids if i.startswith("tool:"))
+    models = [i for i in ids if i.startswith("model:")]
+    assert len(models) == 2 and "conclusion" in ids, ids
+    first_model, second_model = sorted(models, key=lambda i: by_id[i].location["y"])
+    assert by_id[first_model].location["y"] < by_id[tool].location["y"]
+    assert by_id[tool].location["y"] < by_id[second_model].location["y"]
+    assert by_id[second_model].location["y"] < by_id["conclusion"].location["y"]
+    assert len(page.find_all("#trace-graph svg line")) >= 3
+    assert "completed" in page.find("#trace-summary").text
+    page.screenshot("trace")
+
+    # When the user corrects the agent's answer
+    _step(page, second_model).click()
+    page.until(lambda: "Recorded it." in page.find("#step-detail").text, "the step's reply")
+    correction = "Say which label was recorded."
+    page.find("#correction-input").send_keys(correction)
+    page.find("#step-detail button.send-correction").click()
+
+    # Then the console shows the experience the feedback created ...
+    result = page.until(
+        lambda: "created this experience" in (text := page.find(".feedback-result").text) and text,
+        "the experience the correction created",
+    )
+    assert correction in result
+    page.driver.execute_script("arguments[0].scrollIntoView()", page.find(".feedback-result"))
+    page.screenshot("feedback")
+    # ... and it is in long-term memory, in the agent's scope, pointing at the step
+    from runner_core.memory import Experience
+    from session_backends.memories import memory_from_url
+
+    async def stored() -> list[Any]:
+        memory = memory_from_url(redis_url)
+        try:
+            return await memory.items("testkit", "agent:testkit", kinds=["experience"])
+        finally:
+            await memory.close()
+
+    [experience] = asyncio.run(stored())
+    assert isinstance(experience, Experience)
+    assert experience.rule == correction and experience.confidence == 0.6
+    run = page.find("#trace-summary").text.split()[1]
+    assert f"{run}/{second_model}" in experience.evidence
+    assert experience.id in result
+
+    # And a thumbs up on the tool call is an experience too (confidence 0.8)
+    _step(page, tool).click()
+    page.find("#step-detail button.thumb.up").click()
+    page.until(
+        lambda: "created this experience" in page.find(".feedback-result").text, "the thumbs up"
+    )
+    rules = {e.rule: e.confidence for e in asyncio.run(stored())}
+    assert rules[correction] == 0.6
+    assert [c for r, c in rules.items() if r.startswith("Keep doing this: call record")] == [0.8]
+
+    # And the trace, opened again, holds the feedback steps
+    steps = _open_trace(page)
+    kinds = [step.get_attribute("class") for step in steps]
+    assert sum("kind-feedback" in k for k in kinds) == 2
+    assert sum("kind-memory_write" in k for k in kinds) == 2
 
 
 def test_sessions_are_listed_and_reopened(

@@ -243,17 +243,36 @@ async function confirm(invocationId, decisions) {
 
 // --- the trace panel --------------------------------------------------------------------
 
-async function openTrace(invocationId) {
+let traceShown = null; // the invocation whose trace the panel shows
+let traceTimer = null;
+
+async function openTrace(invocationId, { refresh = false } = {}) {
+  clearTimeout(traceTimer);
+  traceShown = invocationId;
   ui.tracePanel.hidden = false;
-  $("trace-summary").textContent = `loading the trace of run ${invocationId}...`;
-  $("trace-graph").replaceChildren();
-  $("step-detail").replaceChildren();
+  if (!refresh) {
+    $("trace-summary").textContent = `loading the trace of run ${invocationId}...`;
+    $("trace-graph").replaceChildren();
+    $("step-detail").replaceChildren();
+  }
+  let trace;
   try {
-    traceView.show(await state.api.trace(invocationId));
-    ui.tracePanel.querySelector("button.step")?.focus();
+    trace = await state.api.trace(invocationId);
   } catch (error) {
-    $("trace-summary").textContent = `No trace: ${error.message}`;
-    ui.traceClose.focus();
+    if (!refresh) {
+      $("trace-summary").textContent = `No trace: ${error.message}`;
+      ui.traceClose.focus();
+    }
+    return;
+  }
+  if (traceShown !== invocationId || ui.tracePanel.hidden) return;
+  const selected = $("trace-graph").querySelector('button.step[aria-pressed="true"]')?.dataset.stepId;
+  traceView.show(trace);
+  if (selected) traceView.select(selected);
+  else if (!refresh) ui.tracePanel.querySelector("button.step")?.focus();
+  // A run still going: show its steps as they are written.
+  if (trace.status === "running") {
+    traceTimer = setTimeout(() => openTrace(invocationId, { refresh: true }), 1500);
   }
 }
 
@@ -290,7 +309,11 @@ ui.cancel.addEventListener("click", async () => {
     say(`Not stopped: ${error.message}`, "error");
   }
 });
-ui.traceClose.addEventListener("click", () => { ui.tracePanel.hidden = true; ui.input.focus(); });
+ui.traceClose.addEventListener("click", () => {
+  clearTimeout(traceTimer);
+  ui.tracePanel.hidden = true;
+  ui.input.focus();
+});
 
 // `agent-runner dev` prints the console's URL with its key in the fragment (never sent to the
 // server): keep it for this tab and take it out of the address bar and history.

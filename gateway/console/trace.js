@@ -93,6 +93,9 @@ export class TraceView {
   drawEdges() {
     if (!this.trace || !this.svg) return;
     const { graph } = this.elements;
+    // measure without the old drawing, which would otherwise keep the graph as large as it was
+    this.svg.setAttribute("width", "0");
+    this.svg.setAttribute("height", "0");
     const box = graph.getBoundingClientRect();
     this.svg.setAttribute("width", String(graph.scrollWidth));
     this.svg.setAttribute("height", String(graph.scrollHeight));
@@ -143,18 +146,25 @@ export class TraceView {
       detail.append(h("details", { open: field !== "messages" },
         h("summary", {}, field), h("pre", {}, pretty(step[field]))));
     }
-    if (step.kind !== "feedback") detail.append(this.feedbackForm(step));
+    if (step.kind !== "feedback" && step.kind !== "memory_write") detail.append(this.feedbackForm(step));
   }
 
   feedbackForm(step) {
     const invocationId = this.trace.invocation_id;
     const result = h("div", { class: "feedback-result", role: "status", "aria-live": "polite" });
-    const correction = h("textarea", { id: "correction-input", rows: "2" });
+    const comment = h("textarea", { id: "correction-input", rows: "2", maxlength: "4000" });
     const send = (kind, content) => async () => {
+      const text = content();
+      if (!text) {
+        result.replaceChildren(h("span", { class: "error-text" },
+          "Type the correction first: what the agent should have done."));
+        comment.focus();
+        return;
+      }
       for (const control of form.querySelectorAll("button, textarea")) control.disabled = true;
       result.replaceChildren("sending feedback...");
       try {
-        const answer = await this.actions.onFeedback(invocationId, step.step_id, kind, content?.());
+        const answer = await this.actions.onFeedback(invocationId, step.step_id, kind, text);
         result.replaceChildren(...feedbackAnswer(kind, answer));
       } catch (error) {
         result.replaceChildren(h("span", { class: "error-text" }, `feedback not stored: ${error.message}`));
@@ -162,19 +172,35 @@ export class TraceView {
         for (const control of form.querySelectorAll("button, textarea")) control.disabled = false;
       }
     };
+    const typed = () => comment.value.trim();
     const form = h("section", { class: "feedback", "aria-label": "Feedback on this step" },
       h("h4", {}, "Feedback"),
+      h("label", { for: "correction-input" }, "Comment or correction (what should have happened)"),
+      comment,
       h("div", { class: "actions" },
         h("button", { type: "button", class: "thumb up", "aria-label": "Thumbs up: this step was right",
-          onclick: send("positive", () => "this step was right") }, "👍 Right"),
+          onclick: send("positive", () => typed() || `Keep doing this: ${describe(step)}`) }, "Thumbs up"),
         h("button", { type: "button", class: "thumb down", "aria-label": "Thumbs down: this step was wrong",
-          onclick: send("negative", () => "this step was wrong") }, "👎 Wrong")),
-      h("label", { for: "correction-input" }, "Correction (what should have happened)"),
-      correction,
-      h("button", { type: "button", class: "send-correction",
-        onclick: send("correction", () => correction.value.trim()) }, "Send correction"),
+          onclick: send("negative", () => typed() || `This step was wrong: ${describe(step)}`) }, "Thumbs down"),
+        h("button", { type: "button", class: "send-correction", onclick: send("correction", typed) },
+          "Send correction")),
       result);
     return form;
+  }
+}
+
+/** One line saying what a step did, for feedback given without words. */
+export function describe(step) {
+  const cut = (text) => (text.length > 300 ? `${text.slice(0, 300)}...` : text);
+  switch (step.kind) {
+    case "tool_call":
+      return cut(`call ${step.tool_name} with ${JSON.stringify(step.arguments ?? {})}`);
+    case "model_call":
+      if (step.reply) return cut(`answer "${step.reply}"`);
+      return cut(`call ${(step.tool_calls || []).map((c) => c.function?.name ?? c.name).join(", ")}`);
+    case "conclusion": return cut(`conclude "${step.content ?? ""}"`);
+    case "transfer": return `hand the conversation to ${step.to_agent}`;
+    default: return `the ${step.kind.replace("_", " ")} step ${step.step_id}`;
   }
 }
 

@@ -90,6 +90,7 @@ export class Transcript {
       case "agent.transfer":
         return this.add(h("li", { class: "item transfer" },
           `${speaker(event)} handed the conversation to ${event.to_agent}`));
+      case "memory.injected": return this.memory(event);
       case "runner.completion": return this.completion(event);
       default:
         return this.note(`${event.type} from ${speaker(event)}`);
@@ -240,6 +241,15 @@ export class Transcript {
     else item.append(h("p", { class: "muted" }, "(answered or no longer waiting)"));
     this.add(item);
     item.querySelector("button.approve")?.focus();
+  }
+
+  memory(event) {
+    const items = event.items || [];
+    if (!items.length) return this.note(`${speaker(event)} searched its memory: nothing relevant`);
+    const list = h("ul", { class: "memory-items" },
+      items.map((item) => h("li", {}, `${item.kind} ${item.id}: ${item.text}`)));
+    return this.add(h("li", { class: "item note memory" },
+      `${speaker(event)} was told ${items.length} item${items.length === 1 ? "" : "s"} from memory:`, list));
   }
 
   completion(event) {
