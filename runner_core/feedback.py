@@ -23,13 +23,13 @@ raises before anything is written.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 from .errors import InvalidRequestError
 from .memory import MAX_TEXT_CHARS, Experience, MemoryService, agent_scope, check_item
+from .memory_items import CONTROL_RE
 from .messages import Message
 from .model import GenerationConfig, Model, ModelRequest, complete_response
 from .traces import Step, TraceStore, check_step_id, read_trace
@@ -51,7 +51,6 @@ FEEDBACK_CONFIDENCE: Final[dict[str, float]] = {"positive": 0.8, "correction": 0
 MAX_FEEDBACK_CHARS: Final = 4_000
 #: The most characters of the run's task an experience's condition quotes.
 _TASK_CHARS = 300
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 DISTIL_INSTRUCTION: Final = (
     "You turn a person's feedback on an AI agent's step into one rule the agent should follow "
@@ -102,7 +101,7 @@ def check_feedback(kind: object, content: object) -> tuple[FeedbackKind, str]:
             f"feedback content is {len(text)} characters long; the limit is "
             f"{MAX_FEEDBACK_CHARS}. Keep it to the point."
         )
-    bad = _CONTROL_RE.search(text)
+    bad = CONTROL_RE.search(text)
     if bad is not None:
         raise InvalidRequestError(
             f"feedback content holds the control character {bad.group()!r} at position "
@@ -115,7 +114,7 @@ def condition_of(task: str | None) -> str:
     """An experience's condition from the run's task (seed 003: "doing a task like ...")."""
     if not task:
         return "in general"
-    quoted = " ".join(_CONTROL_RE.sub(" ", task).split())
+    quoted = " ".join(CONTROL_RE.sub(" ", task).split())
     if len(quoted) > _TASK_CHARS:
         quoted = quoted[:_TASK_CHARS] + "..."
     return f"when handling a request like {quoted!r}"
@@ -138,7 +137,7 @@ async def distil_rule(model: Model, task: str | None, step: Step, feedback: str)
         generation=GenerationConfig(stream=False),
     )
     response = await complete_response(model, request)
-    rule = _CONTROL_RE.sub(" ", response.message.content or "").strip()[:MAX_TEXT_CHARS]
+    rule = CONTROL_RE.sub(" ", response.message.content or "").strip()[:MAX_TEXT_CHARS]
     if not rule:
         raise InvalidRequestError("the distilling model gave no rule; nothing was stored.")
     return rule

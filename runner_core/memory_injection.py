@@ -23,7 +23,6 @@ failure is logged.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from .memory import (
     agent_scope,
     user_scope,
 )
+from .memory_items import CONTROL_RE
 from .messages import Message
 from .plugins import Plugin
 from .tools import FunctionTool
@@ -67,7 +67,6 @@ SKILLS_HEADING = "## Relevant skills"
 EXPERIENCES_HEADING = "## Relevant experiences"
 #: The most characters of an item's text a ``memory.injected`` event carries.
 EVENT_TEXT_CHARS = 200
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 async def _load_memory(query: str) -> str:
@@ -112,7 +111,7 @@ def request_text(ctx: InvocationContext) -> str:
         ),
         "",
     )
-    return _CONTROL_RE.sub(" ", text)[:MAX_QUERY_CHARS].strip()
+    return CONTROL_RE.sub(" ", text)[:MAX_QUERY_CHARS].strip()
 
 
 @dataclass(slots=True)
