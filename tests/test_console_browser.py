@@ -116,9 +116,13 @@ def gateway(
 ) -> Iterator[Gateway]:
     """A worker serving the ``testkit`` app with the scripted model, long-term memory in the
     test Redis, and a gateway in front."""
-    memory = {"AGENT_RUNNER_MEMORY_URL": worker_env["AGENT_RUNNER_REDIS_URL"]}
-    start_worker(OPENAI_BASE_URL=model_server.url, **memory)
-    env = {**worker_env, **memory, "AGENT_RUNNER_GATEWAY_API_KEYS": f"{ALICE_KEY}=alice"}
+    apps = worker_env["AGENT_RUNNER_AGENTS"] + ",console=tests.console_agents:build_console"
+    shared = {
+        "AGENT_RUNNER_MEMORY_URL": worker_env["AGENT_RUNNER_REDIS_URL"],
+        "AGENT_RUNNER_AGENTS": apps,
+    }
+    start_worker(OPENAI_BASE_URL=model_server.url, **shared)
+    env = {**worker_env, **shared, "AGENT_RUNNER_GATEWAY_API_KEYS": f"{ALICE_KEY}=alice"}
     server = Gateway(env)
     try:
         yield server.wait_ready()
@@ -197,15 +201,16 @@ class Page:
                 f"{self.find('#transcript').text}"
             ) from None
 
-    def connect(self, key: str = ALICE_KEY) -> None:
+    def connect(self, key: str = ALICE_KEY, app: str = "testkit") -> None:
         self.find("#key-input").send_keys(key)
         self.find("#key-connect").click()
         self.until(lambda: self.find("#composer-input").is_enabled(), "the console to connect")
         self.until(
-            lambda: self.find("#app-select").get_attribute("value") == "testkit"
-            or self.choose_app("testkit"),
-            "the testkit app to be chosen",
+            lambda: self.find("#app-select").get_attribute("value") == app
+            or self.choose_app(app),
+            f"the {app} app to be chosen",
         )
+        self.until(lambda: app in self.find("#session-label").text, f"a session of {app}")
 
     def choose_app(self, app: str) -> bool:
         from selenium.webdriver.support.ui import Select
@@ -489,6 +494,56 @@ def test_the_trace_is_a_graph_and_feedback_creates_an_experience(
     kinds = [step.get_attribute("class") for step in steps]
     assert sum("kind-feedback" in k for k in kinds) == 2
     assert sum("kind-memory_write" in k for k in kinds) == 2
+
+
+def test_a_confirmation_edits_the_editable_arguments(
+    page: Page, model_server: ScriptedModelServer, gateway: Gateway
+) -> None:
+    # Given a refund the person may change the amount of (not the order)
+    model_server.add_tool_calls([("call_e", "refund", {"order_id": "A-1", "amount": 50})])
+    model_server.add_text("Refunded.")
+    page.connect(app="console")
+    apps = [option.text for option in page.find_all("#app-select option")]
+    assert apps == ["assistant", "console", "testkit"]
+    page.send("refund order A-1")
+    page.until(lambda: page.find("#transcript .confirm button.approve"), "a confirmation")
+    assert page.find("#transcript .confirm .who").text == "support asks you to confirm"
+    # only the editable argument has a field
+    [field] = page.find_all("#transcript .confirm input")
+    assert page.find(f'label[for="{field.get_attribute("id")}"]').text == "amount (JSON)"
+    assert field.get_attribute("value") == "50"
+
+    # When the person lowers the amount and approves
+    field.clear()
+    field.send_keys("20")
+    page.screenshot("edit")
+    page.find("#transcript .confirm button.approve").click()
+
+    # Then the refund runs with the edited amount, the order as the model asked
+    page.wait_for_completions(2)
+    assert "refunded 20 on A-1" in page.find("#transcript .tool .tool-result").text
+    session = page.find("#session-label").text.split()[1]
+    history = gateway.get(f"/v1/sessions/console/{session}")
+    results = [e["message"]["content"] for e in history["events"] if e["type"] == "tool.result"]
+    assert results == ["refunded 20 on A-1"]
+
+
+def test_a_refused_call_does_not_run(
+    page: Page, model_server: ScriptedModelServer, gateway: Gateway
+) -> None:
+    model_server.add_tool_calls([("call_x", "refund", {"order_id": "B-2", "amount": 9})])
+    model_server.add_text("I did not refund it.")
+    page.connect(app="console")
+    page.send("refund order B-2")
+    page.until(lambda: page.find("#transcript .confirm button.refuse"), "a confirmation")
+    page.find("#transcript .confirm button.refuse").click()
+    page.wait_for_completions(2)
+    assert page.find_all("#transcript .msg.agent .text")[-1].text == "I did not refund it."
+    session = page.find("#session-label").text.split()[1]
+    history = gateway.get(f"/v1/sessions/console/{session}")
+    results = [e for e in history["events"] if e["type"] == "tool.result"]
+    assert len(results) == 1 and "refunded" not in results[0]["message"]["content"]
+    page.screenshot("refused")
 
 
 def test_sessions_are_listed_and_reopened(
