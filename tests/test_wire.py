@@ -44,6 +44,7 @@ PIECES = {
     ":owner:": "the owner key",
     ":attempts:": "the attempts key",
     ":submitted:": "the submitted key",
+    ":locator:": "the locator key (Redis Cluster)",
     ":session:": "the session lease keys",
     ":session-lease-token": "the fencing token counter",
     ":summary-lease:": "the summary lease key",
