@@ -215,9 +215,7 @@ async def test_a_run_s_events_are_published_sharded_stored_and_replayed(
     assert await bus.last_seq(run) == 3
 
 
-async def test_a_reader_of_an_unknown_invocation_gives_up_on_a_cluster(
-    redis_cluster_url: str,
-) -> None:
+def test_a_reader_of_an_unknown_invocation_gives_up_on_a_cluster(redis_cluster_url: str) -> None:
     from workers.bus import UnknownInvocationError
 
     with pytest.raises(UnknownInvocationError):
