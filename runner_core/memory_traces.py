@@ -31,6 +31,8 @@ __all__ = ["InMemoryTraceStore"]
 @dataclass(slots=True)
 class _Stored:
     header: str
+    #: (app, user, session): whose trace it is.
+    owner: tuple[str, str, str]
     fence: int | None = None
     steps: dict[str, str] = field(default_factory=dict)  # insertion-ordered
     expires_at: float | None = None
@@ -92,7 +94,7 @@ class InMemoryTraceStore:
         self._sweep()
         stored = self._live(trace.invocation_id)
         if stored is None:
-            stored = _Stored(trace.header().to_json(), fence)
+            stored = _Stored(trace.header().to_json(), _owner(trace), fence)
             self._traces[trace.invocation_id] = stored
             self._touch(stored)
             return True
@@ -119,7 +121,8 @@ class InMemoryTraceStore:
 
     async def finish(self, trace: Trace, *, fence: int | None = None) -> None:
         stored = self._writable(trace.invocation_id, fence)
-        check_owner(decode_trace(stored.header, f"trace {trace.invocation_id}"), trace)
+        if stored.owner != _owner(trace):
+            check_owner(decode_trace(stored.header, f"trace {trace.invocation_id}"), trace)
         stored.header = trace.header().to_json()
         self._touch(stored)
 
@@ -140,7 +143,7 @@ class InMemoryTraceStore:
         doomed = [
             invocation_id
             for invocation_id, stored in self._traces.items()
-            if _session_of(stored) == (key.app_name, key.user_id, key.session_id)
+            if stored.owner == (key.app_name, key.user_id, key.session_id)
         ]
         for invocation_id in doomed:
             del self._traces[invocation_id]
@@ -150,6 +153,5 @@ class InMemoryTraceStore:
         return None
 
 
-def _session_of(stored: _Stored) -> tuple[str, str, str]:
-    header = decode_trace(stored.header, "trace")
-    return header.app_name, header.user_id, header.session_id
+def _owner(trace: Trace) -> tuple[str, str, str]:
+    return trace.app_name, trace.user_id, trace.session_id

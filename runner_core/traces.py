@@ -33,12 +33,12 @@ the trace's own (app, user) reads it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import to_json
 
 from .errors import (
     CorruptSessionDataError,
@@ -92,6 +92,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _json(value: Any) -> str:
+    """``value`` as JSON text (pydantic's encoder: several times faster than ``json``)."""
+    return to_json(value, fallback=str).decode()
+
+
 def _same(value: Any) -> Any:
     return value
 
@@ -110,7 +115,7 @@ def cap_value(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
         if len(value) <= limit + _NOTE_CHARS:
             return value
         return f"{value[:limit]}... [{len(value) - limit} more characters]"
-    encoded = json.dumps(value, ensure_ascii=False, default=str)
+    encoded = _json(value)
     if len(encoded) <= limit + _NOTE_CHARS:
         return value
     if isinstance(value, list):
@@ -130,7 +135,7 @@ def newest_items(
     used = 0
     for item in reversed(items):
         converted = convert(item)
-        size = len(json.dumps(converted, ensure_ascii=False, default=str)) + 1
+        size = len(_json(converted)) + 1
         if used + size > limit:
             if not kept:  # the newest item alone is too long: keep it, cut
                 kept.append(cap_value(converted, limit))

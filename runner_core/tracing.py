@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -292,8 +293,48 @@ class _Recording:
     stored: set[str] = field(default_factory=set)
     models: dict[Branch, _ModelCall] = field(default_factory=dict)
     tools: dict[tuple[Branch, str], _ToolCallSeen] = field(default_factory=dict)
-    #: The store failed: the rest of this run's trace is not written.
-    broken: bool = False
+    #: Writes the run's steps in order, off the run's path.
+    writer: _Writer | None = None
+
+
+class _Writer:
+    """One run's trace writes, in order, in a task of their own: the run does not wait for
+    the store (a step costs it no round trip), a cancel of the run never cuts a write short,
+    and the completion waits for all of them (:meth:`close`).
+
+    A store failure stops the writes (logged); a fenced write stops them and is kept in
+    :attr:`fenced`, which the recorder raises on the run's next event.
+    """
+
+    def __init__(self, invocation_id: str) -> None:
+        self.invocation_id = invocation_id
+        self.queue: asyncio.Queue[Callable[[], Awaitable[Any]] | None] = asyncio.Queue()
+        self.fenced: FencedError | None = None
+        self.failed = False
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def put(self, write: Callable[[], Awaitable[Any]]) -> None:
+        self.queue.put_nowait(write)
+
+    async def _run(self) -> None:
+        while (write := await self.queue.get()) is not None:
+            if self.failed:
+                continue
+            try:
+                await write()
+            except FencedError as exc:
+                self.failed, self.fenced = True, exc
+            except Exception as exc:  # a failing trace store never fails the run
+                self.failed = True
+                logger.warning(
+                    "run %s: its trace is not written any more: %s: %s",
+                    self.invocation_id, type(exc).__name__, exc,
+                )  # fmt: skip
+
+    async def close(self) -> None:
+        """Wait for every write queued, then stop."""
+        self.queue.put_nowait(None)
+        await asyncio.shield(self.task)
 
 
 class TraceRecorder(Plugin):
@@ -316,6 +357,7 @@ class TraceRecorder(Plugin):
         self.agent = agent
         self.fence = fence
         self._runs: dict[str, _Recording] = {}
+        self._model_names: dict[str, str | None] = {}
 
     def _prices(self) -> dict[str, Any]:
         if self.agent is None:
@@ -327,29 +369,23 @@ class TraceRecorder(Plugin):
         }
 
     def _model_name(self, author: str) -> str | None:
-        agent = self.agent.find_agent(author) if self.agent is not None else None
-        model = agent.model if agent is not None else None
-        name = getattr(model, "name", None)
-        return name if isinstance(name, str) else None
+        if author not in self._model_names:
+            agent = self.agent.find_agent(author) if self.agent is not None else None
+            name = getattr(agent.model if agent is not None else None, "name", None)
+            self._model_names[author] = name if isinstance(name, str) else None
+        return self._model_names[author]
 
-    async def _write(self, recording: _Recording, write: Awaitable[T]) -> T | None:
-        """One store write of the run's trace; it lands even when the run is cancelled
-        meanwhile. A fenced write stops the run; any other failure stops the trace."""
-        if recording.broken:
-            if asyncio.iscoroutine(write):
-                write.close()
-            return None
+    async def _read(self, recording: _Recording, call: Awaitable[T]) -> T | None:
+        """A store call the run waits for (starting the trace, reading it back on a
+        redelivery). A fenced one stops the run; any other failure stops the trace."""
         try:
-            return await asyncio.shield(write)
+            return await asyncio.shield(call)
         except FencedError:
-            recording.broken = True
             raise
         except AgentRunnerError as exc:
-            recording.broken = True
             logger.warning(
-                "run %s: its trace is not written any more: %s",
-                recording.trace.invocation_id, exc,
-            )  # fmt: skip
+                "run %s: its trace is not written: %s", recording.trace.invocation_id, exc
+            )
             return None
 
     # --- the hooks -----------------------------------------------------------------------
@@ -368,11 +404,14 @@ class TraceRecorder(Plugin):
         fence = self.fence if self.fence is not None else getattr(ctx, "fence", None)
         recording = _Recording(trace, fence, TraceBuilder(self._prices()))
         self._runs[ctx.invocation_id] = recording
-        created = await self._write(recording, self.store.start(trace, fence=fence))
-        if not prior or recording.broken:
+        created = await self._read(recording, self.store.start(trace, fence=fence))
+        if created is None:
+            return  # the trace store failed: no trace for this run
+        recording.writer = _Writer(ctx.invocation_id)
+        if not prior:
             return
         if not created:
-            stored = await self._write(recording, self.store.get(ctx.invocation_id))
+            stored = await self._read(recording, self.store.get(ctx.invocation_id))
             if stored is not None:
                 recording.trace = stored.header()
                 recording.trace.task = recording.trace.task or trace.task
@@ -382,7 +421,7 @@ class TraceRecorder(Plugin):
         for event in prior:
             step = recording.builder.step_for(event)
             if step is not None and step.step_id not in recording.stored:
-                await self._add(recording, step)
+                self._add(recording, step)
 
     async def before_model(
         self, ctx: InvocationContext, request: ModelRequest
@@ -425,6 +464,8 @@ class TraceRecorder(Plugin):
         recording = self._runs.get(ctx.invocation_id)
         if recording is None:
             return
+        if recording.writer is not None and recording.writer.fenced is not None:
+            raise recording.writer.fenced  # a newer delivery owns the run: stop it
         if isinstance(event, RunCompletionEvent):
             await self._finish(ctx, recording, event)
             return
@@ -444,23 +485,27 @@ class TraceRecorder(Plugin):
                 step.started_at = seen.started_at
                 step.ended_at = seen.ended_at or step.ended_at
                 step.arguments = seen.arguments
-        await self._add(recording, step)
+        self._add(recording, step)
 
     # --- writes --------------------------------------------------------------------------
 
-    async def _add(self, recording: _Recording, step: Step) -> None:
-        invocation_id = recording.trace.invocation_id
-        write = self.store.add_step(invocation_id, step, fence=recording.fence)
-        await self._write(recording, write)
+    def _add(self, recording: _Recording, step: Step) -> None:
+        """Queue the step's write (the run goes on at once)."""
+        if recording.writer is None:
+            return
+        invocation_id, fence = recording.trace.invocation_id, recording.fence
+        recording.writer.put(lambda: self.store.add_step(invocation_id, step, fence=fence))
         recording.stored.add(step.step_id)
 
     async def _finish(
         self, ctx: InvocationContext, recording: _Recording, completion: RunCompletionEvent
     ) -> None:
         try:
+            if recording.writer is None:
+                return
             conclusion = recording.builder.conclusion(completion)
             if conclusion is not None and conclusion.step_id not in recording.stored:
-                await self._add(recording, conclusion)
+                self._add(recording, conclusion)
             trace = recording.trace
             trace.status = completion.status
             trace.usage = completion.usage
@@ -468,6 +513,23 @@ class TraceRecorder(Plugin):
             trace.error = completion.error
             trace.ended_at = completion.created_at
             trace.otel_trace_id = trace.otel_trace_id or current_otel_trace_id(ctx)
-            await self._write(recording, self.store.finish(trace, fence=recording.fence))
+            header, fence = trace.header(), recording.fence
+            recording.writer.put(lambda: self.store.finish(header, fence=fence))
+            await recording.writer.close()  # the trace is whole before the completion is out
         finally:
             self._runs.pop(ctx.invocation_id, None)
+
+    def run_scope(self, ctx: InvocationContext) -> AbstractAsyncContextManager[None]:
+        return self._run_scope(ctx)
+
+    @asynccontextmanager
+    async def _run_scope(self, ctx: InvocationContext) -> AsyncIterator[None]:
+        """A run that loses its session to a newer owner ends without a completion: stop its
+        writer here (what it queued is written, fenced)."""
+        try:
+            yield
+        except FencedError:
+            recording = self._runs.pop(ctx.invocation_id, None)
+            if recording is not None and recording.writer is not None:
+                await recording.writer.close()
+            raise

@@ -137,7 +137,11 @@ def test_a_sigkilled_workers_run_leaves_a_complete_trace_without_duplicates(
     wait_for(lambda: len(model_server.requests) == 2, "the second model call")
 
     # The steps so far are stored while the run is still going
-    during = get_trace("testkit", "gus", result.id, trace_url=redis_url)
+    def steps_so_far() -> Trace:
+        return get_trace("testkit", "gus", result.id, trace_url=redis_url)
+
+    wait_for(lambda: len(steps_so_far().steps) == 2, "the first two steps")
+    during = steps_so_far()
     assert during.status == "running"
     assert [s.kind for s in during.steps] == ["model_call", "tool_call"]
     worker.kill()
