@@ -117,8 +117,9 @@ def render(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Each step is written before its event is handed out, and the trace's header at the",
-        "start and the end of the run: with Redis, a run of these steps makes that many more",
-        "round trips (one Lua script each) than the same run untraced.",
+        "The recorder queues each step for a writer task of the run's own and the completion",
+        "waits for the writes to land: the store's round trips (one Lua script per step in",
+        "Redis, plus the header at the start and the end) overlap with the run, except the",
+        "first one (the trace's start) and the last ones.",
     ]
     return "\n".join(lines)

@@ -10,18 +10,24 @@
 - ``before_tool`` / ``after_tool``: when a tool call started and ended, its arguments;
 - ``after_event``: one step per stored event that records one (an assistant turn: a model call;
   a ``tool.result``: a tool call; an ``agent.transfer``: a transfer; a ``memory.injected``: a
-  memory read; an ``error`` ending a model call: that model call, failed), written before the
-  event is handed out;
+  memory read; an ``error`` ending a model call: that model call, failed), queued for the run's
+  writer as the event is stored;
 - ``after_event`` on the ``runner.completion``: the conclusion step (a completed run's answer)
-  and the trace's status, totals (usage and cost as the completion reports them) and end.
+  and the trace's status, totals (usage and cost as the completion reports them) and end; the
+  completion waits until every write of the run has landed, so a completed run's trace is
+  whole when its completion is out;
+- ``run_scope``: a run fenced off (no completion) stops its writer.
+
+The writes go through one task per run (:class:`_Writer`), in order, so the run never waits
+for the trace store between its steps and a cancel of the run never cuts a write short.
 
 Steps are derived from events alone (:class:`TraceBuilder`), with IDs fixed by the event's
 ``seq``, so a redelivered run rebuilds the same graph from the session and never writes a step
 twice. The hooks add what events do not hold (timings, the messages sent).
 
 A trace store that fails does not fail the run: the recorder logs it and stops writing that
-run's trace. A write refused by the fence (a newer delivery owns the run) stops the run, as a
-refused session append does.
+run's trace. A write refused by the fence (a newer delivery owns the run) stops the run at its
+next event, as a refused session append does.
 """
 
 from __future__ import annotations
