@@ -44,6 +44,7 @@ from .store_support import check_fence
 __all__ = [
     "DEFAULT_MAX_ARTIFACT_BYTES",
     "MAX_ARTIFACT_NAME_CHARS",
+    "MAX_IDEMPOTENCY_KEY_CHARS",
     "Artifact",
     "ArtifactKey",
     "ArtifactScope",
@@ -63,6 +64,8 @@ __all__ = [
 DEFAULT_MAX_ARTIFACT_BYTES: Final = 64 * 1024 * 1024
 #: The longest artifact name, ``user:`` prefix included.
 MAX_ARTIFACT_NAME_CHARS: Final = 512
+#: The longest ``idempotency_key`` of a save.
+MAX_IDEMPOTENCY_KEY_CHARS: Final = 512
 _MAX_CONTENT_TYPE_CHARS: Final = 255
 _CONTENT_TYPE_RE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(\s*;\s*[ -~]*)?")
 _DEFAULT_BINARY_TYPE: Final = "application/octet-stream"
@@ -303,6 +306,20 @@ def _check_version(version: object) -> int | None:
     return version
 
 
+def _check_idempotency_key(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidRequestError(
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY_CHARS} "
+            f"characters, got {shown(value)}."
+        )
+    surrogate = lone_surrogate(value)
+    if surrogate is not None:
+        raise InvalidRequestError(f"idempotency_key has {surrogate}.")
+    return value
+
+
 def _fence_of(
     app_name: str, user_id: str, session_id: str | None, fence: int | None
 ) -> RunFence | None:
@@ -333,11 +350,14 @@ class ArtifactService(Protocol):
         *,
         content_type: str | None = None,
         fence: int | None = None,
+        idempotency_key: str | None = None,
     ) -> ArtifactVersion:
         """Store ``data`` as the next version of ``name`` (0 for the first) and return it.
 
         The version is visible to readers only once it is whole. Saves of one name from many
-        processes at once each get their own version; none is lost.
+        processes at once each get their own version; none is lost. A save whose
+        ``idempotency_key`` an earlier save of the same name used stores nothing and returns
+        that save's version (a tool run again after its worker died saves once).
 
         Raises:
             InvalidRequestError: a bad name or content type, or data over the size limit.
@@ -417,8 +437,15 @@ class BaseArtifactService(ABC):
 
     @abstractmethod
     async def _save(
-        self, key: ArtifactKey, data: bytes, content_type: str, fence: RunFence | None
-    ) -> ArtifactVersion: ...
+        self,
+        key: ArtifactKey,
+        data: bytes,
+        content_type: str,
+        fence: RunFence | None,
+        idempotency_key: str | None,
+    ) -> ArtifactVersion:
+        """Store a new version, unless a version of ``key`` was saved with
+        ``idempotency_key`` (then return that one)."""
 
     @abstractmethod
     async def _load(self, key: ArtifactKey, version: int | None) -> Artifact | None: ...
@@ -455,10 +482,17 @@ class BaseArtifactService(ABC):
         *,
         content_type: str | None = None,
         fence: int | None = None,
+        idempotency_key: str | None = None,
     ) -> ArtifactVersion:
         key = artifact_key(app_name, user_id, session_id, name)
         raw, kind = artifact_data(name, data, content_type, self.max_size)
-        return await self._save(key, raw, kind, _fence_of(app_name, user_id, session_id, fence))
+        return await self._save(
+            key,
+            raw,
+            kind,
+            _fence_of(app_name, user_id, session_id, fence),
+            _check_idempotency_key(idempotency_key),
+        )
 
     async def load_artifact(
         self,
@@ -545,9 +579,15 @@ class ArtifactScope:
         )
 
     async def save(
-        self, name: str, data: bytes | str, *, content_type: str | None = None
+        self,
+        name: str,
+        data: bytes | str,
+        *,
+        content_type: str | None = None,
+        idempotency_key: str | None = None,
     ) -> ArtifactVersion:
-        """Save a new version of ``name`` and record it in :attr:`delta`."""
+        """Save a new version of ``name`` (or find the one saved with ``idempotency_key``)
+        and record it in :attr:`delta`."""
         saved = await self.service.save_artifact(
             self.app_name,
             self.user_id,
@@ -556,6 +596,7 @@ class ArtifactScope:
             data,
             content_type=content_type,
             fence=self.fence,
+            idempotency_key=idempotency_key,
         )
         self.delta[saved.name] = saved.version
         return saved

@@ -7,6 +7,7 @@ tests and for scripts that need artifacts for one process's lifetime.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .artifacts import (
@@ -26,6 +27,12 @@ __all__ = ["InMemoryArtifactService"]
 _Scope = tuple[str, str, str | None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    artifact: Artifact
+    idempotency_key: str | None
+
+
 class InMemoryArtifactService(BaseArtifactService):
     """Artifacts in a dict of this process; see :class:`~runner_core.artifacts.ArtifactService`.
 
@@ -35,7 +42,7 @@ class InMemoryArtifactService(BaseArtifactService):
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_ARTIFACT_BYTES) -> None:
         super().__init__(max_size=max_size)
-        self._scopes: dict[_Scope, dict[str, list[Artifact]]] = {}
+        self._scopes: dict[_Scope, dict[str, list[_Stored]]] = {}
         self._fences: dict[SessionKey, int] = {}
         # One process may run several event loops (a worker's, run_sync's): every access
         # holds the lock.
@@ -52,13 +59,22 @@ class InMemoryArtifactService(BaseArtifactService):
             raise fenced(fence.session, fence.token, holder)
 
     async def _save(
-        self, key: ArtifactKey, data: bytes, content_type: str, fence: RunFence | None
+        self,
+        key: ArtifactKey,
+        data: bytes,
+        content_type: str,
+        fence: RunFence | None,
+        idempotency_key: str | None,
     ) -> ArtifactVersion:
         with self._lock:
             self._check(fence)
             versions = self._scopes.setdefault(
                 (key.app_name, key.user_id, key.session_id), {}
             ).setdefault(key.path, [])
+            if idempotency_key is not None:
+                for stored in versions:
+                    if stored.idempotency_key == idempotency_key:
+                        return stored.artifact.info
             info = ArtifactVersion(
                 name=key.name,
                 version=len(versions),
@@ -66,7 +82,7 @@ class InMemoryArtifactService(BaseArtifactService):
                 size=len(data),
                 created_at=datetime.now(UTC),
             )
-            versions.append(Artifact(info, data))
+            versions.append(_Stored(Artifact(info, data), idempotency_key))
         return info
 
     async def _load(self, key: ArtifactKey, version: int | None) -> Artifact | None:
@@ -77,8 +93,8 @@ class InMemoryArtifactService(BaseArtifactService):
             if not versions:
                 return None
             if version is None:
-                return versions[-1]
-            return versions[version] if version < len(versions) else None
+                return versions[-1].artifact
+            return versions[version].artifact if version < len(versions) else None
 
     async def _names(self, app_name: str, user_id: str, session_id: str | None) -> list[str]:
         with self._lock:
@@ -90,7 +106,7 @@ class InMemoryArtifactService(BaseArtifactService):
     async def _versions(self, key: ArtifactKey) -> list[ArtifactVersion]:
         with self._lock:
             scope = self._scopes.get((key.app_name, key.user_id, key.session_id), {})
-            return [artifact.info for artifact in scope.get(key.path, [])]
+            return [stored.artifact.info for stored in scope.get(key.path, [])]
 
     async def _delete(self, key: ArtifactKey, fence: RunFence | None) -> None:
         with self._lock:

@@ -40,6 +40,7 @@ call) to whatever they change, so the repeat has no second effect::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import re
@@ -105,6 +106,7 @@ class ToolContext:
     __slots__ = (
         "_end_invocation",
         "_escalate",
+        "_saves",
         "app_name",
         "artifacts",
         "invocation_id",
@@ -146,6 +148,7 @@ class ToolContext:
         #: The session's artifacts, with this call's saves recorded (None: the run has no
         #: artifact store; the methods below then raise).
         self.artifacts = artifacts
+        self._saves = 0
 
     def end_invocation(self) -> None:
         """End the run once this tool's result is recorded: no more model or tool calls."""
@@ -180,11 +183,25 @@ class ToolContext:
         """Save a new version of the artifact ``name`` (``user:...`` for the user's scope);
         returns its version. The call's ``tool.result`` records it in ``artifact_delta``.
 
+        A save is keyed by the call's :attr:`idempotency_key`, its place among the call's
+        saves and its bytes, so a call run again after its worker died (the same saves of the
+        same bytes) gets the versions of the first attempt back instead of adding new ones.
+
         Raises:
             InvalidRequestError: a bad name or content type, or data over the size limit.
             ToolExecutionError: the run has no artifact store.
         """
-        return (await self._artifact_scope().save(name, data, content_type=content_type)).version
+        scope = self._artifact_scope()
+        digest = hashlib.blake2b(digest_size=20)
+        digest.update(f"{self.idempotency_key}\x00{self._saves}\x00".encode())
+        if isinstance(data, str):
+            digest.update(data.encode("utf-8", "surrogatepass"))
+        elif isinstance(data, bytes | bytearray | memoryview):
+            digest.update(data)
+        key = digest.hexdigest()
+        self._saves += 1
+        saved = await scope.save(name, data, content_type=content_type, idempotency_key=key)
+        return saved.version
 
     async def load_artifact(self, name: str, *, version: int | None = None) -> Artifact | None:
         """The latest version of ``name`` (or ``version``); None when there is none."""

@@ -64,9 +64,11 @@ class ArtifactIndex(Protocol):
         created_at: datetime,
         location: str,
         fence: RunFence | None,
-    ) -> ArtifactVersion:
+        idempotency_key: str | None,
+    ) -> tuple[ArtifactVersion, bool]:
         """Allocate the next version of ``key`` and record it, atomically with the fence
-        check.
+        check; ``(version, True)``. When a version of ``key`` was recorded with
+        ``idempotency_key``, record nothing: ``(that version, False)``.
 
         Raises:
             FencedError: a greater token holds the session's fence; nothing was recorded.
@@ -180,23 +182,32 @@ class BlobArtifactService(BaseArtifactService):
     # --- the backend -------------------------------------------------------------------------
 
     async def _save(
-        self, key: ArtifactKey, data: bytes, content_type: str, fence: RunFence | None
+        self,
+        key: ArtifactKey,
+        data: bytes,
+        content_type: str,
+        fence: RunFence | None,
+        idempotency_key: str | None,
     ) -> ArtifactVersion:
         folder = _session_folder(key.app_name, key.user_id, key.session_id)
         location = f"{folder}/{_segment('name', key.path)}/{uuid.uuid4().hex}.bin"
         await self._blob("writing bytes", self._fs.pipe_file, self._path(location), data)
         try:
-            return await self.index.commit(
+            info, recorded = await self.index.commit(
                 key,
                 content_type=content_type,
                 size=len(data),
                 created_at=datetime.now(UTC),
                 location=location,
                 fence=fence,
+                idempotency_key=idempotency_key,
             )
         except BaseException:
             await asyncio.shield(self._remove_blobs([location]))
             raise
+        if not recorded:  # saved before under this idempotency key: these bytes are spare
+            await self._remove_blobs([location])
+        return info
 
     async def _load(self, key: ArtifactKey, version: int | None) -> Artifact | None:
         found = await self.index.find(key, version)

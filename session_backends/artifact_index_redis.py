@@ -6,6 +6,7 @@ or ``u`` for ``user:`` names), every part percent-encoded:
 
 - ``P:artifact-versions:{A/U}:S:<name>``: a hash, version -> JSON (content type, size, time,
   location of the bytes);
+- ``P:artifact-keys:{A/U}:S:<name>``: a hash, idempotency key -> version;
 - ``P:artifact-names:{A/U}:S``: a set of the scope's names (encoded);
 - ``P:artifact-fence:{A/U}:s/<session>``: the session's fencing token.
 
@@ -34,39 +35,46 @@ __all__ = ["RedisArtifactIndex"]
 
 T = TypeVar("T")
 
-# KEYS: versions, names, fence ("" when unfenced, still a key of the slot). ARGV: token or "",
-# the entry's JSON, the name. Returns {version} or {-1, holder}.
+# KEYS: versions, names, fence (an unwritten key of the slot when unfenced), idempotency keys.
+# ARGV: token or "", the entry's JSON, the name, the idempotency key or "". Returns {version},
+# {-1, holder} (fenced), or {-2, version, entry} (saved before under that idempotency key).
 _COMMIT = """
 if ARGV[1] ~= '' then
   local holder = tonumber(redis.call('GET', KEYS[3]) or '0')
   if holder > tonumber(ARGV[1]) then return {-1, holder} end
 end
+if ARGV[4] ~= '' then
+  local before = redis.call('HGET', KEYS[4], ARGV[4])
+  if before then return {-2, tonumber(before), redis.call('HGET', KEYS[1], before)} end
+end
 local version = redis.call('HLEN', KEYS[1])
 redis.call('HSET', KEYS[1], tostring(version), ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], version) end
 return {version}
 """
 
-# KEYS: versions, names, fence. ARGV: token or "", the name. Returns {locations...} or
-# {-1, holder}.
+# KEYS: versions, names, fence, idempotency keys. ARGV: token or "", the name. Returns
+# {entries...} or {-1, holder}.
 _REMOVE = """
 if ARGV[1] ~= '' then
   local holder = tonumber(redis.call('GET', KEYS[3]) or '0')
   if holder > tonumber(ARGV[1]) then return {-1, holder} end
 end
 local entries = redis.call('HVALS', KEYS[1])
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[4])
 redis.call('SREM', KEYS[2], ARGV[2])
 return entries
 """
 
-# KEYS: names, fence. ARGV: the versions key of a name minus the name. Returns the entries.
+# KEYS: names, fence. ARGV: the versions key of a name minus the name, the same for its
+# idempotency keys. Returns the entries.
 _REMOVE_SESSION = """
 local gone = {}
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = ARGV[1] .. name
   for _, entry in ipairs(redis.call('HVALS', key)) do table.insert(gone, entry) end
-  redis.call('DEL', key)
+  redis.call('DEL', key, ARGV[2] .. name)
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return gone
@@ -131,6 +139,10 @@ class RedisArtifactIndex:
         scope = self._scope(key.app_name, key.user_id, key.session_id)
         return f"{self.key_prefix}:artifact-versions:{scope}:{_q(key.path)}"
 
+    def _keys_key(self, key: ArtifactKey) -> str:
+        scope = self._scope(key.app_name, key.user_id, key.session_id)
+        return f"{self.key_prefix}:artifact-keys:{scope}:{_q(key.path)}"
+
     def _names_key(self, app_name: str, user_id: str, session_id: str | None) -> str:
         return f"{self.key_prefix}:artifact-names:{self._scope(app_name, user_id, session_id)}"
 
@@ -148,7 +160,8 @@ class RedisArtifactIndex:
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ArtifactBackendError(
                 f"Redis artifact index at {self._where} failed while {action}: "
-                f"{type(exc).__name__}: {exc}. Check that Redis is up and reachable."
+                f"{type(exc).__name__}: {str(exc).rstrip('.')}. Check that Redis is up and "
+                "reachable."
             ) from exc
 
     def _entry(self, key_name: str, version: int, raw: bytes | str) -> tuple[ArtifactVersion, str]:
@@ -180,7 +193,8 @@ class RedisArtifactIndex:
         created_at: datetime,
         location: str,
         fence: RunFence | None,
-    ) -> ArtifactVersion:
+        idempotency_key: str | None,
+    ) -> tuple[ArtifactVersion, bool]:
         entry = json.dumps(
             {
                 "content_type": content_type,
@@ -193,22 +207,26 @@ class RedisArtifactIndex:
             self._versions_key(key),
             self._names_key(key.app_name, key.user_id, key.session_id),
             self._fence_of(key, fence),
+            self._keys_key(key),
         ]
         token = str(fence.token) if fence is not None else ""
+        args = [token, entry, _q(key.path), idempotency_key or ""]
         result: list[Any] = await self._call(
-            f"saving {key.name!r}",
-            lambda: self._commit(keys=keys, args=[token, entry, _q(key.path)]),
+            f"saving {key.name!r}", lambda: self._commit(keys=keys, args=args)
         )
-        if int(result[0]) < 0:
+        if int(result[0]) == -1:
             assert fence is not None
             raise fenced(fence.session, fence.token, int(result[1]))
-        return ArtifactVersion(
+        if int(result[0]) == -2:
+            return self._entry(key.name, int(result[1]), result[2])[0], False
+        info = ArtifactVersion(
             name=key.name,
             version=int(result[0]),
             content_type=content_type,
             size=size,
             created_at=created_at,
         )
+        return info, True
 
     def _fence_of(self, key: ArtifactKey, fence: RunFence | None) -> str:
         if fence is None:
@@ -260,6 +278,7 @@ class RedisArtifactIndex:
             self._versions_key(key),
             self._names_key(key.app_name, key.user_id, key.session_id),
             self._fence_of(key, fence),
+            self._keys_key(key),
         ]
         token = str(fence.token) if fence is not None else ""
         result: list[Any] = await self._call(
@@ -273,11 +292,15 @@ class RedisArtifactIndex:
     async def remove_session(self, session: SessionKey) -> list[str]:
         app, user, sid = session.app_name, session.user_id, session.session_id
         keys = [self._names_key(app, user, sid), self._fence_key(app, user, sid)]
-        prefix = f"{self.key_prefix}:artifact-versions:{self._scope(app, user, sid)}:"
+        scope = self._scope(app, user, sid)
+        prefixes = [
+            f"{self.key_prefix}:artifact-versions:{scope}:",
+            f"{self.key_prefix}:artifact-keys:{scope}:",
+        ]
         # The set holds the encoded names, the last part of each versions key.
         result: list[Any] = await self._call(
             f"deleting the artifacts of session {sid!r}",
-            lambda: self._remove_session(keys=keys, args=[prefix]),
+            lambda: self._remove_session(keys=keys, args=prefixes),
         )
         return self._locations(result, f"session {sid!r}")
 

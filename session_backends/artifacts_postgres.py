@@ -78,12 +78,18 @@ class _Tables:
             "CREATE TABLE IF NOT EXISTS {v} (app_name TEXT NOT NULL, user_id TEXT NOT NULL, "
             "scope TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, "
             "content_type TEXT NOT NULL, size BIGINT NOT NULL, "
-            "created_at TIMESTAMPTZ NOT NULL, location TEXT, data BYTEA, "
+            "created_at TIMESTAMPTZ NOT NULL, location TEXT, data BYTEA, idempotency_key TEXT, "
             "PRIMARY KEY (app_name, user_id, scope, name, version))",
             "CREATE TABLE IF NOT EXISTS {f} (app_name TEXT NOT NULL, user_id TEXT NOT NULL, "
             "session_id TEXT NOT NULL, token BIGINT NOT NULL, "
             "PRIMARY KEY (app_name, user_id, session_id))",
         ]
+        # The prefix is a checked plain name, so the index's name is one too.
+        create.append(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {prefix}artifact_versions_idempotency ON {{v}} "
+            "(app_name, user_id, scope, name, idempotency_key) "
+            "WHERE idempotency_key IS NOT NULL"
+        )
         self.schema = (
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
             if schema
@@ -105,23 +111,30 @@ class _Tables:
         # One statement, one round trip: the fence row read FOR SHARE (a newer owner's
         # take_fence waits for it, or this sees its token), the version taken from the name's
         # row (its lock orders concurrent saves), the version row written; nothing when a
-        # greater token holds the fence. Returns (version or NULL, the fence's token).
+        # greater token holds the fence, or when a version was saved with the idempotency key.
+        # Returns (version or NULL, the fence's token, the earlier version's columns or NULLs).
         self.commit = q(
             "WITH fence AS (SELECT token FROM {f} WHERE app_name = %(app)s "
             "AND user_id = %(user)s AND session_id = %(fenced_session)s FOR SHARE), "
+            "earlier AS (SELECT version, content_type, size, created_at FROM {v} "
+            "WHERE app_name = %(app)s AND user_id = %(user)s AND scope = %(scope)s "
+            "AND name = %(name)s AND idempotency_key = %(idempotency_key)s::text), "
             "allowed AS (SELECT NOT EXISTS "
-            "(SELECT 1 FROM fence WHERE token > %(token)s::bigint) AS ok), "
+            "(SELECT 1 FROM fence WHERE token > %(token)s::bigint) "
+            "AND NOT EXISTS (SELECT 1 FROM earlier) AS ok), "
             "taken AS (INSERT INTO {n} AS n (app_name, user_id, scope, name, next_version) "
             "SELECT %(app)s, %(user)s, %(scope)s, %(name)s, 1 FROM allowed WHERE ok "
             "ON CONFLICT (app_name, user_id, scope, name) "
             "DO UPDATE SET next_version = n.next_version + 1 "
             "RETURNING n.next_version - 1 AS version), "
             "written AS (INSERT INTO {v} (app_name, user_id, scope, name, version, "
-            "content_type, size, created_at, location, data) "
+            "content_type, size, created_at, location, data, idempotency_key) "
             "SELECT %(app)s, %(user)s, %(scope)s, %(name)s, taken.version, %(content_type)s::text, "
-            "%(size)s::bigint, %(created_at)s::timestamptz, %(location)s::text, %(data)s::bytea "
-            "FROM taken RETURNING version) "
-            "SELECT (SELECT version FROM written), (SELECT max(token) FROM fence)"
+            "%(size)s::bigint, %(created_at)s::timestamptz, %(location)s::text, %(data)s::bytea, "
+            "%(idempotency_key)s::text FROM taken RETURNING version) "
+            "SELECT (SELECT version FROM written), (SELECT max(token) FROM fence), "
+            "e.version, e.content_type, e.size, e.created_at "
+            "FROM (SELECT 1) AS one LEFT JOIN earlier AS e ON true"
         )
         columns = "version, content_type, size, created_at, location"
         self.latest = q(
@@ -272,7 +285,8 @@ class _Postgres:
         location: str | None,
         data: bytes | None,
         fence: RunFence | None,
-    ) -> ArtifactVersion:
+        idempotency_key: str | None,
+    ) -> tuple[ArtifactVersion, bool]:
         params = {
             "app": key.app_name,
             "user": key.user_id,
@@ -286,26 +300,33 @@ class _Postgres:
             "created_at": created_at,
             "location": location,
             "data": data,
+            "idempotency_key": idempotency_key,
         }
 
         async def body(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...]:
-            cursor = await conn.execute(self.tables.commit, params)
+            try:
+                cursor = await conn.execute(self.tables.commit, params)
+            except psycopg.errors.UniqueViolation:
+                # Another save with this idempotency key committed first: it is the earlier.
+                cursor = await conn.execute(self.tables.commit, params)
             row = await cursor.fetchone()
             assert row is not None
             return tuple(row)
 
-        written, holder = await self.run(f"saving {key.name!r}", body, transaction=False)
-        if written is None:
-            assert fence is not None
+        written, holder, *earlier = await self.run(f"saving {key.name!r}", body, transaction=False)
+        if written is None and holder is not None and fence is not None and holder > fence.token:
             raise fenced(fence.session, fence.token, holder)
-        version = int(written)
-        return ArtifactVersion(
+        if written is None:
+            assert earlier[0] is not None
+            return _info(key, tuple(earlier)), False
+        info = ArtifactVersion(
             name=key.name,
-            version=version,
+            version=int(written),
             content_type=content_type,
             size=size,
             created_at=created_at,
         )
+        return info, True
 
     async def find(
         self, key: ArtifactKey, version: int | None, *, with_data: bool
@@ -432,7 +453,8 @@ class PostgresArtifactIndex:
         created_at: datetime,
         location: str,
         fence: RunFence | None,
-    ) -> ArtifactVersion:
+        idempotency_key: str | None,
+    ) -> tuple[ArtifactVersion, bool]:
         return await self._pg.commit(
             key,
             content_type=content_type,
@@ -441,6 +463,7 @@ class PostgresArtifactIndex:
             location=location,
             data=None,
             fence=fence,
+            idempotency_key=idempotency_key,
         )
 
     async def find(
@@ -511,9 +534,14 @@ class PostgresArtifactService(BaseArtifactService):
         return f"PostgresArtifactService({self._pg.where})"
 
     async def _save(
-        self, key: ArtifactKey, data: bytes, content_type: str, fence: RunFence | None
+        self,
+        key: ArtifactKey,
+        data: bytes,
+        content_type: str,
+        fence: RunFence | None,
+        idempotency_key: str | None,
     ) -> ArtifactVersion:
-        return await self._pg.commit(
+        info, _ = await self._pg.commit(
             key,
             content_type=content_type,
             size=len(data),
@@ -521,7 +549,9 @@ class PostgresArtifactService(BaseArtifactService):
             location=None,
             data=data,
             fence=fence,
+            idempotency_key=idempotency_key,
         )
+        return info
 
     async def _load(self, key: ArtifactKey, version: int | None) -> Artifact | None:
         found = await self._pg.find(key, version, with_data=True)

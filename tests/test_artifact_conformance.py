@@ -140,6 +140,33 @@ async def test_list_versions_holds_every_version_oldest_first(store: ArtifactSer
     assert await store.list_versions(APP, USER, SESSION, "nothing.txt") == []
 
 
+async def test_a_save_under_an_idempotency_key_already_used_stores_nothing(
+    store: ArtifactService, backend: str, tmp_path: Path
+) -> None:
+    first = await store.save_artifact(APP, USER, SESSION, "a.txt", "one", idempotency_key="k1")
+    again = await store.save_artifact(APP, USER, SESSION, "a.txt", b"2!", idempotency_key="k1")
+    other = await store.save_artifact(APP, USER, SESSION, "a.txt", "three", idempotency_key="k2")
+    plain = await store.save_artifact(APP, USER, SESSION, "a.txt", "four")
+
+    assert (again.version, again.size, again.content_type) == (0, 3, first.content_type)
+    assert (other.version, plain.version) == (1, 2)
+    assert [v.version for v in await store.list_versions(APP, USER, SESSION, "a.txt")] == [0, 1, 2]
+    kept = await store.load_artifact(APP, USER, SESSION, "a.txt", version=0)
+    assert kept is not None and kept.text() == "one"
+    if backend.startswith("files"):
+        assert len(_files(tmp_path / "blobs")) == 3  # the repeat's bytes were removed
+    # A key is per name, and a deleted name's keys go with it.
+    elsewhere = await store.save_artifact(APP, USER, SESSION, "b.txt", "x", idempotency_key="k1")
+    assert elsewhere.version == 0
+    await store.delete_artifact(APP, USER, SESSION, "a.txt")
+    fresh = await store.save_artifact(APP, USER, SESSION, "a.txt", "five", idempotency_key="k1")
+    loaded = await store.load_artifact(APP, USER, SESSION, "a.txt")
+    assert fresh.version == 0 and loaded is not None and loaded.text() == "five"
+    await store.delete_session_artifacts(APP, USER, SESSION)
+    again_fresh = await store.save_artifact(APP, USER, SESSION, "b.txt", "y", idempotency_key="k1")
+    assert again_fresh.version == 0
+
+
 # --- scopes ----------------------------------------------------------------------------------
 
 
@@ -271,6 +298,10 @@ async def test_names_that_could_leave_their_scope_are_refused(
         (lambda s: s.save_artifact(APP, "../bob", SESSION, "a", b"x"), "user_id"),
         (lambda s: s.save_artifact(APP, USER, "s/1", "a", b"x"), "session_id"),
         (lambda s: s.save_artifact(APP, USER, SESSION, "a", b"x", fence=0), "fence"),
+        (
+            lambda s: s.save_artifact(APP, USER, SESSION, "a", b"x", idempotency_key=""),
+            "idempotency_key",
+        ),
     ],
 )
 async def test_bad_arguments_name_the_field(

@@ -236,3 +236,34 @@ async def test_an_agent_called_as_a_tool_hands_its_artifacts_to_the_callers_sess
     adopted = await store.load_artifact(APP, USER, "s1", "draft.md")
     assert adopted is not None and adopted.text() == "second draft"
     assert adopted.content_type == "text/markdown; charset=utf-8"
+
+
+async def test_a_tool_call_run_again_gets_its_first_versions_back() -> None:
+    from runner_core.artifacts import ArtifactScope
+
+    store = InMemoryArtifactService()
+
+    def attempt() -> ToolContext:
+        scope = ArtifactScope(store, app_name=APP, user_id=USER, session_id="s1")
+        return ToolContext(
+            app_name=APP,
+            user_id=USER,
+            session_id="s1",
+            invocation_id="inv-1",
+            tool_call_id="call-1",
+            state={},
+            artifacts=scope,
+        )
+
+    first, rerun = attempt(), attempt()  # the worker died after the first attempt saved
+    assert await first.save_artifact("report.md", "draft") == 0
+    assert await first.save_artifact("report.md", "final") == 1
+    assert await rerun.save_artifact("report.md", "draft") == 0
+    assert await rerun.save_artifact("report.md", "final") == 1
+    assert rerun.artifact_delta == {"report.md": 1}
+    # Different bytes, or another call, are new saves.
+    assert await rerun.save_artifact("report.md", "final, edited") == 2
+    other_call = attempt()
+    other_call.tool_call_id = "call-2"
+    assert await other_call.save_artifact("report.md", "draft") == 3
+    assert len(await store.list_versions(APP, USER, "s1", "report.md")) == 4
