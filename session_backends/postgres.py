@@ -528,15 +528,17 @@ class PostgresSessionService:
         ttl = self.session_ttl
 
         async def work(conn: Conn) -> int | None:
-            # Pipeline mode batches the statements: three round trips in all (lock the row;
+            # Pipeline mode batches the statements: two round trips in all (lock the row and
             # insert the event; the rest with COMMIT), which keeps the row lock short when
             # many writers queue on one session.
             async with conn.pipeline(), conn.transaction():
                 if fence is not None:
-                    # Sent with the row lock (one round trip); read first, so a stale owner
-                    # stops before anything is written.
+                    # Sent with the row lock (one round trip); a stale owner's insert is rolled
+                    # back below, before anything else is sent.
                     fence_cur = await conn.execute(self._sql.check_fence, ids)
-                cur = await conn.execute(self._sql.lock_session, ids)
+                cur = await conn.execute(
+                    self._sql.lock_and_insert, (*ids, *ids, event.id, event_json, now, now, ttl)
+                )
                 if fence is not None:
                     holder = await fence_cur.fetchone()
                     if holder is None or holder[0] != fence:
@@ -544,11 +546,8 @@ class PostgresSessionService:
                 row = await cur.fetchone()
                 if row is None:
                     raise session_not_found(key)
-                pk, position, first, last_user = row
-                cur = await conn.execute(
-                    self._sql.insert_event, (*ids, event.id, position, event_json, now, now, ttl)
-                )
-                if await cur.fetchone() is None:  # the event ID is there already
+                pk, position, first, last_user, inserted = row
+                if not inserted:  # the event ID is there already
                     return None
                 count = position + 1
                 if is_user:

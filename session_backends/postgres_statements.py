@@ -130,11 +130,6 @@ class Statements:
             f"WHERE app_name = %s AND user_id = %s AND {_LIVE} ORDER BY created_at, session_id",
             **t,
         )
-        self.lock_session = q(
-            "SELECT id, event_count, first_position, last_user_position FROM {ss} "
-            f"WHERE {_KEY} AND {_LIVE} FOR UPDATE",
-            **t,
-        )
         self.take_fence = q(
             "INSERT INTO {sf} (app_name, user_id, session_id, token) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (app_name, user_id, session_id) DO UPDATE SET "
@@ -144,11 +139,20 @@ class Statements:
         self.check_fence = q(f"SELECT token FROM {{sf}} WHERE {_KEY} FOR SHARE", **t)
         self.delete_fence = q(f"DELETE FROM {{sf}} WHERE {_KEY}", **t)
         self.share_session = q(f"SELECT 1 FROM {{ss}} WHERE {_KEY} AND {_LIVE} FOR KEY SHARE", **t)
-        self.insert_event = q(
-            "INSERT INTO {se} (app_name, user_id, session_id, event_id, position, event, "
-            f"created_at, updated_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, "
-            f"{_EXPIRES}) ON CONFLICT (app_name, user_id, session_id, event_id) "
-            "WHERE deleted_at IS NULL DO NOTHING RETURNING 1",
+        # Lock the session row and insert the event at the next position, in one statement
+        # (one round trip): the row (id, event_count, first_position, last_user_position)
+        # and whether the event was inserted (false: the session holds its ID already). No
+        # row: no live session.
+        self.lock_and_insert = q(
+            "WITH s AS (SELECT id, event_count, first_position, last_user_position FROM {ss} "
+            f"WHERE {_KEY} AND {_LIVE} FOR UPDATE), "
+            "e AS (INSERT INTO {se} (app_name, user_id, session_id, event_id, position, event, "
+            "created_at, updated_at, expires_at) SELECT %s, %s, %s, %s, s.event_count, "
+            f"%s::jsonb, %s, %s, {_EXPIRES} FROM s "
+            "ON CONFLICT (app_name, user_id, session_id, event_id) WHERE deleted_at IS NULL "
+            "DO NOTHING RETURNING 1) "
+            "SELECT s.id, s.event_count, s.first_position, s.last_user_position, "
+            "EXISTS (SELECT 1 FROM e) FROM s",
             **t,
         )
         self.update_session = q(
