@@ -90,7 +90,7 @@ async def _submit(
         args, kwargs = request.task_arguments()
         send = functools.partial(client.submit, *args, invocation_id=invocation_id, **kwargs)
         await asyncio.to_thread(send)
-    except BaseException:
+    except Exception:  # not sent: leave nothing behind (a cancelled request may have sent it)
         await forget_webhook(gateway.redis, invocation_id, prefix=gateway.prefix)
         await forget_run(gateway.redis, invocation_id, prefix=gateway.prefix)
         raise
