@@ -4,6 +4,9 @@ saves a report as an artifact, and the built-in ``load_artifacts``."""
 from __future__ import annotations
 
 import os
+import signal
+
+import redis
 
 from runner_core import LLMAgent, ToolContext, load_artifacts, tool
 from runner_core.openai_model import OpenAIModel
@@ -21,6 +24,25 @@ async def write_report(title: str, body: str, context: ToolContext) -> str:
     return f"saved report.md version {version}"
 
 
+#: How many times ``report_then_crash`` ran (a Redis counter, seen from the test).
+CRASH_COUNTER_KEY = "test:artifact-report-then-crash"
+
+
+@tool
+async def report_then_crash(context: ToolContext) -> str:
+    """Save the report, then, the first time only, kill this worker (SIGKILL) before the call's
+    result is stored: the run is redelivered and the call runs again on another worker."""
+    version = await context.save_artifact("report.md", "# Crash report\n")
+    client = redis.Redis.from_url(os.environ["AGENT_RUNNER_REDIS_URL"])
+    try:
+        attempt = client.incr(CRASH_COUNTER_KEY)
+    finally:
+        client.close()
+    if attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return f"saved report.md version {version}"
+
+
 def build_artkit() -> LLMAgent:
     model = OpenAIModel(
         os.environ.get("AGENT_RUNNER_MODEL", "scripted"),
@@ -28,4 +50,4 @@ def build_artkit() -> LLMAgent:
         api_key="sk-test",
         max_retries=0,
     )
-    return LLMAgent("artkit", model=model, tools=[write_report, load_artifacts])
+    return LLMAgent("artkit", model=model, tools=[write_report, report_then_crash, load_artifacts])

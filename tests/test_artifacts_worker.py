@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,52 @@ def test_bad_artifact_settings_name_the_variable(redis_url: str) -> None:
     assert off.url is None and off.index_url == redis_url
     with pytest.raises(ConfigurationError, match="set AGENT_RUNNER_ARTIFACT_URL"):
         off.open()
+
+
+def test_a_tool_run_again_after_its_worker_died_adds_no_version(
+    start_worker: StartWorker,
+    producer: Any,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import redis
+
+    from tests.artifact_agents import CRASH_COUNTER_KEY
+
+    # Given a tool that saves a report and then, the first time, kills its worker
+    artifact_env = {"AGENT_RUNNER_ARTIFACT_URL": f"file://{tmp_path}/artifacts"}
+    with ScriptedModelServer() as model:
+        model.add_tool_calls([("c1", "report_then_crash", {})])
+        model.add_text("The report is saved.")
+        env = {
+            "AGENT_RUNNER_AGENTS": "artkit=tests.artifact_agents:build_artkit",
+            "OPENAI_BASE_URL": model.url,
+            **artifact_env,
+        }
+        first = start_worker(**env)
+        from workers.tasks import submit_run
+
+        session_id = f"s-{uuid.uuid4().hex[:8]}"
+        result = submit_run.delay("artkit", "alice", session_id, "Write the crash report.")
+
+        # When the worker dies mid-call and another one takes the run over
+        deadline = time.monotonic() + 90  # only keeps a broken run from hanging the suite
+        while first.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not first.is_alive(), "the tool did not kill its worker"
+        start_worker(**env)
+        events = wait_for_completion(redis_url, result.id, timeout=120)
+
+    # Then the call ran twice, and the report has the one version the stored result names
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert int(client.get(CRASH_COUNTER_KEY) or 0) == 2
+    finally:
+        client.close()
+    assert events[-1]["status"] == "completed", events[-1]
+    (stored,) = [e for e in events if e["type"] == "tool.result"]
+    assert stored["artifact_delta"] == {"report.md": 0}
+    for name, value in artifact_env.items():
+        monkeypatch.setenv(name, value)
+    assert [v.version for v in artifact_versions("artkit", "alice", session_id, "report.md")] == [0]
