@@ -23,8 +23,8 @@ by an exact scan over the scope's stored vectors.
 
 The items and the rules on them (scopes, text, identity, merge, checks) are
 :mod:`runner_core.memory_items`; this module re-exports them, and holds the ranking and the
-service. :class:`MemoryService` is the one base of every store: it checks input, applies the merge and
-identity rules, and ranks; a backend implements the few ``_`` primitives that talk to its
+service. :class:`MemoryService` is the one base of every store: it checks input, applies the
+merge and identity rules, and ranks; a backend implements the few ``_`` primitives that talk to its
 server (:class:`~runner_core.memory_store.InMemoryMemoryService`,
 ``session_backends.memory_redis``, ``session_backends.memory_postgres``).
 """
@@ -102,6 +102,7 @@ __all__ = [
     "merged",
     "new_item_id",
     "normalize_text",
+    "scored_terms",
     "search_text",
     "tokenize",
     "top",
@@ -119,6 +120,29 @@ DEFAULT_SEARCH_LIMIT: Final = 5
 #: BM25's term-frequency saturation and length normalisation (the usual values).
 BM25_K1: Final = 1.2
 BM25_B: Final = 0.75
+#: In a scope of at least :data:`PRUNE_FROM_ITEMS` items, a query word held by more than this
+#: share of them is not scored when the query has rarer words (:func:`scored_terms`).
+COMMON_WORD_SHARE: Final = 0.2
+PRUNE_FROM_ITEMS: Final = 500
+
+
+def scored_terms(
+    terms: Iterable[str], document_frequency: Mapping[str, int], n_items: int
+) -> list[str]:
+    """The query words worth scoring: those the scope holds, without the very common ones.
+
+    A word in more than :data:`COMMON_WORD_SHARE` of a large scope's items (at least
+    :data:`PRUNE_FROM_ITEMS`) weighs least in BM25 and costs the most to score (the longest
+    posting lists), so it is left out when the query has a rarer word; a query of common words
+    only is scored by its rarest. Small scopes score every word.
+    """
+    held = [t for t in dict.fromkeys(terms) if document_frequency.get(t, 0) > 0]
+    if n_items < PRUNE_FROM_ITEMS:
+        return held
+    rare = [t for t in held if document_frequency[t] <= COMMON_WORD_SHARE * n_items]
+    if rare or not held:
+        return rare
+    return [min(held, key=lambda t: document_frequency[t])]
 
 
 def bm25_scores(

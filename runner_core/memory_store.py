@@ -20,6 +20,7 @@ from .memory import (
     MemoryService,
     bm25_scores,
     kind_of_id,
+    scored_terms,
     search_text,
     tokenize,
     top,
@@ -128,7 +129,11 @@ class InMemoryMemoryService(MemoryService):
         data = self._scopes.get((app_name, scope))
         if data is None:
             return []
-        scores = bm25_scores(terms, data.postings, data.lengths, len(data.items), data.total_length)
+        frequency = {t: len(data.postings[t]) for t in terms if t in data.postings}
+        scored = scored_terms(terms, frequency, len(data.items))
+        scores = bm25_scores(
+            scored, data.postings, data.lengths, len(data.items), data.total_length
+        )
         wanted = {i: s for i, s in scores.items() if kind_of_id(i) in kinds}
         return [MemoryHit(data.items[i], s) for i, s in top(wanted, limit)]
 

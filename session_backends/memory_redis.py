@@ -11,9 +11,10 @@ Key layout, per app ``A`` and scope ``S`` (``P`` is ``key_prefix``, default ``ag
     P:memory:{A/S}:word:W    hash    item ID -> "{count of W} {item's words}" (the postings)
     P:memory:{A/S}:vectors   hash    item ID -> float32 vector (with an embedder)
 
-A search reads the postings of the query's words and the scope's totals in one pipeline,
-scores with :func:`runner_core.memory.bm25_scores` (the in-memory store's ranking), then reads
-the best items: two round trips. A write is one ``MULTI``/``EXEC`` under ``WATCH`` of the
+A search reads how many items hold each query word and the scope's totals, then the postings
+of the words worth scoring (:func:`runner_core.memory.scored_terms`), scores them with
+:func:`runner_core.memory.bm25_scores` (the in-memory store's ranking), then reads the best
+items: three round trips. A write is one ``MULTI``/``EXEC`` under ``WATCH`` of the
 scope's items, keys and order, retried when another write to the scope came between (so a
 merge is never lost and the cap holds).
 """
@@ -39,6 +40,7 @@ from runner_core.memory import (
     decode_item,
     kind_of_id,
     merge_key,
+    scored_terms,
     search_text,
     tokenize,
     top,
@@ -236,20 +238,28 @@ class RedisMemoryService(MemoryService):
         kinds: frozenset[str],
         limit: int,
     ) -> list[MemoryHit]:
-        words = list(dict.fromkeys(terms))
+        distinct = list(dict.fromkeys(terms))
 
         async def read() -> list[MemoryHit]:
             pipe: Any
             async with self._client.pipeline(transaction=False) as pipe:
-                for word in words:
-                    pipe.hgetall(self._key(app_name, scope, f"word:{word}"))
+                for word in distinct:
+                    pipe.hlen(self._key(app_name, scope, f"word:{word}"))
                 pipe.zcard(self._key(app_name, scope, "order"))
                 pipe.get(self._key(app_name, scope, "total"))
+                counts = await pipe.execute()
+            n_items, total = int(counts[-2]), int(counts[-1] or 0)
+            frequency = dict(zip(distinct, map(int, counts[:-2]), strict=True))
+            words = scored_terms(distinct, frequency, n_items)
+            if not words:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for word in words:
+                    pipe.hgetall(self._key(app_name, scope, f"word:{word}"))
                 replies = await pipe.execute()
-            n_items, total = int(replies[-2]), int(replies[-1] or 0)
             postings: dict[str, dict[str, int]] = {}
             lengths: dict[str, int] = {}
-            for word, hits in zip(words, replies[:-2], strict=True):
+            for word, hits in zip(words, replies, strict=True):
                 kept: dict[str, int] = {}
                 for raw_id, raw_value in hits.items():
                     item_id = raw_id.decode()

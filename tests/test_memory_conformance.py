@@ -8,8 +8,8 @@ shared word is no hit), not on the backends' own score scales.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -27,6 +27,7 @@ from runner_core.memory import (
     MemoryService,
     Skill,
     agent_scope,
+    scored_terms,
     user_scope,
 )
 from runner_core.messages import Message
@@ -363,3 +364,23 @@ async def test_redis_reports_a_corrupt_item(redis_url: str) -> None:
 async def test_app_scope_is_shared(memory: MemoryService) -> None:
     await memory.add(experience("Office closes at 6pm", scope=APP_SCOPE))
     assert await rules(memory, "office closes", scopes=APP_SCOPE) == ["Office closes at 6pm"]
+
+
+# --- which words are scored (memory and Redis) ----------------------------------------------
+
+
+def test_a_large_scope_skips_very_common_query_words_when_rarer_ones_are_there() -> None:
+    frequency = {"printer": 40, "the_common": 450, "offline": 120}
+    # A small scope scores every word it holds.
+    assert scored_terms(["printer", "the_common", "gone"], frequency, 499) == [
+        "printer", "the_common"
+    ]  # fmt: skip
+    # A large one leaves out words held by more than a fifth of its items...
+    assert scored_terms(["printer", "the_common", "offline"], frequency, 1000) == [
+        "printer", "offline"
+    ]  # fmt: skip
+    # ...unless the query has nothing rarer: then its rarest word is scored.
+    assert scored_terms(["the_common", "offline"], {**frequency, "offline": 300}, 1000) == [
+        "offline"
+    ]
+    assert scored_terms(["gone"], frequency, 1000) == []

@@ -99,13 +99,8 @@ def test_feedback_on_one_worker_changes_what_the_next_run_is_told_on_another(
     assert second_worker.is_alive()
 
     # And positive feedback from the CLI merges into the same experience, at 0.8
-    assert (
-        cli.main(
-            ["feedback", second.id, "conclusion", "positive", RULE.lower(),
-             "--app", "testkit", "--user", "alice"]
-        )  # fmt: skip
-        == 0
-    )
+    command = ["feedback", second.id, "conclusion", "positive", RULE.lower()]
+    assert cli.main([*command, "--app", "testkit", "--user", "alice"]) == 0
     printed = capsys.readouterr().out
     assert f'"id": "{stored["experience"]["id"]}"' in printed and '"confidence": 0.8' in printed
 
