@@ -7,6 +7,8 @@
     agent-runner tail INVOCATION_ID [--after-seq N] [--wait S]
                                                      print a run's events until it completes
     agent-runner cancel INVOCATION_ID
+    agent-runner trace INVOCATION_ID [--app A --user U] [--json]
+                                                     a run's execution trace (docs/traces.md)
     agent-runner schema [PATH]                       the event JSON Schema (default: stdout)
     agent-runner feedback ID STEP KIND TEXT --app A --user U
                                                      feedback on a step (docs/memory.md)
