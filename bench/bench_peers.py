@@ -14,9 +14,10 @@ overhead is framework - raw with the same ``openai`` version under the same mach
 
 Cases per framework: ``framework`` (its in-memory session store or checkpointer),
 ``framework_db`` (its PostgreSQL store, on one PostgreSQL server started here) and, for
-agent-runner only, ``distributed`` (``submit_run`` through a real ``celery worker`` and
-``stream_events`` back; no peer has a distributed runtime in its library). The cost of the
-database store is the framework_db overhead minus the framework overhead of the same round.
+agent-runner only, ``framework_mysql`` (its MySQL store on a MariaDB server started here) and
+``distributed`` (``submit_run`` through a real ``celery worker`` and
+``stream_events`` back; no peer has a distributed runtime in its library). The cost of a
+database store is its case's overhead minus the framework overhead of the same round.
 
 All drivers start once and warm up; then each round runs every (framework, case) pair once, in
 a new random order, so drift on this noisy 2-core machine hits every case alike. The
@@ -30,6 +31,7 @@ afterwards that both were consumed. Times are measured inside the driver around 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.peers.envs import PEERS, VenvError, describe_venvs, ensure_venv, installed_versions
-from bench.peers.markdown import CASES, OURS, render
+from bench.peers.markdown import CASES, OURS, STORE_CASES, render
 from bench.peers.process import DriverError, DriverProcess
 from bench.report import ROOT, default_output, machine, publish, rounded, summarize
 from runner_core.testing import ScriptedModelServer
@@ -60,6 +62,7 @@ CONFIGURATIONS: dict[str, dict[str, str]] = {
     OURS: {
         "framework": "`Runner` + `LLMAgent`, `InMemorySessionService`, streaming",
         "framework_db": "`PostgresSessionService`",
+        "framework_mysql": "`MySQLSessionService`",
         "distributed": "`submit_run` → celery worker (threads) → `stream_events`, Redis store",
     },
     "adk": {
@@ -139,6 +142,8 @@ class Services:
     model: ScriptedModelServer
     pg_dsns: dict[str, str] = field(default_factory=dict)
     pg_missing: str | None = None
+    mysql_url: str | None = None
+    mysql_missing: str | None = None
     #: Environment of agent-runner's driver (the producer side of the distributed case).
     producer_env: dict[str, str] | None = None
     distributed_missing: str | None = None
@@ -153,6 +158,18 @@ def _start_postgres(stack: ExitStack, services: Services, names: list[str]) -> N
             services.pg_dsns[name] = server.create_database(f"bench_peers_{name}")
     except (ServerUnavailable, OSError) as exc:
         services.pg_missing = f"PostgreSQL did not start: {exc}"
+
+
+def _start_mysql(stack: ExitStack, services: Services) -> None:
+    """A MariaDB server for agent-runner's MySQL store (no peer has one to compare)."""
+    from tests.mariadb import MariaDBServer
+    from tests.services import ServerUnavailable
+
+    try:
+        server = stack.enter_context(MariaDBServer())
+        services.mysql_url = server.create_database(f"bench_peers_{OURS}")
+    except (ServerUnavailable, OSError) as exc:
+        services.mysql_missing = f"MariaDB did not start: {exc}"
 
 
 def _start_worker(stack: ExitStack, services: Services) -> None:
@@ -188,8 +205,9 @@ def _start_worker(stack: ExitStack, services: Services) -> None:
 def services_running(names: list[str]) -> Iterator[Services]:
     with ExitStack() as stack:
         services = Services(model=stack.enter_context(ScriptedModelServer()))
-        log("[peers] starting PostgreSQL, Redis and a celery worker")
+        log("[peers] starting PostgreSQL, MariaDB, Redis and a celery worker")
         _start_postgres(stack, services, names)
+        _start_mysql(stack, services)
         _start_worker(stack, services)
         yield services
 
@@ -233,6 +251,8 @@ def _start_driver(
         "model_url": services.model.url,
         "pg_dsn": services.pg_dsns.get(subject.name),
         "pg_missing": services.pg_missing,
+        "mysql_url": services.mysql_url if subject.name == OURS else None,
+        "mysql_missing": services.mysql_missing,
         "distributed": subject.name == OURS and services.producer_env is not None,
         "distributed_missing": services.distributed_missing,
     }
@@ -368,6 +388,17 @@ def _raw_result(subject: Subject) -> dict[str, Any]:
     }
 
 
+def median_interval(samples: list[float]) -> tuple[float, float]:
+    """A 95% confidence interval of the median, from order statistics (no assumption about
+    the distribution: the store costs swing widely between p10 and p90)."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    half_width = 1.96 * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half_width))
+    high = min(n - 1, math.ceil(n / 2 + half_width) - 1)
+    return ordered[low], ordered[high]
+
+
 def collect(subjects: list[Subject], rounds: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for subject in subjects:
@@ -380,21 +411,27 @@ def collect(subjects: list[Subject], rounds: int) -> dict[str, Any]:
             "cases": {"raw": _raw_result(subject)},
         }
         for case in CASES[1:]:
+            if case == "framework_mysql" and subject.name != OURS:
+                continue  # only agent-runner has a MySQL store here
             if case in subject.slots:
                 entry["cases"][case] = _case_result(subject.slots[case], rounds)
             elif case in subject.missing:
                 entry["cases"][case] = {"status": subject.missing[case]}
             elif subject.status != "measured":
                 entry["cases"][case] = {"status": subject.status}
-        memory, db = subject.slots.get("framework"), subject.slots.get("framework_db")
-        if memory and db and memory.status == db.status == "measured":
+        memory = subject.slots.get("framework")
+        for case, key in STORE_CASES.items():
+            db = subject.slots.get(case)
+            if not (memory and db and memory.status == db.status == "measured"):
+                continue
             # The difference of the two overheads of a round: each side is already paired
             # with its own adjacent raw run, so drift cancels out of both.
             memory_over, db_over = memory.overheads(), db.overheads()
             cost = [db_over[r] - memory_over[r] for r in sorted(db_over) if r in memory_over]
             if cost:
-                entry["db_cost_ms"] = summarize(cost)
-                entry["db_cost_samples_ms"] = rounded(cost, 4)
+                low, high = median_interval(cost)
+                entry[key] = {**summarize(cost), "ci95_low": low, "ci95_high": high}
+                entry[key.replace("_ms", "_samples_ms")] = rounded(cost, 4)
         out[subject.name] = entry
     return out
 

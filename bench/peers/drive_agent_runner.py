@@ -5,6 +5,7 @@ Run as ``python -m bench.peers.drive_agent_runner`` from the repository root.
 - ``framework``: ``Runner`` + ``LLMAgent`` with ``InMemorySessionService``, streaming, on the
   same ``AsyncOpenAI`` client as the raw baseline.
 - ``framework_db``: the same with ``PostgresSessionService``.
+- ``framework_mysql``: the same with ``MySQLSessionService`` (a MariaDB server).
 - ``distributed``: ``submit_run.delay`` to a real ``celery worker`` (threads pool, started by
   the orchestrator, Redis session store), then ``workers.client.stream_events`` until the
   ``runner.completion`` event: enqueue, worker pick-up, the run, every event published on Redis
@@ -21,7 +22,7 @@ from typing import Any
 from bench.peers.agent_runner_app import APP, build_agent
 from bench.peers.driver_protocol import PROMPT, Case, Driver, serve
 from runner_core import Event, RunCompletionEvent, Runner
-from session_backends import InMemorySessionService, PostgresSessionService
+from session_backends import InMemorySessionService, MySQLSessionService, PostgresSessionService
 
 ANSWER = "The answer is 5."
 
@@ -49,6 +50,13 @@ class AgentRunnerDriver(Driver):
             cases["framework_db"] = self.framework_db
         else:
             unsupported["framework_db"] = config.get("pg_missing", "no PostgreSQL")
+        mysql_url = config.get("mysql_url")
+        if mysql_url:
+            mysql = MySQLSessionService(mysql_url)
+            self.runners["framework_mysql"] = Runner(APP, agent, session_service=mysql)
+            cases["framework_mysql"] = self.framework_mysql
+        else:
+            unsupported["framework_mysql"] = config.get("mysql_missing") or "no MariaDB"
         if config.get("distributed"):
             cases["distributed"] = self.distributed
         else:
@@ -70,6 +78,9 @@ class AgentRunnerDriver(Driver):
 
     async def framework_db(self, session: str) -> int:
         return await self._run(self.runners["framework_db"], session)
+
+    async def framework_mysql(self, session: str) -> int:
+        return await self._run(self.runners["framework_mysql"], session)
 
     def distributed(self, session: str) -> int:
         # Imported here: workers.app reads the broker settings from the environment.

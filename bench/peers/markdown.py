@@ -6,15 +6,18 @@ from typing import Any
 
 from bench.report import machine_line, mode_note
 
-__all__ = ["CASES", "OURS", "render"]
+__all__ = ["CASES", "OURS", "STORE_CASES", "render"]
 
 OURS = "agent_runner"
-CASES = ("raw", "framework", "framework_db", "distributed")
+CASES = ("raw", "framework", "framework_db", "framework_mysql", "distributed")
+#: The database-store cases, with the result key of their extra cost per run.
+STORE_CASES = {"framework_db": "db_cost_ms", "framework_mysql": "mysql_cost_ms"}
 
 CASE_LABELS = {
     "raw": "raw `openai` client (baseline, all pairs)",
     "framework": "in-memory",
     "framework_db": "PostgreSQL",
+    "framework_mysql": "MySQL (MariaDB)",
     "distributed": "distributed",
 }
 
@@ -48,20 +51,46 @@ def _run_rows(frameworks: dict[str, Any]) -> tuple[list[str], list[str]]:
     return rows, missing
 
 
+def _ci(cost: dict[str, float]) -> str:
+    if "ci95_low" not in cost:  # results of record from before the interval was kept
+        return "-"
+    return f"{cost['ci95_low']:.2f} to {cost['ci95_high']:.2f}"
+
+
 def _db_rows(frameworks: dict[str, Any]) -> list[str]:
     rows = []
     for entry in frameworks.values():
-        store = entry["configurations"]["framework_db"]
-        cost = entry.get("db_cost_ms")
-        if cost is not None:
-            rows.append(
-                f"| {entry['title']} | {store} | **{cost['median']:.2f}** | {cost['p10']:.2f} "
-                f"| {cost['p90']:.2f} | {cost['n']:.0f} |"
-            )
-        else:
-            status = entry["cases"].get("framework_db", {}).get("status", entry["status"])
-            rows.append(f"| {entry['title']} | {store} | {status} | | | |")
+        for case, key in STORE_CASES.items():
+            store = entry["configurations"].get(case)
+            if store is None:
+                continue
+            cost = entry.get(key)
+            if cost is not None:
+                rows.append(
+                    f"| {entry['title']} | {store} | **{cost['median']:.2f}** | {_ci(cost)} "
+                    f"| {cost['p10']:.2f} | {cost['p90']:.2f} | {cost['n']:.0f} |"
+                )
+            else:
+                status = entry["cases"].get(case, {}).get("status", entry["status"])
+                rows.append(f"| {entry['title']} | {store} | {status} | | | | |")
     return rows
+
+
+def _store_verdict(frameworks: dict[str, Any]) -> str:
+    """Issue 21's target: our PostgreSQL store's extra cost at most half of LangGraph's."""
+    ours = frameworks.get(OURS, {}).get("db_cost_ms")
+    theirs = frameworks.get("langgraph", {}).get("db_cost_ms")
+    if ours is None or theirs is None:
+        return (
+            "Target (the PostgreSQL store's extra cost at most half of LangGraph's "
+            "`AsyncPostgresSaver`): not evaluated, a side is missing."
+        )
+    verdict = "meets" if ours["median"] <= theirs["median"] / 2 else "misses"
+    return (
+        "Target: agent-runner's PostgreSQL store costs at most half of what LangGraph's "
+        f"`AsyncPostgresSaver` costs per run. This run {verdict} it: {ours['median']:.2f} ms "
+        f"(95% interval {_ci(ours)}) against {theirs['median']:.2f} ms ({_ci(theirs)})."
+    )
 
 
 def _verdict(frameworks: dict[str, Any]) -> str:
@@ -120,12 +149,16 @@ Not measured, and why:
 
 {not_measured}
 
-Cost of the database store per run: overhead with the PostgreSQL store minus overhead with the
-in-memory one, in the same round (one PostgreSQL server, fsync off, a database per framework):
+Cost of the database store per run: overhead with the database store minus overhead with the
+in-memory one, in the same round, paired by round (one PostgreSQL server, fsync off, a database
+per framework; for agent-runner's MySQL store one MariaDB 10.11 server flushing its log once a
+second). The 95% interval is that of the median of the paired differences (order statistics):
 
-| framework | PostgreSQL store | extra ms per run (median) | p10 | p90 | n |
-|---|---|---|---|---|---|
+| framework | database store | extra ms per run (median) | 95% interval | p10 | p90 | n |
+|---|---|---|---|---|---|---|
 {db_rows}
+
+{_store_verdict(frameworks)}
 
 What each row runs:
 
