@@ -3,6 +3,8 @@ another process, complete and without duplicate steps after a SIGKILL and redeli
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -167,3 +169,36 @@ def test_a_sigkilled_workers_run_leaves_a_complete_trace_without_duplicates(
     assert trace.steps[:2] == during.steps  # the first attempt's steps, as written then
     assert trace.steps[2].reply == "recovered answer"
     assert trace.usage.model_dump() == events[-1]["usage"]
+
+
+def test_a_worker_paused_past_the_recovery_timeout_never_writes_to_the_trace_again(
+    producer: Any, start_worker: StartWorker, model_server: ScriptedModelServer, redis_url: str
+) -> None:
+    from tests.test_fencing_faults import idle, submit_streaming_runs, wait_until
+
+    # Given a worker streaming runs (each called a tool, then streams a long answer)
+    stale = start_worker(OPENAI_BASE_URL=model_server.url)
+    ids = submit_streaming_runs(producer, model_server)
+    start_worker(OPENAI_BASE_URL=model_server.url)
+
+    # When it is paused until another worker has taken the runs over and finished them
+    os.killpg(stale.pid, signal.SIGSTOP)
+    try:
+        for invocation_id in ids:
+            wait_for_completion(redis_url, invocation_id, timeout=90)
+        finished = {i: get_trace("testkit", "una", i, trace_url=redis_url) for i in ids}
+    finally:
+        os.killpg(stale.pid, signal.SIGCONT)
+    # ... and then resumed: its runs find themselves fenced off and stop
+    wait_until(lambda: idle(producer, stale), "the resumed worker to stop its runs")
+
+    # Then each trace is the new owner's, whole, and the resumed worker wrote nothing to it
+    for invocation_id in ids:
+        trace = get_trace("testkit", "una", invocation_id, trace_url=redis_url)
+        assert trace == finished[invocation_id]
+        assert trace.status == "completed" and trace.attempts >= 2  # it was taken over
+        assert [s.kind for s in trace.steps] == [
+            "model_call", "tool_call", "model_call", "conclusion"
+        ]
+        assert trace.steps[2].parent_ids == [trace.steps[0].step_id, trace.steps[1].step_id]
+        assert trace.steps[-1].content == "taken over and done"
