@@ -106,6 +106,7 @@ __all__ = [
     "search_text",
     "tokenize",
     "top",
+    "top_each_kind",
     "user_scope",
 ]
 
@@ -287,24 +288,45 @@ class MemoryService(ABC):
             InvalidRequestError: a bad app name, scope, kind, limit, or query (empty, longer
                 than :data:`MAX_QUERY_CHARS`, or with control characters).
         """
+        _check_limit(limit, "limit")
+        limits = dict.fromkeys(check_kinds(kinds), limit)
+        found = await self.search_each_kind(app_name, query, scopes=scopes, limits=limits)
+        return _best([hit for hits in found.values() for hit in hits], limit)
+
+    async def search_each_kind(
+        self,
+        app_name: str,
+        query: str,
+        *,
+        scopes: str | Sequence[str],
+        limits: Mapping[MemoryKind, int],
+    ) -> dict[MemoryKind, list[MemoryHit]]:
+        """The best items of each kind of ``limits`` (at most its limit each), best first, in
+        one pass over the store: ``limits={"skill": 3, "experience": 5}`` is what memory
+        injection asks for. Found as :meth:`search` finds them.
+
+        Raises:
+            InvalidRequestError: as :meth:`search`.
+        """
         validate_identifier(app_name, "app_name")
         check_query(query)
         scope_list = [scopes] if isinstance(scopes, str) else list(scopes)
         if not scope_list:
             raise InvalidRequestError("scopes is empty; name at least one scope to search.")
         checked_scopes = list(dict.fromkeys(check_scope(s) for s in scope_list))
-        wanted = check_kinds(kinds)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
-            raise InvalidRequestError(f"limit must be a whole number from 1 to 100, got {limit!r}.")
-        if self.embedder is not None:
-            return await self._similar(app_name, query, checked_scopes, wanted, limit)
-        terms = tokenize(query)
-        if not terms:
-            return []
+        check_kinds(list(limits))
+        for kind, value in limits.items():
+            _check_limit(value, f"the limit of {kind}")
         hits: list[MemoryHit] = []
-        for scope in checked_scopes:
-            hits += await self._keyword_search(app_name, scope, terms, wanted, limit)
-        return _best(hits, limit)
+        if self.embedder is not None:
+            hits = await self._similar(app_name, query, checked_scopes, limits)
+        elif terms := tokenize(query):
+            for scope in checked_scopes:
+                hits += await self._keyword_search(app_name, scope, terms, limits)
+        return {
+            kind: _best([hit for hit in hits if hit.item.kind == kind], limit)
+            for kind, limit in limits.items()
+        }
 
     async def get(self, app_name: str, scope: str, item_id: str) -> AnyItem | None:
         """The item ``item_id`` of the scope, or None."""
@@ -368,28 +390,27 @@ class MemoryService(ABC):
         app_name: str,
         query: str,
         scopes: list[str],
-        kinds: frozenset[str],
-        limit: int,
+        limits: Mapping[MemoryKind, int],
     ) -> list[MemoryHit]:
+        """The best items of each kind by embedding similarity: an exact scan per scope."""
         from .embeddings import rank_by_similarity
 
         assert self.embedder is not None
         [query_vector] = await self.embedder.embed([query])
         hits: list[MemoryHit] = []
         for scope in scopes:
-            stored = [
-                (item_id, vector)
-                for item_id, vector in await self._vectors(app_name, scope)
-                if kind_of_id(item_id) in kinds
-            ]
+            stored = await self._vectors(app_name, scope)
             ranked = [
                 (item_id, score)
-                for item_id, score in rank_by_similarity(query_vector, stored, limit)
+                for kind, limit in limits.items()
+                for item_id, score in rank_by_similarity(
+                    query_vector, [(i, v) for i, v in stored if kind_of_id(i) == kind], limit
+                )
                 if score >= self.min_similarity
             ]
             items = {i.id: i for i in await self._get_many(app_name, scope, [i for i, _ in ranked])}
             hits += [MemoryHit(items[i], s) for i, s in ranked if i in items]
-        return _best(hits, limit)
+        return hits
 
     # --- what a backend implements -------------------------------------------------------
 
@@ -413,10 +434,10 @@ class MemoryService(ABC):
         app_name: str,
         scope: str,
         terms: list[str],
-        kinds: frozenset[str],
-        limit: int,
+        limits: Mapping[MemoryKind, int],
     ) -> list[MemoryHit]:
-        """The best ``limit`` items of ``kinds`` holding one of ``terms``, best first."""
+        """For each kind of ``limits``, its best items (at most its limit) holding one of
+        ``terms``, in any order."""
 
     @abstractmethod
     async def _vectors(self, app_name: str, scope: str) -> list[tuple[str, list[float]]]:
@@ -433,6 +454,23 @@ class MemoryService(ABC):
     @abstractmethod
     async def _delete(self, app_name: str, scope: str, item_id: str) -> bool:
         """Delete one item with its index entries and vector; True if it was there."""
+
+
+def _check_limit(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise InvalidRequestError(f"{what} must be a whole number from 1 to 100, got {value!r}.")
+
+
+def top_each_kind(
+    scores: Mapping[str, float], limits: Mapping[MemoryKind, int]
+) -> list[tuple[str, float]]:
+    """:func:`top` for each kind of ``limits`` (the kind is the ID's last letter)."""
+    by_kind: dict[str, dict[str, float]] = {kind: {} for kind in limits}
+    for item_id, score in scores.items():
+        kind = kind_of_id(item_id)
+        if kind in by_kind:
+            by_kind[kind][item_id] = score
+    return [pair for kind, limit in limits.items() for pair in top(by_kind[kind], limit)]
 
 
 def _best(hits: list[MemoryHit], limit: int) -> list[MemoryHit]:

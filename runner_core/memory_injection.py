@@ -5,7 +5,8 @@
 an agent of the tree (``agent_scope``):
 
 - at the agent's first model call of that run (``before_model``), it searches the agent's
-  scope (``agent:{name}``) with the user's request, for skills and for experiences, and puts
+  scope (``agent:{name}``) with the user's request, for skills and for experiences (one pass,
+  :meth:`~runner_core.memory.MemoryService.search_each_kind`), and puts
   what it found into the system prompt under seed 003's two sections, ``## Relevant skills``
   and ``## Relevant experiences`` (a system message is added when the agent has no
   instruction). The same text goes into every later model call of that run, since each call
@@ -34,6 +35,7 @@ from .memory import (
     APP_SCOPE,
     MAX_QUERY_CHARS,
     MemoryHit,
+    MemoryKind,
     MemoryService,
     agent_scope,
     user_scope,
@@ -207,23 +209,21 @@ class MemoryInjection(Plugin):
     async def _search(self, ctx: InvocationContext, agent_name: str) -> str:
         """Search the agent's scope with the request; emit ``memory.injected``; the sections."""
         query = request_text(ctx)
-        if not query:
+        if not query or not (self.skills_limit or self.experiences_limit):
             return ""
         scope = agent_scope(agent_name)
         try:
-            skills = experiences = []
-            if self.skills_limit:
-                skills = await self.memory.search(
-                    ctx.app_name, query, scopes=scope, kinds=["skill"], limit=self.skills_limit
-                )
-            if self.experiences_limit:
-                experiences = await self.memory.search(
-                    ctx.app_name,
-                    query,
-                    scopes=scope,
-                    kinds=["experience"],
-                    limit=self.experiences_limit,
-                )
+            limits: dict[MemoryKind, int] = {
+                "skill": self.skills_limit,
+                "experience": self.experiences_limit,
+            }
+            found = await self.memory.search_each_kind(
+                ctx.app_name,
+                query,
+                scopes=scope,
+                limits={kind: n for kind, n in limits.items() if n},
+            )
+            skills, experiences = found.get("skill", []), found.get("experience", [])
         except (MemoryBackendError, InvalidRequestError) as exc:
             logger.warning(
                 "run %s: agent %r runs without long-term memory: %s",

@@ -349,7 +349,12 @@ def check_item(item: object) -> AnyItem:
     return checked
 
 
-def check_kinds(kinds: Sequence[MemoryKind] | None) -> frozenset[str]:
+def check_kinds(kinds: Sequence[MemoryKind] | None) -> frozenset[MemoryKind]:
+    """The kinds asked for (all three for None).
+
+    Raises:
+        InvalidRequestError: none, or one that is not a kind.
+    """
     if kinds is None:
         return frozenset(KINDS)
     if isinstance(kinds, str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .embeddings import Embedder
@@ -17,13 +18,13 @@ from .memory import (
     AnyItem,
     Build,
     MemoryHit,
+    MemoryKind,
     MemoryService,
     bm25_scores,
-    kind_of_id,
     scored_terms,
     search_text,
     tokenize,
-    top,
+    top_each_kind,
 )
 
 __all__ = ["InMemoryMemoryService"]
@@ -123,8 +124,7 @@ class InMemoryMemoryService(MemoryService):
         app_name: str,
         scope: str,
         terms: list[str],
-        kinds: frozenset[str],
-        limit: int,
+        limits: Mapping[MemoryKind, int],
     ) -> list[MemoryHit]:
         data = self._scopes.get((app_name, scope))
         if data is None:
@@ -134,8 +134,7 @@ class InMemoryMemoryService(MemoryService):
         scores = bm25_scores(
             scored, data.postings, data.lengths, len(data.items), data.total_length
         )
-        wanted = {i: s for i, s in scores.items() if kind_of_id(i) in kinds}
-        return [MemoryHit(data.items[i], s) for i, s in top(wanted, limit)]
+        return [MemoryHit(data.items[i], s) for i, s in top_each_kind(scores, limits)]
 
     async def _vectors(self, app_name: str, scope: str) -> list[tuple[str, list[float]]]:
         data = self._scopes.get((app_name, scope))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import psycopg
@@ -33,6 +33,7 @@ from runner_core.memory import (
     AnyItem,
     Build,
     MemoryHit,
+    MemoryKind,
     MemoryService,
     decode_item,
     search_text,
@@ -273,22 +274,25 @@ class PostgresMemoryService(MemoryService):
         app_name: str,
         scope: str,
         terms: list[str],
-        kinds: frozenset[str],
-        limit: int,
+        limits: Mapping[MemoryKind, int],
     ) -> list[MemoryHit]:
         # Words are runs of letters and digits (tokenize), so quoting each is enough.
         query = " | ".join(f"'{word}'" for word in dict.fromkeys(terms))
 
         async def work(conn: Conn) -> list[MemoryHit]:
             cur = await conn.execute(
+                # The best rows of each kind, at most its limit (l.n).
                 self._q(
-                    "SELECT id, item, ts_rank(search_vector, q) AS rank "
+                    "SELECT id, item, rank FROM (SELECT id, item, kind, rank, row_number() OVER "
+                    "(PARTITION BY kind ORDER BY rank DESC, id DESC) AS place FROM (SELECT id, "
+                    "item, kind, ts_rank(search_vector, q) AS rank "
                     "FROM {t}, to_tsquery({cfg}::regconfig, %s) AS q WHERE "
                     + _SCOPE
-                    + " AND kind = ANY(%s) AND search_vector @@ q "
-                    "ORDER BY rank DESC, id DESC LIMIT %s"
+                    + " AND kind = ANY(%s) AND search_vector @@ q) AS matched) AS ranked "
+                    "JOIN unnest(%s::text[], %s::int[]) AS l(kind, n) USING (kind) "
+                    "WHERE place <= l.n"
                 ),
-                (query, app_name, scope, sorted(kinds), limit),
+                (query, app_name, scope, list(limits), list(limits), list(limits.values())),
             )
             rows = await cur.fetchall()
             return [MemoryHit(self._decode(item, i), float(rank)) for i, item, rank in rows]

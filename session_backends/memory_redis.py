@@ -24,7 +24,7 @@ from __future__ import annotations
 import array
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -35,6 +35,7 @@ from runner_core.memory import (
     AnyItem,
     Build,
     MemoryHit,
+    MemoryKind,
     MemoryService,
     bm25_scores,
     decode_item,
@@ -43,7 +44,7 @@ from runner_core.memory import (
     scored_terms,
     search_text,
     tokenize,
-    top,
+    top_each_kind,
 )
 
 from .redis import _KEY_PREFIX_RE, DEFAULT_KEY_PREFIX, _where_of
@@ -235,8 +236,7 @@ class RedisMemoryService(MemoryService):
         app_name: str,
         scope: str,
         terms: list[str],
-        kinds: frozenset[str],
-        limit: int,
+        limits: Mapping[MemoryKind, int],
     ) -> list[MemoryHit]:
         distinct = list(dict.fromkeys(terms))
 
@@ -263,13 +263,13 @@ class RedisMemoryService(MemoryService):
                 kept: dict[str, int] = {}
                 for raw_id, raw_value in hits.items():
                     item_id = raw_id.decode()
-                    if kind_of_id(item_id) not in kinds:
+                    if kind_of_id(item_id) not in limits:
                         continue
                     count, _, length = raw_value.decode().partition(" ")
                     kept[item_id] = int(count)
                     lengths[item_id] = int(length)
                 postings[word] = kept
-            best = top(bm25_scores(words, postings, lengths, n_items, total), limit)
+            best = top_each_kind(bm25_scores(words, postings, lengths, n_items, total), limits)
             if not best:
                 return []
             raws = await self._client.hmget(

@@ -160,6 +160,25 @@ async def test_search_keeps_to_its_app_scopes_and_kinds(memory: MemoryService) -
     assert [hit.item.app_name for hit in both] == [APP, APP]
 
 
+async def test_one_pass_finds_the_best_of_each_kind(memory: MemoryService) -> None:
+    for n in range(4):
+        await memory.add(experience(f"Printer rule {n}" + " printer" * n))
+    await memory.add(Skill(app_name=APP, scope=SCOPE, name="printer setup", content="Steps"))
+    await memory.add(Fact(app_name=APP, scope=SCOPE, content="The printer is old"))
+
+    found = await memory.search_each_kind(
+        APP, "printer", scopes=SCOPE, limits={"skill": 3, "experience": 2}
+    )
+
+    assert set(found) == {"skill", "experience"}  # no facts: not asked for
+    assert [hit.item.kind for hit in found["skill"]] == ["skill"]
+    assert len(found["experience"]) == 2
+    best_two = await memory.search(APP, "printer", scopes=SCOPE, kinds=["experience"], limit=2)
+    assert [h.item.id for h in found["experience"]] == [h.item.id for h in best_two]
+    with pytest.raises(InvalidRequestError, match="limit of skill"):
+        await memory.search_each_kind(APP, "printer", scopes=SCOPE, limits={"skill": 0})
+
+
 async def test_search_limit_keeps_the_best(memory: MemoryService) -> None:
     for n in range(6):
         await memory.add(experience(f"Rule {n} about caching" + " caching" * n))
