@@ -568,16 +568,6 @@ class ArtifactScope:
         #: Versions saved through this scope: ``{name: version}`` (the last save of each name).
         self.delta: dict[str, int] = {}
 
-    def child(self) -> ArtifactScope:
-        """A scope on the same session and fence with an empty delta (one per tool call)."""
-        return ArtifactScope(
-            self.service,
-            app_name=self.app_name,
-            user_id=self.user_id,
-            session_id=self.session_id,
-            fence=self.fence,
-        )
-
     async def save(
         self,
         name: str,
