@@ -202,8 +202,9 @@ class Page:
             ) from None
 
     def connect(self, key: str = ALICE_KEY, app: str = "testkit") -> None:
-        self.find("#key-input").send_keys(key)
-        self.find("#key-connect").click()
+        from selenium.webdriver.common.keys import Keys
+
+        self.find("#key-input").send_keys(key, Keys.ENTER)  # the keyboard is enough
         self.until(lambda: self.find("#composer-input").is_enabled(), "the console to connect")
         self.until(
             lambda: self.find("#app-select").get_attribute("value") == app
@@ -446,8 +447,10 @@ def test_the_trace_is_a_graph_and_feedback_creates_an_experience(
     assert "completed" in page.find("#trace-summary").text
     page.screenshot("trace")
 
-    # When the user corrects the agent's answer
-    _step(page, second_model).click()
+    # When the user picks the answer's step with the keyboard and corrects it
+    from selenium.webdriver.common.keys import Keys
+
+    _step(page, second_model).send_keys(Keys.ENTER)
     page.until(lambda: "Recorded it." in page.find("#step-detail").text, "the step's reply")
     correction = "Say which label was recorded."
     page.find("#correction-input").send_keys(correction)
