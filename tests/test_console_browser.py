@@ -58,8 +58,9 @@ def _chromium() -> str | None:
 class Gateway:
     """``agent-runner serve`` on a free port of 127.0.0.1."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.env = env
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="console-gateway-", suffix=".log")
         args = [
@@ -109,10 +110,17 @@ def model_server() -> Iterator[ScriptedModelServer]:
 
 
 @pytest.fixture
+def hold_dir(tmp_path: Path) -> Path:
+    """Where the testkit tool ``hold(label)`` waits for the file ``label``."""
+    return tmp_path
+
+
+@pytest.fixture
 def gateway(
     worker_env: dict[str, str],
     start_worker: Callable[..., Any],
     model_server: ScriptedModelServer,
+    hold_dir: Path,
 ) -> Iterator[Gateway]:
     """A worker serving the ``testkit`` app with the scripted model, long-term memory in the
     test Redis, and a gateway in front."""
@@ -121,7 +129,9 @@ def gateway(
         "AGENT_RUNNER_MEMORY_URL": worker_env["AGENT_RUNNER_REDIS_URL"],
         "AGENT_RUNNER_AGENTS": apps,
     }
-    start_worker(OPENAI_BASE_URL=model_server.url, **shared)
+    start_worker(
+        OPENAI_BASE_URL=model_server.url, AGENT_RUNNER_TEST_HOLD_DIR=str(hold_dir), **shared
+    )
     env = {**worker_env, **shared, "AGENT_RUNNER_GATEWAY_API_KEYS": f"{ALICE_KEY}=alice"}
     server = Gateway(env)
     try:
@@ -635,3 +645,49 @@ def test_agent_runner_dev_prints_the_console_url_and_the_console_chats(
     dev.stdout.close()
     assert dev.returncode == 0, rest
     assert "bye" in rest
+
+
+def test_the_stream_resumes_on_a_new_gateway_without_a_gap_or_a_repeat(
+    page: Page, model_server: ScriptedModelServer, gateway: Gateway, hold_dir: Path
+) -> None:
+    # Given a run held in a tool (testkit's hold) after its first events reached the page
+    model_server.add_tool_calls([("call_h", "hold", {"label": "go"})])
+    model_server.add_text("After the restart.", chunks=["After ", "the ", "restart."])
+    page.connect()
+    page.driver.execute_script(
+        """
+        const notice = document.getElementById("notice");
+        window.__notices = [];
+        new MutationObserver(() => window.__notices.push(notice.textContent))
+          .observe(notice, {childList: true, subtree: true, characterData: true});
+        """
+    )
+    page.send("hold on")
+    page.until(lambda: page.find("#transcript .tool .tool-name"), "the held tool call")
+    page.until(lambda: (hold_dir / "go.held").exists(), "the tool to be waiting")
+
+    # When the gateway dies and another one takes its address
+    page.expected_errors.append("/events - Failed to load resource: net::ERR_")  # the drop
+    gateway.close()
+    page.until(
+        lambda: any("resuming" in n for n in page.driver.execute_script("return window.__notices")),
+        "the console to notice the dropped stream",
+    )
+    replacement = Gateway(gateway.env, port=gateway.port)
+    try:
+        replacement.wait_ready()
+        # and the run goes on
+        (hold_dir / "go").touch()
+
+        # Then the page gets the rest of the run from the new gateway: each event once
+        page.wait_for_completions(1)
+        assert [r.text for r in page.find_all("#transcript .msg.agent .text")] == [
+            "After the restart."
+        ]
+        assert len(page.find_all("#transcript .tool")) == 1
+        assert "released go" in page.find("#transcript .tool .tool-result").text
+        assert [m.text for m in page.find_all("#transcript .msg.user .text")] == ["hold on"]
+        assert "completed" in page.find("#run-status").text
+        page.screenshot("resumed")
+    finally:
+        replacement.close()

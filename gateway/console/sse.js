@@ -64,12 +64,13 @@ export class EventStreamParser {
  *   headers: the auth headers; onEvent(event): each event once, in seq order;
  *   onReset(info): the gateway's `reset` message (events were trimmed or expired);
  *   onState(text): "connected", "reconnecting" ...; signal: an AbortSignal;
- *   maxRetries: reconnections in a row without a new event before giving up (default 8).
+ *   maxRetries: reconnections in a row without a new event before giving up (default 20;
+ *   the wait grows from the server's `retry:` delay to five times it).
  * @returns {Promise<object|null>} the completion event, or null if the stream ended without one
  */
 export async function followRun(url, options) {
   const { headers, onEvent, onReset = () => {}, onState = () => {}, signal } = options;
-  const maxRetries = options.maxRetries ?? 8;
+  const maxRetries = options.maxRetries ?? 20;
   let lastSeq = null;
   let retryMs = 2000;
   let failures = 0;
@@ -132,7 +133,7 @@ export async function followRun(url, options) {
       throw new Error(`the event stream kept dropping (${maxRetries} reconnections); reload the session.`);
     }
     onState("reconnecting");
-    await sleep(retryMs, signal);
+    await sleep(retryMs * Math.min(failures, 5), signal); // 1x, 2x, ... 5x the server's delay
   }
   return completion;
 }
