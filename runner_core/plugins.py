@@ -120,6 +120,12 @@ class Plugin:
         """
         return None
 
+    async def after_session_deleted(self, app_name: str, user_id: str, session_id: str) -> None:
+        """A session was deleted with :meth:`Runner.delete_session`: delete what the plugin
+        keeps for it (a trace recorder: the session's traces). An exception propagates to the
+        caller once every plugin was called; the session is gone already."""
+        return None
+
     async def before_model(
         self, ctx: InvocationContext, request: ModelRequest
     ) -> ModelResponse | None:

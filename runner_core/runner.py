@@ -336,12 +336,21 @@ class Runner:
 
     async def delete_session(self, user_id: str, session_id: str) -> None:
         """Delete a session of this app, then its session-scoped artifacts (the user's
-        ``user:`` ones stay). Deleting a missing session is a no-op."""
+        ``user:`` ones stay), then what plugins keep for it (``after_session_deleted``: a
+        trace recorder deletes the session's traces). Deleting a missing session is a no-op."""
         await self.session_service.delete_session(self.app_name, user_id, session_id)
         if self.artifact_service is not None:
             await self.artifact_service.delete_session_artifacts(
                 self.app_name, user_id, session_id
             )
+        failure: BaseException | None = None
+        for plugin in self.plugins:
+            try:
+                await plugin.after_session_deleted(self.app_name, user_id, session_id)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     async def __aexit__(
         self,

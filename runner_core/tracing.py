@@ -525,6 +525,10 @@ class TraceRecorder(Plugin):
         finally:
             self._runs.pop(ctx.invocation_id, None)
 
+    async def after_session_deleted(self, app_name: str, user_id: str, session_id: str) -> None:
+        """The session's traces go with it."""
+        await self.store.delete_session(app_name, user_id, session_id)
+
     def run_scope(self, ctx: InvocationContext) -> AbstractAsyncContextManager[None]:
         return self._run_scope(ctx)
 

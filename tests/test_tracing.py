@@ -307,3 +307,21 @@ async def test_a_long_history_is_capped_in_the_step_keeping_the_newest_messages(
     assert step.messages[-1] == {"role": "user", "content": "the last question"}
     assert 1 < len(step.messages) < len(history)
     assert len(step.to_json()) < 2 * MAX_FIELD_CHARS
+
+
+async def test_deleting_a_session_through_the_runner_deletes_its_traces() -> None:
+    model = FakeModel()
+    model.add_text("one")
+    model.add_text("two")
+    store = InMemoryTraceStore()
+    async with Runner("demo", LLMAgent("a", model=model), plugins=[TraceRecorder(store)]) as runner:
+        kept = runner.run("alice", "keep", "hello")
+        await kept.completion()
+        doomed = runner.run("alice", "drop", "hello")
+        await doomed.completion()
+        assert await store.get(doomed.invocation_id) is not None
+
+        await runner.delete_session("alice", "drop")
+
+    assert await store.get(doomed.invocation_id) is None
+    assert await store.get(kept.invocation_id) is not None
