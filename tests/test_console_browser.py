@@ -30,6 +30,8 @@ pytest.importorskip("fastapi", reason="the gateway extra is not installed")
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE_KEY = "console-alice-key-0123456789"
+BOB_KEY = "console-bob-key-0123456789ab"
+OPERATOR_KEY = "console-operator-key-01234567"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("AGENT_RUNNER_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "console"
 #: Only keeps a broken page from hanging the suite; no test asserts on timing.
@@ -85,10 +87,14 @@ class Gateway:
             time.sleep(0.1)
         raise RuntimeError(f"the gateway is not ready after {WAIT_S} s:\n{self.log_tail()}")
 
-    def get(self, path: str) -> Any:
-        response = httpx2.get(
-            f"{self.url}{path}", headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30
+    def request(self, method: str, path: str, key: str | None = ALICE_KEY, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx2.request(
+            method, f"{self.url}{path}", headers=headers, timeout=30, trust_env=False, **kw
         )
+
+    def get(self, path: str) -> Any:
+        response = self.request("GET", path)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -132,7 +138,8 @@ def gateway(
     start_worker(
         OPENAI_BASE_URL=model_server.url, AGENT_RUNNER_TEST_HOLD_DIR=str(hold_dir), **shared
     )
-    env = {**worker_env, **shared, "AGENT_RUNNER_GATEWAY_API_KEYS": f"{ALICE_KEY}=alice"}
+    keys = f"{ALICE_KEY}=alice,{BOB_KEY}=bob,{OPERATOR_KEY}=*"
+    env = {**worker_env, **shared, "AGENT_RUNNER_GATEWAY_API_KEYS": keys}
     server = Gateway(env)
     try:
         yield server.wait_ready()
@@ -691,3 +698,56 @@ def test_the_stream_resumes_on_a_new_gateway_without_a_gap_or_a_repeat(
         page.screenshot("resumed")
     finally:
         replacement.close()
+
+
+# --- the console's own routes, over HTTP ---------------------------------------------------
+
+
+def test_the_console_routes_answer_for_the_keys_user_only(
+    gateway: Gateway, model_server: ScriptedModelServer
+) -> None:
+    # Given a session of alice's, made through the API
+    model_server.add_text("hello alice")
+    submitted = gateway.request(
+        "POST", "/v1/runs", json={"app_name": "testkit", "session_id": "s-alice", "message": "hi"}
+    )
+    assert submitted.status_code == 202, submitted.text
+    run = submitted.json()["invocation_id"]
+    deadline = time.monotonic() + WAIT_S
+    while gateway.get(f"/v1/runs/{run}")["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, "the run did not end"
+        time.sleep(0.1)
+
+    # Then alice's key lists it, bob's does not, and an operator must name the user
+    def sessions(key: str, query: str = "") -> Any:
+        return gateway.request("GET", f"/v1/sessions/testkit{query}", key=key)
+
+    listed = sessions(ALICE_KEY).json()
+    assert listed["user_id"] == "alice"
+    assert [s["session_id"] for s in listed["sessions"]] == ["s-alice"]
+    assert listed["sessions"][0]["event_count"] >= 2
+    assert sessions(BOB_KEY).json()["sessions"] == []
+    assert sessions(BOB_KEY, "?user_id=alice").status_code == 422  # not bob's user
+    refused = sessions(OPERATOR_KEY)
+    assert refused.status_code == 422 and "user_id is required" in refused.text
+    for_alice = sessions(OPERATOR_KEY, "?user_id=alice").json()["sessions"]
+    assert [s["session_id"] for s in for_alice] == ["s-alice"]
+    # the app list names the configured apps; no key, no answer
+    assert gateway.get("/v1/apps") == {"apps": ["assistant", "console", "testkit"]}
+    anonymous = gateway.request("GET", "/v1/apps", key=None)
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "unauthorized"
+    bad = gateway.request("GET", "/v1/sessions/bad%20app")
+    assert bad.status_code == 422 and "app_name" in bad.json()["error"]["message"]
+    # the page and its files need no key, and the page forbids inline script and framing
+    page = gateway.request("GET", "/", key=None)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    script = gateway.request("GET", "/console/main.js", key=None)
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    code = "".join(
+        gateway.request("GET", f"/console/{name}", key=None).text
+        for name in ("main.js", "transcript.js", "trace.js", "dom.js", "sse.js", "api.js")
+    )
+    for sink in ("innerHTML =", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in code, f"the console's code uses {sink}"
