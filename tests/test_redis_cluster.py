@@ -215,6 +215,26 @@ async def test_a_run_s_events_are_published_sharded_stored_and_replayed(
     assert await bus.last_seq(run) == 3
 
 
+def test_submit_binds_the_invocation_to_its_session_before_sending(
+    redis_cluster_url: str,
+    sync_cluster: redis.cluster.RedisCluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an invocation ID already bound to alice's session on the cluster
+    monkeypatch.setenv("AGENT_RUNNER_REDIS_URL", redis_cluster_url)
+    run = str(uuid.uuid4())
+    alice = session_digest(KEY.app_name, KEY.user_id, KEY.session_id)
+    sync_cluster.set(locator_key(run, PREFIX), alice)
+
+    # When a producer submits a run of mallory's session with that ID, Then it is refused
+    # before anything is sent, and the binding is still alice's
+    with pytest.raises(InvocationOwnedError):
+        client.submit(
+            MALLORY.app_name, MALLORY.user_id, MALLORY.session_id, "hi", invocation_id=run
+        )
+    assert sync_cluster.get(locator_key(run, PREFIX)) == alice.encode()
+
+
 def test_a_reader_of_an_unknown_invocation_gives_up_on_a_cluster(redis_cluster_url: str) -> None:
     from workers.bus import UnknownInvocationError
 
