@@ -1,49 +1,38 @@
 """``MySQLSessionService``: sessions in MySQL or MariaDB (asyncmy, an asyncio driver).
 
-The tables are in :mod:`session_backends.mysql_statements`. Every table has ``deleted_at``:
-deletes and expiry set it (soft delete, the default) or remove rows (``soft_delete=False``);
-reads never see either. Expired rows are hidden at once and swept by a cleanup loop. Events
-evicted by the event limit are removed, not soft-deleted: the limit exists to bound storage.
+The tables and statements are in :mod:`session_backends.mysql_statements`, the connection to
+the server (URL, pool, table creation, retries, driver errors) in
+:mod:`session_backends.mysql_connection`; this module runs the statements. Every table has
+``deleted_at``: deletes and expiry set it (soft delete, the default) or remove rows
+(``soft_delete=False``); reads never see either. Expired rows are hidden at once and swept by a
+cleanup loop. Events evicted by the event limit are removed, not soft-deleted: the limit exists
+to bound storage.
 
 Each append is one transaction: ``SELECT ... FOR UPDATE`` the session row (so appends to one
 session queue up, from any number of processes), insert the event (a duplicate event ID ends
 the transaction with nothing written), apply the state delta to the three scopes, evict past
-the limit (:func:`~runner_core.store_support.first_kept_position`, the one eviction rule). A
-fenced append first reads its ``session_fences`` row ``LOCK IN SHARE MODE`` in the same
-transaction: a new owner's ``take_fence`` waits for an append in flight (and then sees it), and
-an append after it sees the new token and writes nothing. The session state is merged in Python
-under the row lock, so a ``null`` value is stored as ``null`` (as everywhere else) instead of
-deleting the key as ``JSON_MERGE_PATCH`` would.
-
-Connections run in autocommit mode, ``READ COMMITTED`` and strict ``TRADITIONAL`` SQL mode (a
-value too long for its column is an error, never silently cut). Deadlocks and lock wait
-timeouts are retried (every write is safe to repeat: appends are deduplicated by event ID); a
-connection the server dropped is replaced once. Schema creation runs under a server-wide named
-lock (``GET_LOCK``), so many workers can start at once. Tested on MariaDB 10.11; see
-docs/sessions.md for MySQL 8.
-
-The pool opens on first use (never at import) and :meth:`close` closes it.
+the limit (:func:`~runner_core.session.first_kept_position`, the one eviction rule). A fenced
+append first reads its ``session_fences`` row ``LOCK IN SHARE MODE`` in the same transaction: a
+new owner's ``take_fence`` waits for an append in flight (and then sees it), and an append after
+it sees the new token and writes nothing. The session state is merged in Python under the row
+lock, so a ``null`` value is stored as ``null`` (as everywhere else) instead of deleting the key
+as ``JSON_MERGE_PATCH`` would. An event larger than the server's ``max_allowed_packet`` is
+refused before anything is sent. Tested on MariaDB 10.11; see docs/sessions.md for MySQL 8.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
-import asyncmy
 from asyncmy.connection import Connection
-from asyncmy.errors import Error as MySQLError
-from asyncmy.errors import IntegrityError, OperationalError
+from asyncmy.errors import IntegrityError
 
 from runner_core.errors import (
     ConfigurationError,
     CorruptSessionDataError,
     InvalidRequestError,
-    SessionBackendError,
 )
 from runner_core.events import Event, state_delta_of
 from runner_core.session import (
@@ -84,19 +73,13 @@ from runner_core.store_support import (
     utcnow,
 )
 
+from .mysql_connection import DUPLICATE_KEY, MySQLDatabase, MySQLUrl
 from .mysql_statements import MAX_KEY_LENGTH, Statements
 
 __all__ = ["MySQLSessionService"]
 
 T = TypeVar("T")
 
-_HINT = "is MySQL/MariaDB running and reachable there? Check AGENT_RUNNER_SESSION_URL"
-_DUPLICATE_KEY = 1062
-#: Deadlock found; lock wait timeout exceeded: the transaction was rolled back, try again.
-_RETRY_TRANSACTION = frozenset({1213, 1205})
-#: The server went away or the connection was lost: a pooled connection it dropped.
-_CONNECTION_LOST = frozenset({2006, 2013, 2055})
-_TRANSACTION_ATTEMPTS = 5
 #: Room left in a statement for everything but the event JSON (bytes).
 _STATEMENT_OVERHEAD = 64 * 1024
 
@@ -136,43 +119,6 @@ def _scope_rows(delta: dict[str, Any], *head: str) -> list[Any]:
     return params
 
 
-class _Url:
-    """The parts of a ``mysql://user:password@host:port/database`` URL."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "mysql":
-            raise ConfigurationError(
-                f"MySQLSessionService needs a mysql:// URL, got scheme {parts.scheme!r}."
-            )
-        try:
-            port = parts.port or 3306
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"the MySQL session store URL has a bad port ({exc}); use "
-                "mysql://user:password@host:3306/database (AGENT_RUNNER_SESSION_URL)."
-            ) from None
-        database = unquote(parts.path.lstrip("/"))
-        if not database or "/" in database:
-            raise ConfigurationError(
-                "the MySQL session store URL names no database: use "
-                "mysql://user:password@host:3306/database (AGENT_RUNNER_SESSION_URL)."
-            )
-        if parts.query or parts.fragment:
-            raise ConfigurationError(
-                "the MySQL session store URL takes no query parameters or fragment; pass "
-                "options (table_prefix, event_limit, ...) as keyword arguments instead."
-            )
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = port
-        self.user = unquote(parts.username) if parts.username else "root"
-        self.password = unquote(parts.password) if parts.password else ""
-        self.database = database
-
-    def __str__(self) -> str:  # never the password
-        return f"{self.host}:{self.port}/{self.database}"
-
-
 class MySQLSessionService:
     """Sessions in MySQL 8 or MariaDB 10.11+. See the module docstring.
 
@@ -207,7 +153,7 @@ class MySQLSessionService:
     ) -> None:
         if not isinstance(url, str):
             raise ConfigurationError(f"MySQLSessionService needs a mysql:// URL, got {url!r}.")
-        self._url = _Url(url)
+        self._url = MySQLUrl(url)
         if table_prefix:
             check_sql_name(table_prefix, "table_prefix", longest=30)
         check_pool_options(connect_timeout, max_pool_size)
@@ -222,7 +168,6 @@ class MySQLSessionService:
             check_ttl(cleanup_interval, "cleanup_interval") or DEFAULT_CLEANUP_INTERVAL
         )
         self.connect_timeout = float(connect_timeout)
-        self._max_pool_size = max_pool_size
         self._sql = Statements(
             table_prefix,
             soft_delete=self.soft_delete,
@@ -230,11 +175,16 @@ class MySQLSessionService:
             app_state_ttl=self.app_state_ttl,
             user_state_ttl=self.user_state_ttl,
         )
-        self._pool: Any = None
-        self._ready_lock: asyncio.Lock | None = None
-        self._initialized = False
-        #: The server's max_allowed_packet: the largest statement it takes (bytes).
-        self._max_packet: int | None = None
+        self._db = MySQLDatabase(
+            self._url,
+            connect_timeout=self.connect_timeout,
+            max_pool_size=max_pool_size,
+            tables=self._sql.tables,
+            count_tables=self._sql.count_tables,
+            ddl=self._sql.ddl,
+            lock_name=self._sql.lock_name,
+            skip_db_init=self.skip_db_init,
+        )
         self._sweeper = ExpirySweeper(
             self.remove_expired,
             self.cleanup_interval,
@@ -248,111 +198,10 @@ class MySQLSessionService:
 
     # --- plumbing ----------------------------------------------------------------------------
 
-    def _backend_error(self, action: str, exc: BaseException) -> SessionBackendError:
-        return SessionBackendError(
-            f"MySQL session store at {self._url} failed while {action}: "
-            f"{type(exc).__name__}: {' '.join(str(exc).split())}. {_HINT}."
-        )
-
-    async def _ready(self, action: str) -> None:
-        """Open the pool, create the tables and read the server's limits on first use."""
-        if self._closed:
-            raise SessionBackendError(
-                f"MySQLSessionService for {self._url} is closed; build a new one."
-            )
-        if self._pool is not None and self._initialized:
-            return
-        if self._ready_lock is None:
-            self._ready_lock = asyncio.Lock()
-        async with self._ready_lock:
-            if self._pool is None:
-                try:
-                    self._pool = await asyncmy.create_pool(
-                        minsize=0,
-                        maxsize=self._max_pool_size,
-                        pool_recycle=3600,
-                        host=self._url.host,
-                        port=self._url.port,
-                        user=self._url.user,
-                        password=self._url.password,
-                        database=self._url.database,
-                        connect_timeout=max(1, round(self.connect_timeout)),
-                        charset="utf8mb4",
-                        autocommit=True,
-                        sql_mode="TRADITIONAL",
-                        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-                    )
-                except (TimeoutError, MySQLError, OSError) as exc:
-                    raise self._backend_error(action, exc) from exc
-            if not self._initialized:
-                await self._attempt("creating the session tables", self._initialize)
-                self._initialized = True
-        self._sweeper.start()
-
-    async def _initialize(self, conn: Connection) -> None:
-        """Read max_allowed_packet; create what is missing, once, however many workers start.
-
-        ``CREATE TABLE IF NOT EXISTS`` still waits for metadata locks held by running
-        transactions, so it runs only when a table is missing, checked before and again under
-        the named lock.
-        """
-        async with conn.cursor() as cur:
-            await cur.execute("SELECT @@max_allowed_packet")
-            row = await cur.fetchone()
-            self._max_packet = int(row[0])
-            if self.skip_db_init:
-                return
-
-            async def complete() -> bool:
-                await cur.execute(self._sql.count_tables, self._sql.tables)
-                found = await cur.fetchone()
-                return int(found[0]) == len(self._sql.tables)
-
-            if await complete():
-                return
-            await cur.execute("SELECT GET_LOCK(%s, 60)", (self._sql.lock_name,))
-            try:
-                if not await complete():
-                    for statement in self._sql.ddl:
-                        await cur.execute(statement)
-            finally:
-                await cur.execute("SELECT RELEASE_LOCK(%s)", (self._sql.lock_name,))
-
-    async def _attempt(self, action: str, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``work`` on a pooled connection, translating driver errors.
-
-        A transaction the server rolled back for a deadlock or lock wait timeout runs again; a
-        connection the server dropped (a restart) is replaced once. Everything ``work`` does
-        is safe to repeat: appends are deduplicated by event ID.
-        """
-        transactions = 0
-        reconnected = False
-        while True:
-            try:
-                async with self._pool.acquire() as conn:
-                    try:
-                        return await work(conn)
-                    except BaseException:
-                        # A connection left inside a transaction is closed by the pool.
-                        if conn.connected:
-                            with contextlib.suppress(MySQLError, OSError):
-                                await conn.rollback()
-                        raise
-            except OperationalError as exc:
-                code = exc.args[0] if exc.args else None
-                if code in _RETRY_TRANSACTION and transactions < _TRANSACTION_ATTEMPTS:
-                    transactions += 1
-                    continue
-                if code in _CONNECTION_LOST and not reconnected:
-                    reconnected = True
-                    continue
-                raise self._backend_error(action, exc) from exc
-            except (TimeoutError, MySQLError, OSError) as exc:
-                raise self._backend_error(action, exc) from exc
-
     async def _run(self, action: str, work: Callable[[Connection], Awaitable[T]]) -> T:
-        await self._ready(action)
-        return await self._attempt(action, work)
+        await self._db.ready(action)
+        self._sweeper.start()
+        return await self._db.attempt(action, work)
 
     async def remove_expired(self) -> int:
         """Retire expired sessions (with their events and summaries) and state rows now.
@@ -437,7 +286,7 @@ class MySQLSessionService:
                         sql.insert_session, (*ids, session_json, _naive(now), _naive(now))
                     )
                 except IntegrityError as exc:
-                    if exc.args and exc.args[0] == _DUPLICATE_KEY:
+                    if exc.args and exc.args[0] == DUPLICATE_KEY:
                         raise already_exists(key) from exc
                     raise
                 await self._write_scopes(cur, key.app_name, key.user_id, parts.user, parts.app)
@@ -563,10 +412,11 @@ class MySQLSessionService:
 
     def _check_event_size(self, event_json: str) -> None:
         size = len(event_json.encode())
-        if self._max_packet is not None and size + _STATEMENT_OVERHEAD > self._max_packet:
+        limit = self._db.max_packet
+        if limit is not None and size + _STATEMENT_OVERHEAD > limit:
             raise InvalidRequestError(
                 f"the event is {size} bytes of JSON; the MySQL server at {self._url} takes "
-                f"statements of at most {self._max_packet} bytes (max_allowed_packet). Nothing "
+                f"statements of at most {limit} bytes (max_allowed_packet). Nothing "
                 "was written. Make the event smaller (large tool results belong in an artifact "
                 "store), or raise max_allowed_packet on the server."
             )
@@ -586,7 +436,8 @@ class MySQLSessionService:
         ids = (key.app_name, key.user_id, key.session_id)
         limit = self.event_limit
         sql = self._sql
-        await self._ready("appending an event")
+        await self._db.ready("appending an event")
+        self._sweeper.start()
         self._check_event_size(event_json)
 
         async def work(conn: Connection) -> int | None:
@@ -609,7 +460,7 @@ class MySQLSessionService:
                         (*ids, event.id, position, event_json, _naive(event.created_at)),
                     )
                 except IntegrityError as exc:
-                    if exc.args and exc.args[0] == _DUPLICATE_KEY:
+                    if exc.args and exc.args[0] == DUPLICATE_KEY:
                         await conn.rollback()  # the event ID is there already
                         return None
                     raise
@@ -638,7 +489,7 @@ class MySQLSessionService:
                 await conn.commit()
                 return int(count)
 
-        event_count = await self._attempt("appending an event", work)
+        event_count = await self._db.attempt("appending an event", work)
         if event_count is None:
             return False
         apply_append(
@@ -750,11 +601,7 @@ class MySQLSessionService:
             return
         self._closed = True
         await self._sweeper.close()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-            with contextlib.suppress(MySQLError, OSError):
-                await pool.wait_closed()
+        await self._db.close()
 
 
 def _scope_values(
