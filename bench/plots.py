@@ -233,7 +233,9 @@ def sessions_costs(result: dict[str, Any], results: Results, directory: Path) ->
         (right, "read_ms", "raw_read_ms", "ms", f"read a {stores['memory']['events_read']}-event session"),
     ):  # fmt: skip
         data, labels, colors = [], [], []
-        for name in ("memory", "redis", "postgres"):
+        for name in ("memory", "redis", "postgres", "mysql"):
+            if name not in stores:  # results from before the MySQL store
+                continue
             samples = stores[name]["samples"]
             data.append(samples[key])
             labels.append(_stats_label(name, samples[key], unit, 1, sep="\n"))
@@ -252,9 +254,9 @@ def sessions_costs(result: dict[str, Any], results: Results, directory: Path) ->
     path = _save(
         fig, result, directory, "sessions_costs.png",
         f"{result['appends']} appends and {result.get('reads', '?')} reads per store; "
-        "box p25-p75, whiskers p10-p90; PostgreSQL with fsync off",
+        "box p25-p75, whiskers p10-p90; PostgreSQL with fsync off, MariaDB flushing once a second",
     )  # fmt: skip
-    return path, "Session store append and read costs, memory/Redis/PostgreSQL vs raw clients"
+    return path, "Session store append and read costs, memory/Redis/PostgreSQL/MySQL vs raw clients"
 
 
 # --- events ----------------------------------------------------------------------------------
