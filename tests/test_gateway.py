@@ -349,17 +349,27 @@ def test_the_openapi_description_names_the_routes_and_the_submit_fields(
 
 
 def test_a_webhook_is_signed_and_redelivered_after_the_receiver_first_fails(
-    gateway: GatewayProcess, model_server: ScriptedModelServer
+    start_gateway: StartGateway,
+    worker: Any,
+    model_server: ScriptedModelServer,
+    tmp_path: Path,
 ) -> None:
     receiver = WebhookReceiver(statuses=[500])
     try:
-        # Given a receiver that fails the first call
+        # Given a receiver that fails the first call, and a run that waits in a tool
+        model_server.add_tool_calls([("call_hold", "hold", {"label": "hook"})])
         model_server.add_text("hooked")
-        # When a run with a webhook completes
-        run = submit(gateway, ALICE_KEY, session_id="s-hook", webhook_url=receiver.url)
+        first = start_gateway()
+        run = submit(first, ALICE_KEY, session_id="s-hook", webhook_url=receiver.url)
+        # When the gateway that took the run is killed, and then the run completes
+        while not (tmp_path / "hook.held").exists():
+            time.sleep(0.02)
+        first.close()
+        release(tmp_path, "hook")
         requests = receiver.wait_for(2)
     finally:
         receiver.close()
+    gateway = start_gateway()
 
     # Then the receiver was called again, with the same delivery ID and a valid signature
     (first_headers, first_body), (headers, body) = requests
