@@ -2,7 +2,7 @@
 
     python -m bench all [--quick] [WHERE]      every benchmark, then the report
     python -m bench <name> [--quick] [WHERE]   one of: runtime, peers, sessions, events,
-                                               distributed, summaries, telemetry, artifacts,
+                                               distributed, summaries, telemetry, memory, artifacts,
                                                gateway;
                                                then the report
     python -m bench report [--quick | --out DIR]

@@ -100,6 +100,7 @@ BENCHMARKS = (
     Benchmark("distributed", "bench.bench_distributed", "runs through Celery workers"),
     Benchmark("summaries", "bench.bench_summaries", "summaries through the shard queues"),
     Benchmark("telemetry", "bench.bench_telemetry", "a run with OpenTelemetry on vs off"),
+    Benchmark("memory", "bench.bench_memory", "memory injection per run, per store, vs none"),
     Benchmark("artifacts", "bench.bench_artifacts", "artifact save and load vs direct writes"),
     Benchmark("gateway", "bench.bench_gateway", "1,000 SSE clients via the gateway vs direct"),
 )
