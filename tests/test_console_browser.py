@@ -672,6 +672,12 @@ def test_the_stream_resumes_on_a_new_gateway_without_a_gap_or_a_repeat(
     page.send("hold on")
     page.until(lambda: page.find("#transcript .tool .tool-name"), "the held tool call")
     page.until(lambda: (hold_dir / "go.held").exists(), "the tool to be waiting")
+    # (a message typed meanwhile waits in the box: one run at a time in the page)
+    page.send("too soon")
+    page.until(lambda: "A run is going on" in page.find("#notice").text, "the refusal")
+    assert page.find("#composer-input").get_attribute("value") == "too soon"
+    assert not page.find("#send").is_enabled()
+    page.find("#composer-input").clear()
 
     # When the gateway dies and another one takes its address
     page.expected_errors.append("/events - Failed to load resource: net::ERR_")  # the drop

@@ -109,6 +109,7 @@ function startSession(sessionId) {
   ui.sessionLabel.textContent = `session ${sessionId} · app ${state.app}`;
   ui.runStatus.replaceChildren(h("span", { class: "muted" }, "No run yet."));
   ui.cancel.disabled = true;
+  ui.send.disabled = !state.api;
   markCurrentSession();
 }
 
@@ -179,6 +180,7 @@ async function follow(invocationId) {
   state.abort = abort;
   state.running = invocationId;
   ui.cancel.disabled = false;
+  ui.send.disabled = true;
   showRunStatus(invocationId, "queued");
   let author = null;
   try {
@@ -218,6 +220,7 @@ async function follow(invocationId) {
     if (state.running === invocationId) {
       state.running = null;
       ui.cancel.disabled = true;
+      ui.send.disabled = !state.api;
     }
   }
   if (!abort.signal.aborted) loadSessions();
@@ -290,6 +293,11 @@ ui.newSession.addEventListener("click", () => { startSession(newSessionId()); ui
 ui.refreshSessions.addEventListener("click", loadSessions);
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
+  if (state.running) {
+    // One run at a time in the page: the next message would hide this run's stream.
+    say("A run is going on: wait for its answer, or stop it first.", "error");
+    return;
+  }
   const text = ui.input.value;
   ui.input.value = "";
   send(text);
