@@ -566,6 +566,33 @@ def test_a_refused_call_does_not_run(
     page.screenshot("refused")
 
 
+def test_a_running_runs_trace_grows_in_the_panel(
+    page: Page, model_server: ScriptedModelServer, hold_dir: Path
+) -> None:
+    # Given a run held in a tool
+    model_server.add_tool_calls([("call_t", "hold", {"label": "live"})])
+    model_server.add_text("Done waiting.")
+    page.connect()
+    page.send("wait for it")
+    page.until(lambda: (hold_dir / "live.held").exists(), "the tool to be waiting")
+
+    # When the user opens its trace from the run's status bar, while it runs
+    page.find("#run-status button.status-trace").click()
+    page.until(lambda: " · running · " in page.find("#trace-summary").text, "a running trace")
+    assert "conclusion" not in [
+        step.get_attribute("data-step-id") for step in page.find_all("#trace-graph button.step")
+    ]
+    page.screenshot("running-trace")
+
+    # Then, once the run goes on and ends, the open panel shows the whole trace by itself
+    (hold_dir / "live").touch()
+    page.until(lambda: " · completed · " in page.find("#trace-summary").text, "the whole trace")
+    page.until(
+        lambda: _step(page, "conclusion").is_displayed(), "the conclusion step in the graph"
+    )
+    page.screenshot("finished-trace")
+
+
 def test_sessions_are_listed_and_reopened(
     page: Page, model_server: ScriptedModelServer
 ) -> None:

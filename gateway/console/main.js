@@ -1,7 +1,7 @@
 // The console's wiring: API key, app and session choice, the chat, runs, the trace panel.
 
 import { Api, ApiError, storedKey, storeKey } from "./api.js";
-import { append, clear, costText, h, shortId, usageText } from "./dom.js";
+import { costText, h, shortId, usageText } from "./dom.js";
 import { TraceView } from "./trace.js";
 import { Transcript } from "./transcript.js";
 
@@ -107,6 +107,7 @@ function startSession(sessionId) {
   state.running = null;
   transcript.clear();
   ui.sessionLabel.textContent = `session ${sessionId} · app ${state.app}`;
+  statusParts = null;
   ui.runStatus.replaceChildren(h("span", { class: "muted" }, "No run yet."));
   ui.cancel.disabled = true;
   ui.send.disabled = !state.api;
@@ -162,16 +163,29 @@ async function openSession(sessionId) {
 
 // --- runs -------------------------------------------------------------------------------
 
+let statusParts = null; // {invocationId, badge, text} of the run the status bar shows
+
 function showRunStatus(invocationId, status, detail = {}) {
+  if (statusParts?.invocationId !== invocationId) {
+    // built once per run, so a focused button keeps its focus while events arrive
+    statusParts = { invocationId, badge: h("span", {}), text: h("span", {}) };
+    ui.runStatus.replaceChildren(statusParts.badge, statusParts.text, " ",
+      h("button", {
+        type: "button",
+        class: "link status-trace",
+        "aria-label": `Open the trace of run ${shortId(invocationId)}`,
+        onclick: () => openTrace(invocationId),
+      }, "Trace"));
+  }
   const cost = costText(detail.cost);
-  clear(ui.runStatus);
-  append(ui.runStatus, [
-    h("span", { class: `badge status-${status}` }, status),
+  statusParts.badge.className = `badge status-${status}`;
+  statusParts.badge.textContent = status;
+  statusParts.text.textContent = [
     ` run ${shortId(invocationId)}`,
-    detail.author ? ` · ${detail.author} is speaking` : null,
-    detail.usage ? ` · ${usageText(detail.usage)}` : null,
-    cost ? ` · cost ${cost}` : null,
-  ]);
+    detail.author ? ` · ${detail.author} is speaking` : "",
+    detail.usage ? ` · ${usageText(detail.usage)}` : "",
+    cost ? ` · cost ${cost}` : "",
+  ].join("");
 }
 
 async function follow(invocationId) {
