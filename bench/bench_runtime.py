@@ -154,6 +154,7 @@ async def cover_other_types(server: ScriptedModelServer, sizes: EventSizes) -> N
                 sizes.add_run([e async for e in stream], case)
     await service.close()
     await agent.model.close()
+    await cover_memory(server, sizes)
 
     # Imported here: nothing else of the in-process benchmark needs the workers.
     from workers.execution import AUTHOR
@@ -168,6 +169,23 @@ async def cover_other_types(server: ScriptedModelServer, sizes: EventSizes) -> N
             invocation_id=str(uuid.uuid4()), seq=5, author="bench", state_delta={"step": 2}
         )
         sizes.add_built(update, 'built, delta `{"step": 2}` (no code emits it yet)')
+
+
+async def cover_memory(server: ScriptedModelServer, sizes: EventSizes) -> None:
+    """Untimed runs told one experience by long-term memory, for ``memory.injected``."""
+    from runner_core.memory import Experience, agent_scope
+    from runner_core.memory_store import InMemoryMemoryService
+
+    memory = InMemoryMemoryService()
+    await memory.add(Experience(app_name="bench", scope=agent_scope("bench"),
+                                condition="when adding numbers", rule="Use the add tool."))  # fmt: skip
+    agent = LLMAgent("bench", model=scripted_model(server), instruction="Be brief.")
+    async with Runner("bench", agent, memory_service=memory) as runner:
+        for _ in range(COVER_RUNS):
+            server.add_text("5")
+            stream = runner.run("user", None, "What is 2 + 3? Add the numbers.")
+            sizes.add_run([e async for e in stream], "a run told one experience from memory")
+    await agent.model.close()
 
 
 # --- trees of agents ----------------------------------------------------------------------
