@@ -38,6 +38,7 @@ from runner_core.memory import (
     decode_item,
     search_text,
 )
+from runner_core.store_support import check_sql_name
 
 __all__ = ["PostgresMemoryService"]
 
@@ -45,16 +46,6 @@ T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 _HINT = "is PostgreSQL running and reachable there? Check AGENT_RUNNER_MEMORY_URL"
 _CONFIG_RE = re.compile(r"[a-z_]{1,40}")
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _check_name(value: object, option: str, longest: int) -> None:
-    """A schema or table prefix (also quoted in every statement), as the session store takes."""
-    if not isinstance(value, str) or len(value) > longest or not _NAME_RE.fullmatch(value):
-        raise ConfigurationError(
-            f"{option} {value!r} is not allowed: use letters, digits and '_', starting with a "
-            f"letter or '_', at most {longest} characters."
-        )
 _SCOPE = "app_name = %s AND scope = %s"
 
 
@@ -91,9 +82,9 @@ class PostgresMemoryService(MemoryService):
         if (dsn is None) == (pool is None):
             raise ConfigurationError("PostgresMemoryService needs a dsn or a pool (one of them).")
         if schema is not None:
-            _check_name(schema, "schema", 40)
+            check_sql_name(schema, "schema", longest=40)
         if table_prefix:
-            _check_name(table_prefix, "table_prefix", 30)
+            check_sql_name(table_prefix, "table_prefix", longest=30)
         if not isinstance(text_search_config, str) or not _CONFIG_RE.fullmatch(
             text_search_config
         ):

@@ -16,7 +16,6 @@ transaction-scoped advisory lock, so many workers can start at once.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -29,7 +28,12 @@ from psycopg import sql
 
 from runner_core.errors import ConfigurationError, SessionBackendError
 from runner_core.session import SessionKey, validate_identifier
-from runner_core.store_support import DEFAULT_CLEANUP_INTERVAL, check_fence, check_ttl
+from runner_core.store_support import (
+    DEFAULT_CLEANUP_INTERVAL,
+    check_fence,
+    check_sql_name,
+    check_ttl,
+)
 from runner_core.traces import (
     Step,
     Trace,
@@ -46,16 +50,6 @@ T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _check_name(value: object, option: str, longest: int) -> None:
-    """A schema or table prefix (quoted in every statement too), as the session store takes."""
-    if not isinstance(value, str) or len(value) > longest or not _NAME_RE.fullmatch(value):
-        raise ConfigurationError(
-            f"{option} {value!r} is not allowed: use letters, digits and '_', starting with a "
-            f"letter or '_', at most {longest} characters."
-        )
 
 
 class PostgresTraceStore:
@@ -89,9 +83,9 @@ class PostgresTraceStore:
         if (dsn is None) == (pool is None):
             raise ConfigurationError("PostgresTraceStore needs a dsn or a pool (one of them).")
         if schema is not None:
-            _check_name(schema, "schema", 40)
+            check_sql_name(schema, "schema", longest=40)
         if table_prefix:
-            _check_name(table_prefix, "table_prefix", 30)
+            check_sql_name(table_prefix, "table_prefix", longest=30)
         self.ttl = check_ttl(ttl, "ttl")
         self.cleanup_interval = (
             check_ttl(cleanup_interval, "cleanup_interval") or DEFAULT_CLEANUP_INTERVAL
