@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAPTURE_CONTENT_ENV",
+    "DURATION_BUCKETS",
     "INSTRUMENTATION_NAME",
     "SEMCONV_OPT_IN_ENV",
     "Telemetry",
@@ -73,7 +74,8 @@ CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 # Bucket boundaries the GenAI metric conventions advise.
 _TOKEN_BUCKETS = [4**i for i in range(14)]
-_DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]
+#: Also the buckets of the workers' own duration metrics (workers.telemetry).
+DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]
 
 INVOCATION_ID = "agent_runner.invocation_id"
 APP_NAME = "agent_runner.app_name"
@@ -129,13 +131,13 @@ class _Instruments:
                 "gen_ai.client.operation.duration",
                 unit="s",
                 description="GenAI operation duration.",
-                explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             ),
             run_duration=meter.create_histogram(
                 "agent_runner.run.duration",
                 unit="s",
                 description="Duration of runs, by how they ended (agent_runner.run.status).",
-                explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             ),
             runs_active=meter.create_up_down_counter(
                 "agent_runner.runs.active", unit="{run}", description="Runs under way."
@@ -144,7 +146,7 @@ class _Instruments:
                 "agent_runner.tool.duration",
                 unit="s",
                 description="Duration of tool calls (error.type set on the failed ones).",
-                explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             ),
             tool_errors=meter.create_counter(
                 "agent_runner.tool.errors",

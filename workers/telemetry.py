@@ -119,7 +119,7 @@ def _start(service_name: str) -> _Telemetry:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        from runner_core.telemetry import Telemetry
+        from runner_core.telemetry import DURATION_BUCKETS, Telemetry
     except ImportError as exc:
         variable = next(name for name in ENDPOINT_VARIABLES if os.environ.get(name, "").strip())
         raise ConfigurationError(
@@ -146,7 +146,6 @@ def _start(service_name: str) -> _Telemetry:
         instrumentor.instrument()
     _connect_signals()
     meter = metrics.get_meter("agent_runner")
-    buckets = [0.01 * 2**i for i in range(14)]
     return _Telemetry(
         pid=os.getpid(),
         plugin=Telemetry(),
@@ -154,19 +153,19 @@ def _start(service_name: str) -> _Telemetry:
             "agent_runner.queue.wait",
             unit="s",
             description="Time a task message waited in the broker before a worker took it.",
-            explicit_bucket_boundaries_advisory=buckets,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         ),
         session_wait=meter.create_histogram(
             "agent_runner.session.wait",
             unit="s",
             description="Time a run waited for its session (another run of it under way).",
-            explicit_bucket_boundaries_advisory=buckets,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         ),
         summary_duration=meter.create_histogram(
             "agent_runner.summary.duration",
             unit="s",
             description="Duration of summary jobs, by outcome (agent_runner.summary.status).",
-            explicit_bucket_boundaries_advisory=buckets,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         ),
         owned=owned,
         instrumentor=instrumentor,
