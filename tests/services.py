@@ -133,6 +133,13 @@ class RedisServer:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The running server's process ID (the benchmarks read its CPU time from /proc)."""
+        if self._process is None:
+            raise RuntimeError("redis-server is not running; call start() first.")
+        return self._process.pid
+
     def start(self) -> RedisServer:
         if self.is_running():
             return self
