@@ -300,7 +300,12 @@ def distributed_throughput(result: dict[str, Any], results: Results, directory: 
     completion = result.get("samples", {}).get("concurrent_completion_s")
     if not table:
         return None
-    fig, (left, right) = _figure(2, 1, (10, 9))
+    scale = result.get("scale_out")
+    if scale:
+        fig, (left, right, cpu_ax) = _figure(3, 1, (10, 13))
+        _distributed_cpu(cpu_ax, scale)
+    else:
+        fig, (left, right) = _figure(2, 1, (10, 9))
     levels = [row["in_flight"] for row in table]
     for path, label, color in (("runs", "agent-runner runs", OURS), ("noop", "bare Celery no-op", BASELINE)):
         medians = [row[f"{path}_per_s"] for row in table]
@@ -341,9 +346,40 @@ def distributed_throughput(result: dict[str, Any], results: Results, directory: 
         fig, result, directory, "distributed_throughput.png",
         f"top: median of {sizes.get('rounds', '?')} round(s) of max({sizes.get('sweep_min', '?')}, "
         f"4 x in flight) tasks per point, bars min-max; workers -P threads "
-        f"-c {max(levels)}; bottom: one worker -c 250, lines median (solid), p10/p90 (dashed)",
+        f"-c {max(levels)}; middle: one worker -c 250, lines median (solid), p10/p90 (dashed)"
+        + ("; bottom: CPU per task from /proc, workers -c 8 each" if scale else ""),
     )  # fmt: skip
-    return path, "Distributed runs: throughput vs runs in flight against bare Celery; concurrent completion times"
+    return path, (
+        "Distributed runs: throughput vs runs in flight against bare Celery; concurrent "
+        "completion times" + ("; CPU per task by component, 1 and 2 worker processes" if scale else "")
+    )
+
+
+def _distributed_cpu(ax: Any, scale: list[dict[str, Any]]) -> None:
+    """Stacked bars: CPU ms per task of each component, per path and number of worker processes."""
+    from bench.bench_distributed import COMPONENTS, PATH_LABELS, PATHS
+
+    labels, stacks = [], []
+    for path in PATHS:
+        for point in scale:
+            labels.append(f"{PATH_LABELS[path]}\n{point['processes']} worker process(es)")
+            stacks.append([point["cpu_ms_per_task"][path][c] for c in COMPONENTS])
+    positions = list(range(len(labels)))
+    left = [0.0] * len(labels)
+    colors = (OURS, ACCENT, BASELINE, "#2ca02c")
+    for index, component in enumerate(COMPONENTS):
+        widths = [stack[index] for stack in stacks]
+        ax.barh(positions, widths, left=left, color=colors[index % len(colors)], label=component)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for y, total in zip(positions, left, strict=True):
+        ax.annotate(f"{total:.1f} ms", (total, y), textcoords="offset points", xytext=(4, -3),
+                    fontsize=7)  # fmt: skip
+    ax.set_yticks(positions, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("CPU ms per task (utime + stime), by component")
+    ax.set_title("CPU per task: worker(s), redis-server, model server, producer", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
 
 
 # --- summaries -------------------------------------------------------------------------------

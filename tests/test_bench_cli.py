@@ -7,6 +7,7 @@ redraws from a copied result; nothing builds the peers' venvs. No timing is asse
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 
@@ -206,3 +207,96 @@ def test_clean_refuses_the_figures_of_record(tmp_path: Path, args: tuple[str, ..
     # Then it refuses with a usage error that says why, and removes nothing
     assert done.returncode == 2
     assert "figures of record" in done.stderr
+
+
+def _with_scale_out_and_memory(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the scale-out and memory parts a ``bench distributed`` run writes, in its
+    shape, made up here so the rendering can be checked without measuring for minutes."""
+    cpu = {"worker": 8.0, "redis-server": 2.0, "model server": 1.5, "producer": 1.0}
+
+    def point(processes: int, runs: float) -> dict[str, Any]:
+        return {
+            "processes": processes,
+            "rates": {"runs": [runs], "model_call": [200.0], "noop": [400.0]},
+            "per_s": {"runs": runs, "model_call": 200.0, "noop": 400.0},
+            "cpu_ms_per_task": {path: dict(cpu) for path in ("runs", "model_call", "noop")},
+        }
+
+    def held(idle: int, peak: int, outcomes: dict[str, int]) -> dict[str, Any]:
+        return {
+            "tasks": 1000, "submitted_s": 5.0, "seconds": 60.0, "max_in_flight": 1000,
+            "max_in_flight_at_s": 30.0, "outcomes": outcomes, "errors": {},
+            "rss_idle_kib": idle, "rss_peak_kib": peak, "rss_after_kib": peak, "hwm_kib": peak,
+            "per_task_kib": round((peak - idle) / 1000, 1),
+        }  # fmt: skip
+
+    runs = held(100_000, 300_000, {"completed": 1000})
+    runs["held"] = {"at_s": 40.0, "model_calls_held": 1000, "in_flight": 1000, "rss_kib": 290_000}
+    return {
+        **result,
+        "scale_out": [point(1, 120.0), point(2, 150.0)],
+        "memory": {
+            "concurrency": 1000, "sleep_s": 30.0,
+            "runs": runs, "sleep": {**held(100_000, 220_000, {"SUCCESS": 1000}), "held": None},
+        },
+    }  # fmt: skip
+
+
+def _distributed_page(result: dict[str, Any], out: Path, cache: Path) -> str:
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "distributed.json").write_text(json.dumps(result))
+    done = bench("report", "--out", str(out), cache=cache)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    page = (out / "benchmarks.md").read_text()
+    return page.partition("## Distributed runs")[2].partition('<a id="summaries">')[0]
+
+
+@pytest.mark.usefixtures("record_untouched")
+def test_distributed_section_has_the_floors_with_targets_scale_out_and_memory(
+    tmp_path: Path,
+) -> None:
+    # Given the distributed result of record, with a scale-out and a memory part
+    record = json.loads((ROOT / "bench" / "results" / "distributed.json").read_text())
+    result = _with_scale_out_and_memory(record)
+
+    # When the report is drawn from it
+    section = _distributed_page(result, tmp_path / "new", tmp_path / "cache")
+
+    # Then runs/s is held against the raw-client floor (>= 0.8x) and the 200 concurrent runs
+    # against bare sleeping tasks (<= 1.5x), each saying whether it met the target
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    ratio = result["runs_per_s"] / result["model_call_tasks_per_s"]
+    met = "met" if ratio >= 0.8 else "missed"
+    assert any(
+        "raw `openai` client" in row and f"| {ratio:.2f}x | >= 0.8x: **{met}** |" in row
+        for row in rows
+    ), rows
+    sleep_ratio = result["concurrent_completion_s"] / result["concurrent_floors_s"]["sleep_s"]
+    met = "met" if sleep_ratio <= 1.5 else "missed"
+    assert any(
+        "sleeping 1 s" in row and f"| {sleep_ratio:.2f}x | <= 1.5x: **{met}** |" in row
+        for row in rows
+    ), rows
+    # ... the no-op row and the raw-client 1 s row are context, without targets
+    context = [row for row in rows if row.endswith("| (no target) |")]
+    assert len(context) == 2 and "no-op" in context[0] and "raw client" in context[1]
+    # ... the scale-out table has 1 and 2 worker processes, 2 processes against 1
+    assert "| 2 | 150.0 | 1.25x | 200.0 | 0.75x | 400.0 |" in section
+    # ... with the CPU of every component per task, and their total
+    header = next(row for row in rows if row.startswith("| path | worker processes |"))
+    assert header.split(" | ")[2:6] == ["worker", "redis-server", "model server", "producer"]
+    assert "| agent-runner run | 2 | 8.00 | 2.00 | 1.50 | 1.00 | **12.50** |" in section
+    # ... and the memory per run in flight against bare sleeping tasks: (peak - idle) / tasks
+    assert "1000 (1000 model calls held at once) | 1000 completed | 98 | 293 | 293 | **200** |" in (
+        section
+    )
+    assert "| 1000 | 1000 | 1000 SUCCESS | 98 | 215 | 215 | **120** |" in section
+    assert "1.7x the memory of a bare sleeping task" in section
+
+    # When the result has no scale-out or memory part (a run from before they were measured)
+    old = {k: v for k, v in result.items() if k not in ("scale_out", "memory")}
+    section = _distributed_page(old, tmp_path / "old", tmp_path / "cache")
+
+    # Then the section still renders, with its headline rows and without those tables
+    assert ">= 0.8x" in section and "<= 1.5x" in section
+    assert "### Scale-out" not in section and "### Memory per run in flight" not in section
