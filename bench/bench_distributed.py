@@ -882,7 +882,7 @@ def render(result: dict[str, Any]) -> str:
 Zero-latency model; one worker process per path, threads `-c {max(sizes["levels"])}`; the
 producer submits the next task as soon as one finishes; steady state only, the first and last
 "in flight" completions of each point left out; median of {sizes["rounds"]} round(s) of
-max({sizes["sweep_min"]}, 4 x in flight) tasks per point:
+max({sizes["sweep_min"]}, 4 x in flight) tasks per point.
 
 | in flight | agent-runner runs/s | bare Celery no-op/s | ratio | run latency ms |
 |---:|---:|---:|---:|---:|
@@ -902,6 +902,11 @@ max({sizes["sweep_min"]}, 4 x in flight) tasks per point:
     load_after = (
         f" Load average at the end: {' / '.join(f'{x:.1f}' for x in after)}." if after else ""
     )
+    cpu_pointer = (
+        " Where a run's CPU goes, by component, is in the scale-out section below."
+        if result.get("scale_out")
+        else ""
+    )
     return f"""## Distributed runs
 
 `python -m bench distributed` — {machine_line(result["machine"])}{load_after}
@@ -912,14 +917,13 @@ max({sizes["sweep_min"]}, 4 x in flight) tasks per point:
 
 The floors are what any Celery-based agent runtime pays at the least on this machine: the
 broker and result-backend round trip plus the run's one streamed model call through the
-`openai` client (throughput), and Celery holding the same number of tasks for the model's
-{result["model_latency_s"]:g} s (concurrency). The ratios against them are agent-runner's own
-cost. Each run loads/creates its session, appends the user and assistant messages to Redis,
-streams the model's deltas, publishes every event (pub/sub + stream) and stores the task
-result. Throughput: best of {rounds} round(s) of {result["runs"]} submitted at once.
-{result["concurrent_completed"]}/{result["concurrent_runs"]} concurrent runs completed.{spread}
-The workers, Redis, the scripted model server and the producer share the same
-{result["machine"]["cores"]} cores, so CPU spent anywhere counts.
+`openai` client (throughput), and Celery holding as many tasks for as long as the model takes
+(concurrency). The ratios against them are agent-runner's own cost. Each run loads or creates
+its session, appends the user and assistant messages to Redis, streams the model's deltas,
+publishes every event (pub/sub + stream) and stores the task result. Throughput: best of
+{rounds} round(s) of {result["runs"]} submitted at once. {result["concurrent_completed"]}/{result["concurrent_runs"]}
+concurrent runs completed.{spread} The workers, Redis, the scripted model server and the
+producer share the same {result["machine"]["cores"]} cores, so CPU spent anywhere counts.{cpu_pointer}
 {_scale_out_text(result)}{_memory_text(result)}{sweep_text}{mode_note(result)}
 """
 

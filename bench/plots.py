@@ -346,7 +346,7 @@ def distributed_throughput(result: dict[str, Any], results: Results, directory: 
         fig, result, directory, "distributed_throughput.png",
         f"top: median of {sizes.get('rounds', '?')} round(s) of max({sizes.get('sweep_min', '?')}, "
         f"4 x in flight) tasks per point, bars min-max; workers -P threads "
-        f"-c {max(levels)}; middle: one worker -c 250, lines median (solid), p10/p90 (dashed)"
+        f"-c {max(levels)};\nmiddle: one worker -c 250, lines median (solid), p10/p90 (dashed)"
         + ("; bottom: CPU per task from /proc, workers -c 8 each" if scale else ""),
     )  # fmt: skip
     return path, (
