@@ -10,6 +10,7 @@ trace).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -125,6 +126,23 @@ class InMemoryTraceStore:
             check_owner(decode_trace(stored.header, f"trace {trace.invocation_id}"), trace)
         stored.header = trace.header().to_json()
         self._touch(stored)
+
+    async def write(
+        self,
+        invocation_id: str,
+        steps: Sequence[Step],
+        *,
+        header: Trace | None = None,
+        fence: int | None = None,
+    ) -> None:
+        if header is not None and header.invocation_id != invocation_id:
+            raise ValueError(
+                f"the header is trace {header.invocation_id!r}'s, not {invocation_id!r}'s"
+            )
+        for step in steps:
+            await self.add_step(invocation_id, step, fence=fence)
+        if header is not None:
+            await self.finish(header, fence=fence)
 
     async def get(self, invocation_id: str) -> Trace | None:
         validate_identifier(invocation_id, "invocation_id")

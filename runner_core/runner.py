@@ -82,13 +82,22 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_TRANSFERS = 10
 
 
+#: How many unstored events (``message.delta`` and other partial events) a run may hand out
+#: ahead of its reader before it waits for the reader again.
+PARTIAL_RUN_AHEAD = 64
+
+
 class _Handoff:
-    """Hands events from the run's task to the reader, one at a time.
+    """Hands events from the run's task to the reader.
 
     The run waits for the reader to ask for the next event (:meth:`turn`) before it stores and
-    hands over the next one, so a run never gets ahead of what its reader has handled. A
-    worker that publishes each event before asking for the next therefore never has a stored
-    event that was not published except the one in hand, which keeps redelivery gap-free.
+    hands over the next complete event, so a run never stores ahead of what its reader has
+    handled. A worker that publishes each event before asking for the next therefore never has
+    a stored event that was not published except the one in hand, which keeps redelivery
+    gap-free. Partial events are not stored: they do not wait for the reader unless
+    :data:`PARTIAL_RUN_AHEAD` of them are waiting already (:meth:`partial_turn`), so a reader
+    that publishes can take all that arrived meanwhile in one round trip
+    (:meth:`RunStream.ready`).
     """
 
     __slots__ = ("queue", "wanted")
@@ -100,6 +109,10 @@ class _Handoff:
 
     async def turn(self) -> None:
         await self.wanted.wait()
+
+    async def partial_turn(self) -> None:
+        if self.queue.qsize() >= PARTIAL_RUN_AHEAD:
+            await self.wanted.wait()
 
     def put(self, event: Event) -> None:
         self.wanted.clear()
@@ -154,7 +167,10 @@ class RunStream:
             raise self._fenced
         self._start()
         try:
-            self._handoff.wanted.set()
+            if self._handoff.queue.empty():
+                # Asks the run for more only once everything it handed out was taken: taking
+                # a delta that ran ahead does not let the run store its next event.
+                self._handoff.wanted.set()
             event = await self._handoff.queue.get()
         except asyncio.CancelledError:
             self.cancel()
@@ -165,6 +181,27 @@ class RunStream:
         if event.type == "runner.completion":
             self._completion = event
         return event
+
+    def ready(self) -> list[Event]:
+        """The events the run has handed out and the reader not taken yet, without waiting.
+
+        Ends at the completion. A reader that publishes events can take the next one with
+        ``anext`` and then these, and publish them together. Taking them does not ask the run
+        for more (only ``anext`` does), so the run stores nothing new meanwhile.
+        """
+        events: list[Event] = []
+        while self._completion is None and self._fenced is None:
+            try:
+                event = self._handoff.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if isinstance(event, FencedError):
+                self._fenced = event  # raised by the next anext
+                break
+            if event.type == "runner.completion":
+                self._completion = event
+            events.append(event)
+        return events
 
     def cancel(self) -> None:
         """Stop the run; the stream still ends with a ``cancelled`` completion.
@@ -929,7 +966,10 @@ class _RunPlan:
         exactly what is handed out (``call_store(land=True)``).
         """
         assert self.ctx is not None
-        await self.handoff.turn()
+        if event.partial:
+            await self.handoff.partial_turn()  # not stored: it need not wait for the reader
+        else:
+            await self.handoff.turn()
         self.stop.check()
         event = await self._on_event(self._without_temp_state(event))
         self._stamp(event)

@@ -305,6 +305,24 @@ class TraceStore(Protocol):
         """
         ...
 
+    async def write(
+        self,
+        invocation_id: str,
+        steps: Sequence[Step],
+        *,
+        header: Trace | None = None,
+        fence: int | None = None,
+    ) -> None:
+        """:meth:`add_step` for each of ``steps`` in order, then with ``header``
+        :meth:`finish`: what a run's recorder queued meanwhile, in one round trip where the
+        store can (Redis: one script call, all or nothing). The fence is checked as those
+        methods check it.
+
+        Raises:
+            TraceNotFoundError, FencedError: as :meth:`add_step`.
+        """
+        ...
+
     async def get(self, invocation_id: str) -> Trace | None:
         """The trace with its steps in the order stored, or None. No access check: callers
         that serve users go through :func:`read_trace`."""

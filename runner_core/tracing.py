@@ -33,9 +33,10 @@ next event, as a refused session append does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -303,43 +304,77 @@ class _Recording:
     writer: _Writer | None = None
 
 
+#: Seconds a run's trace writer waits after a write is queued before it writes, so the steps
+#: of a quick stretch of the run (and a short run's whole trace) go to the store in one
+#: write. The completion cuts the wait short, so a finished run's trace is whole when the
+#: completion is out.
+WRITE_LINGER_S = 0.2
+
+
 class _Writer:
     """One run's trace writes, in order, in a task of their own: the run does not wait for
     the store (a step costs it no round trip), a cancel of the run never cuts a write short,
     and the completion waits for all of them (:meth:`close`).
 
+    What was queued meanwhile goes in one :meth:`TraceStore.write`: the writer waits
+    :data:`WRITE_LINGER_S` after the first queued item (not once :meth:`close` was called),
+    then writes every step queued and the newest header.
+
     A store failure stops the writes (logged); a fenced write stops them and is kept in
     :attr:`fenced`, which the recorder raises on the run's next event.
     """
 
-    def __init__(self, invocation_id: str) -> None:
+    def __init__(self, store: TraceStore, invocation_id: str, fence: int | None) -> None:
+        self.store = store
         self.invocation_id = invocation_id
-        self.queue: asyncio.Queue[Callable[[], Awaitable[Any]] | None] = asyncio.Queue()
+        self.fence = fence
         self.fenced: FencedError | None = None
         self.failed = False
+        self._steps: list[Step] = []
+        self._header: Trace | None = None
+        self._queued = asyncio.Event()
+        self._closing = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
-    def put(self, write: Callable[[], Awaitable[Any]]) -> None:
-        self.queue.put_nowait(write)
+    def add(self, step: Step) -> None:
+        self._steps.append(step)
+        self._queued.set()
+
+    def finish(self, header: Trace) -> None:
+        self._header = header
+        self._queued.set()
 
     async def _run(self) -> None:
-        while (write := await self.queue.get()) is not None:
-            if self.failed:
-                continue
-            try:
-                await write()
-            except FencedError as exc:
-                self.failed, self.fenced = True, exc
-            except Exception as exc:  # a failing trace store never fails the run
-                self.failed = True
-                logger.warning(
-                    "run %s: its trace is not written any more: %s: %s",
-                    self.invocation_id, type(exc).__name__, exc,
-                )  # fmt: skip
+        while True:
+            await self._queued.wait()
+            if not self._closing.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(WRITE_LINGER_S):
+                        await self._closing.wait()
+            self._queued.clear()
+            steps, header = self._steps, self._header
+            self._steps, self._header = [], None
+            if not self.failed and (steps or header is not None):
+                await self._write(steps, header)
+            if self._closing.is_set() and not self._queued.is_set():
+                return
+
+    async def _write(self, steps: list[Step], header: Trace | None) -> None:
+        try:
+            await self.store.write(self.invocation_id, steps, header=header, fence=self.fence)
+        except FencedError as exc:
+            self.failed, self.fenced = True, exc
+        except Exception as exc:  # a failing trace store never fails the run
+            self.failed = True
+            logger.warning(
+                "run %s: its trace is not written any more: %s: %s",
+                self.invocation_id, type(exc).__name__, exc,
+            )  # fmt: skip
 
     async def close(self) -> None:
-        """Wait for every write queued, then stop."""
-        self.queue.put_nowait(None)
+        """Write what is queued at once, wait for it, then stop."""
+        self._closing.set()
+        self._queued.set()
         await asyncio.shield(self.task)
 
 
@@ -413,7 +448,7 @@ class TraceRecorder(Plugin):
         created = await self._read(recording, self.store.start(trace, fence=fence))
         if created is None:
             return  # the trace store failed: no trace for this run
-        recording.writer = _Writer(ctx.invocation_id)
+        recording.writer = _Writer(self.store, ctx.invocation_id, fence)
         if not prior:
             return
         if not created:
@@ -499,8 +534,7 @@ class TraceRecorder(Plugin):
         """Queue the step's write (the run goes on at once)."""
         if recording.writer is None:
             return
-        invocation_id, fence = recording.trace.invocation_id, recording.fence
-        recording.writer.put(lambda: self.store.add_step(invocation_id, step, fence=fence))
+        recording.writer.add(step)
         recording.stored.add(step.step_id)
 
     async def _finish(
@@ -519,8 +553,7 @@ class TraceRecorder(Plugin):
             trace.error = completion.error
             trace.ended_at = completion.created_at
             trace.otel_trace_id = trace.otel_trace_id or current_otel_trace_id(ctx)
-            header, fence = trace.header(), recording.fence
-            recording.writer.put(lambda: self.store.finish(header, fence=fence))
+            recording.writer.finish(trace.header())
             await recording.writer.close()  # the trace is whole before the completion is out
         finally:
             self._runs.pop(ctx.invocation_id, None)

@@ -107,6 +107,7 @@ from runner_core.store_support import (
     utcnow,
 )
 
+from .redis_pool import WaitingConnectionPool
 from .redis_target import cluster_node_url, is_cluster_url
 
 __all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_RETRY_FOR_S", "RedisSessionService"]
@@ -420,7 +421,7 @@ class RedisSessionService:
             try:
                 # Blocking: with every connection busy (many runs at once), a command waits
                 # for one instead of failing with "Too many connections".
-                pool = aioredis.BlockingConnectionPool.from_url(
+                pool = WaitingConnectionPool.from_url(
                     url,
                     max_connections=max_connections,
                     timeout=socket_timeout,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -308,6 +308,23 @@ class PostgresTraceStore:
             )
 
         await self._call("finishing a trace", work)
+
+    async def write(
+        self,
+        invocation_id: str,
+        steps: Sequence[Step],
+        *,
+        header: Trace | None = None,
+        fence: int | None = None,
+    ) -> None:
+        if header is not None and header.invocation_id != invocation_id:
+            raise ValueError(
+                f"the header is trace {header.invocation_id!r}'s, not {invocation_id!r}'s"
+            )
+        for step in steps:
+            await self.add_step(invocation_id, step, fence=fence)
+        if header is not None:
+            await self.finish(header, fence=fence)
 
     async def get(self, invocation_id: str) -> Trace | None:
         validate_identifier(invocation_id, "invocation_id")

@@ -17,7 +17,7 @@ traces listed in the session's index.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -66,26 +66,28 @@ end
 return {0, header}
 """
 
-# KEYS: trace, steps, order[, index]. ARGV: fence ('' none), ttl_ms, then for a step: step_id,
-# step JSON; for a header: '', header JSON.
-# Returns 1 written, 0 a known step ID, -1 no trace, {-2, holder} fenced.
+# KEYS: trace, steps, order[, index]. ARGV: fence ('' none), ttl_ms, header JSON ('' none), then
+# step_id, step JSON for each step, in order. Steps first (a known step ID is skipped), then the
+# header. Returns how many steps were new, -1 no trace, {-2, holder} fenced (nothing written).
 _WRITE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] ~= '' then
   local holder = redis.call('HGET', KEYS[1], 'fence')
   if holder ~= ARGV[1] then return {-2, holder or ''} end
 end
-if ARGV[3] == '' then
-  redis.call('HSET', KEYS[1], 'header', ARGV[4])
-else
-  if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 0 then return 0 end
-  redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'n', 1), ARGV[3])
+local added = 0
+for i = 4, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'n', 1), ARGV[i])
+    added = added + 1
+  end
 end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'header', ARGV[3]) end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], ttl) end
 end
-return 1
+return added
 """
 
 
@@ -164,27 +166,28 @@ class RedisTraceStore:
             ) from exc
 
     async def _write(
-        self, invocation_id: str, trace: Trace | None, step: Step | None, fence: int | None
-    ) -> bool:
-        """Write a header (``trace``) or a step; the header's write refreshes the session's
-        index too."""
+        self, invocation_id: str, trace: Trace | None, steps: Sequence[Step], fence: int | None
+    ) -> int:
+        """Write ``steps``, then a header (``trace``); the header's write refreshes the
+        session's index too. Returns how many steps were new."""
         keys = self._keys(invocation_id)
         if trace is not None:
             keys.append(self._index(trace.app_name, trace.user_id, trace.session_id))
         args: list[str | int] = [
             "" if fence is None else fence,
             _ms(self.ttl),
-            "" if step is None else step.step_id,
-            step.to_json() if step is not None else trace.header().to_json() if trace else "",
+            trace.header().to_json() if trace is not None else "",
         ]
-        action = "adding a trace step" if step is not None else "writing a trace"
+        for step in steps:
+            args += [step.step_id, step.to_json()]
+        action = "writing a trace" if trace is not None else "adding a trace step"
         result = await self._call(action, lambda: self._write_script(keys=keys, args=args))
         if isinstance(result, list):
             assert fence is not None
             raise trace_fenced(invocation_id, fence, _text(result[1]) or None)
         if int(result) == -1:
             raise trace_not_found(invocation_id)
-        return int(result) == 1
+        return int(result)
 
     # --- the store -----------------------------------------------------------------------
 
@@ -215,20 +218,38 @@ class RedisTraceStore:
         stored.attempts += 1
         stored.status = "running"
         stored.ended_at = None
-        await self._write(stored.invocation_id, stored, None, fence)
+        await self._write(stored.invocation_id, stored, (), fence)
         return False
 
     async def add_step(self, invocation_id: str, step: Step, *, fence: int | None = None) -> bool:
         validate_identifier(invocation_id, "invocation_id")
         if fence is not None:
             check_fence(fence)
-        return await self._write(invocation_id, None, step, fence)
+        return await self._write(invocation_id, None, [step], fence) == 1
 
     async def finish(self, trace: Trace, *, fence: int | None = None) -> None:
         validate_identifier(trace.invocation_id, "invocation_id")
         if fence is not None:
             check_fence(fence)
-        await self._write(trace.invocation_id, trace, None, fence)
+        await self._write(trace.invocation_id, trace, (), fence)
+
+    async def write(
+        self,
+        invocation_id: str,
+        steps: Sequence[Step],
+        *,
+        header: Trace | None = None,
+        fence: int | None = None,
+    ) -> None:
+        validate_identifier(invocation_id, "invocation_id")
+        if fence is not None:
+            check_fence(fence)
+        if header is not None and header.invocation_id != invocation_id:
+            raise ValueError(
+                f"the header is trace {header.invocation_id!r}'s, not {invocation_id!r}'s"
+            )
+        if steps or header is not None:
+            await self._write(invocation_id, header, steps, fence)
 
     async def get(self, invocation_id: str) -> Trace | None:
         validate_identifier(invocation_id, "invocation_id")

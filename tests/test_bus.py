@@ -149,6 +149,45 @@ async def test_publish_writes_channel_and_stream_in_one_round_trip(
     pubsub.close()
 
 
+async def test_publish_many_writes_a_batch_in_one_round_trip_as_separate_events(
+    redis_url: str, sync_redis: redis.Redis, invocation_id: str
+) -> None:
+    # Given a bus on a connection that counts round trips, warmed up, and a subscriber
+    pool = aioredis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
+    connection = aioredis.Redis(connection_pool=pool)
+    bus = EventBus(connection)
+    await bus.publish(make_event("warm-up", 0), identity=IDENTITY)
+    pubsub = sync_redis.pubsub()
+    pubsub.subscribe(events_channel(invocation_id))
+    pubsub.get_message(timeout=1)
+    CountingConnection.writes = 0
+
+    # When four events (the last the completion) are published as one batch
+    await bus.publish_many(make_run(invocation_id, 4), identity=IDENTITY)
+    await connection.aclose()
+
+    # Then it took one round trip, and readers see four events in order, as four publishes
+    assert CountingConnection.writes == 1
+    entries = sync_redis.xrange(stream_key(invocation_id))
+    assert [decode_event(fields[b"event"]).seq for _, fields in entries] == [0, 1, 2, 3]
+    received = [pubsub.get_message(timeout=1) for _ in range(4)]
+    assert [decode_event(m["data"]).seq for m in received if m] == [0, 1, 2, 3]
+    pubsub.close()
+    events = list(client.stream_events(invocation_id, redis_url=redis_url, timeout=5))
+    assert [e.seq for e in events] == [0, 1, 2, 3]
+
+
+async def test_publish_many_refuses_an_empty_batch_or_two_invocations(
+    bus: EventBus, invocation_id: str
+) -> None:
+    with pytest.raises(ValueError, match="at least one event"):
+        await bus.publish_many([], identity=IDENTITY)
+    with pytest.raises(ValueError, match="one invocation"):
+        await bus.publish_many(
+            [make_event(invocation_id, 0), make_event(str(uuid.uuid4()), 1)], identity=IDENTITY
+        )
+
+
 async def test_stream_entry_holds_the_event_json_in_field_event_with_a_ttl(
     bus: EventBus, sync_redis: redis.Redis, invocation_id: str
 ) -> None:

@@ -106,6 +106,34 @@ async def test_a_publish_of_a_delivery_whose_lease_was_taken_writes_nothing(
 
 
 @pytest.mark.redis
+async def test_a_batch_publish_of_a_delivery_whose_lease_was_taken_writes_none_of_it(
+    locks: SessionLocks, bus: EventBus, aio: aioredis.Redis
+) -> None:
+    # Given a delivery that published, then lost its lease to a redelivery
+    run = str(uuid.uuid4())
+    stale = await claimed(locks, KEY, run)
+    await bus.publish(event(run, 0), fence=locks.fence(stale.lease), identity=identity_of(KEY))
+    await aio.delete(f"agent-runner:session:{stale.lease.digest}:lease")
+    owner = await claimed(locks, KEY, run)
+
+    # When the stale delivery publishes three events in one batch
+    with pytest.raises(FencedError, match="Event seq 1, 2, 3 was not published"):
+        await bus.publish_many(
+            [event(run, 1), event(run, 2), event(run, 3)],
+            fence=locks.fence(stale.lease),
+            identity=identity_of(KEY),
+        )
+
+    # Then none of them was written; the owner's batch is written whole
+    assert await aio.xlen(stream_key(run)) == 1
+    await bus.publish_many(
+        [event(run, 1), event(run, 2)], fence=locks.fence(owner.lease), identity=identity_of(KEY)
+    )
+    assert await aio.xlen(stream_key(run)) == 3
+    assert await bus.last_seq(run) == 2
+
+
+@pytest.mark.redis
 async def test_an_event_for_another_identity_s_invocation_is_refused(
     bus: EventBus, aio: aioredis.Redis
 ) -> None:

@@ -120,6 +120,49 @@ async def test_text_run_streams_deltas_stores_complete_events_and_completes(
     assert sent == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
 
 
+async def test_deltas_run_ahead_of_the_reader_but_stored_events_wait_for_it(
+    model: FakeModel, service: InMemorySessionService
+) -> None:
+    # Given a model that streams five chunks, and a reader that is slow after its first delta
+    model.add_text("one two three four five", chunks=5)
+    runner = make_runner(model, service)
+    stream = runner.run("alice", "s1", "hi")
+    assert (await anext(stream)).type == "message"  # the user's message
+    assert (await anext(stream)).type == "message.delta"
+    await asyncio.sleep(0.05)
+
+    # When it takes what the run handed out meanwhile
+    ready = stream.ready()
+
+    # Then that is the other deltas, in order, and nothing stored: the assistant's message waits
+    # until the reader asks for more, so only the user's message is in the session
+    assert [e.type for e in ready] == ["message.delta"] * 4
+    assert [e.seq for e in ready] == [2, 3, 4, 5]
+    assert stream.ready() == []
+    session = await service.get_session("demo", "alice", "s1")
+    assert session is not None and len(session.events) == 1
+    # And asking for more goes on with the stored message, then the completion
+    rest = [event async for event in stream]
+    assert [e.type for e in rest] == ["message", "runner.completion"]
+    assert [e.seq for e in rest] == [6, 7]
+
+
+async def test_ready_ends_at_the_completion(
+    model: FakeModel, service: InMemorySessionService
+) -> None:
+    model.add_text("done", chunks=1)
+    runner = make_runner(model, service)
+    stream = runner.run("alice", "s1", "hi")
+    taken = [await anext(stream)]
+    while taken[-1].type != "runner.completion":
+        await asyncio.sleep(0.01)
+        taken.extend(stream.ready() or [await anext(stream)])
+    assert stream.ready() == []
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+    assert_gap_free(taken)
+
+
 async def test_tool_call_run_makes_two_model_calls_and_totals_usage_and_cost(
     model: FakeModel, service: InMemorySessionService
 ) -> None:

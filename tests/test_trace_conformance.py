@@ -152,6 +152,42 @@ async def test_finish_replaces_the_header_and_keeps_the_steps(store: TraceStore)
     assert trace.duration_ms == 0 and [s.step_id for s in trace.steps] == ["model:1"]
 
 
+async def test_write_adds_steps_in_order_then_replaces_the_header(store: TraceStore) -> None:
+    # Given a trace with one step
+    await store.start(a_trace(), fence=4)
+    await store.add_step("inv-1", model_step(1), fence=4)
+
+    # When the step again, two new ones and the final header are written at once
+    again = model_step(1).model_copy(update={"reply": "a second write of the same step"})
+    steps = [again, tool_step(2, "model:1"), model_step(3, ["model:1", "tool:2"])]
+    await store.write("inv-1", steps, header=a_trace(status="completed", cost=0.25), fence=4)
+
+    # Then the known step is kept as it was, the new ones follow in order, the header is new
+    trace = await store.get("inv-1")
+    assert trace is not None and trace.status == "completed" and trace.cost == 0.25
+    assert [s.step_id for s in trace.steps] == ["model:1", "tool:2", "model:3"]
+    assert trace.steps[0].reply is None
+
+
+async def test_a_fenced_off_write_writes_none_of_it(store: TraceStore) -> None:
+    await store.start(a_trace(), fence=1)
+    await store.add_step("inv-1", model_step(1), fence=1)
+    await store.start(a_trace(), fence=2)  # a newer delivery took the run
+
+    with pytest.raises(FencedError):
+        await store.write(
+            "inv-1", [model_step(5), model_step(6)], header=a_trace(status="failed"), fence=1
+        )
+
+    trace = await store.get("inv-1")
+    assert trace is not None and trace.status == "running"
+    assert [s.step_id for s in trace.steps] == ["model:1"]
+    with pytest.raises(TraceNotFoundError):
+        await store.write("never-started", [model_step(1)])
+    with pytest.raises(ValueError, match="not 'inv-1'"):
+        await store.write("inv-1", [], header=a_trace("inv-2"))
+
+
 async def test_a_later_step_such_as_feedback_is_added_after_the_run(store: TraceStore) -> None:
     await store.start(a_trace())
     await store.add_step("inv-1", model_step(1))

@@ -92,6 +92,16 @@ def _start_in_child(**_: Any) -> None:
     _start_or_exit()
 
 
+def _quiet_http_request_logs() -> None:
+    """httpx logs every HTTP request, so every model call, at INFO: one line per call in a
+    worker's log at the usual ``-l INFO`` and a log record built per call on the hot path.
+    Its loggers are set to WARNING unless a level was configured for them."""
+    for name in ("httpx", "httpx2"):
+        http_logger = logging.getLogger(name)
+        if http_logger.level == logging.NOTSET:
+            http_logger.setLevel(logging.WARNING)
+
+
 def _start_or_exit() -> None:
     """Start the runtime, or stop the worker with the reason.
 
@@ -102,6 +112,7 @@ def _start_or_exit() -> None:
     from .runtime import start_runtime
     from .telemetry import setup as setup_telemetry
 
+    _quiet_http_request_logs()
     try:
         setup_telemetry("agent-runner-worker")  # OTEL_* variables, docs/telemetry.md
         start_runtime()

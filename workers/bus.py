@@ -45,7 +45,7 @@ Errors::
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -179,20 +179,26 @@ def unavailable(client: Any, exc: BaseException) -> EventBusUnavailableError:
 
 
 # KEYS: stream, owner, and for a fenced publish the session lease.
-# ARGV: event JSON, channel, maxlen, ttl seconds, the event's identity, owner ttl seconds, the
-#       lease holder this publish needs ('' when unfenced), stream field, the publish command
-#       (PUBLISH, or SPUBLISH on Redis Cluster: the channel is in the keys' slot).
+# ARGV: channel, maxlen, ttl seconds, the events' identity, owner ttl seconds, the lease holder
+#       this publish needs ('' when unfenced), stream field, the publish command (PUBLISH, or
+#       SPUBLISH on Redis Cluster: the channel is in the keys' slot), then one event JSON per
+#       event, in order (one round trip for the events a run handed out meanwhile).
 # Returns {-1, owner} for another identity's invocation, {-2} when the lease is not held (both
-# write nothing), else {1, subscribers}.
-# XADD before PUBLISH, so a subscriber that hears of an event can always find it in the stream.
+# write nothing), else {1, subscribers of the last event}.
+# Each event: XADD before PUBLISH, so a subscriber that hears of an event can always find it in
+# the stream.
 _PUBLISH_LUA = """
 local owner = redis.call('GET', KEYS[2])
-if owner and owner ~= ARGV[5] then return {-1, owner} end
-if ARGV[7] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[7] then return {-2} end
-redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', ARGV[8], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return {1, redis.call(ARGV[9], ARGV[2], ARGV[1])}
+if owner and owner ~= ARGV[4] then return {-1, owner} end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then return {-2} end
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+local heard = 0
+for i = 9, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[7], ARGV[i])
+  heard = redis.call(ARGV[8], ARGV[1], ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {1, heard}
 """
 
 
@@ -423,8 +429,29 @@ class EventBus:
             FencedError: ``fence`` is no longer held (another delivery took the run).
             Nothing is written in either case.
         """
-        payload = event.to_json()
-        invocation_id = event.invocation_id
+        await self.publish_many([event], identity=identity, fence=fence)
+
+    async def publish_many(
+        self, events: Sequence[Event], *, identity: str, fence: Fence | None = None
+    ) -> None:
+        """:meth:`publish` for several events of one invocation, in order, in one round trip.
+
+        All or nothing: the checks of :meth:`publish` pass for the batch or none of it is
+        written. Each event is still its own stream entry and its own message on the channel,
+        so readers see exactly what one :meth:`publish` per event would have written.
+
+        Raises:
+            ValueError: ``events`` is empty or spans more than one invocation.
+            InvocationOwnedError, FencedError: as :meth:`publish`.
+        """
+        if not events:
+            raise ValueError("publish_many needs at least one event")
+        invocation_id = events[0].invocation_id
+        if any(e.invocation_id != invocation_id for e in events):
+            raise ValueError(
+                f"publish_many publishes the events of one invocation; got events of "
+                f"{sorted({e.invocation_id for e in events})}"
+            )
         tag = await self._bind(invocation_id, identity) if self.cluster else ""
         keys = [
             stream_key(invocation_id, self.prefix, tag),
@@ -433,7 +460,6 @@ class EventBus:
         if fence is not None:
             keys.append(fence.lease_key)
         args: list[str | int] = [
-            payload,
             events_channel(invocation_id, self.prefix, tag),
             self.stream_maxlen,
             self.stream_ttl_s,
@@ -443,13 +469,15 @@ class EventBus:
             STREAM_FIELD,
             self._publish_command or await self.publish_command(),
         ]
+        args.extend(event.to_json() for event in events)
         reply = await self._call(lambda: self._publish_script(keys=keys, args=args))
         if int(reply[0]) == -1:
             raise invocation_owned(invocation_id, reply[1], identity)
         if int(reply[0]) == -2:
+            seqs = ", ".join(str(e.seq) for e in events)
             raise FencedError(
                 f"run {invocation_id} no longer holds its session lease ({keys[-1]}): another "
-                f"delivery took the run over. Event seq {event.seq} was not published."
+                f"delivery took the run over. Event seq {seqs} was not published."
             )
 
     async def publish_before_start(self, event: Event, *, identity: str) -> bool:

@@ -405,9 +405,12 @@ async def _pump(
         async for event in stream:
             if lost.is_set():
                 break  # another delivery owns the run now: publish nothing more
-            await _publish(rt, event, lease, fence, identity)
-            if event.type == "runner.completion":
-                return event
+            # With the events the run handed out meanwhile (streamed deltas, which do not
+            # wait for the reader), in one round trip.
+            events = [event, *stream.ready()]
+            await _publish(rt, events, lease, fence, identity)
+            if events[-1].type == "runner.completion":
+                return events[-1]
         # Only a lost lease ends the stream early (it always ends with a completion or raises).
         raise FencedError(
             f"run {lease.invocation_id} lost its session lease (token {lease.token}) to another "
@@ -420,20 +423,21 @@ async def _pump(
 
 
 async def _publish(
-    rt: WorkerRuntime, event: Event, lease: Lease, fence: Fence, identity: str
+    rt: WorkerRuntime, events: list[Event], lease: Lease, fence: Fence, identity: str
 ) -> None:
-    """Publish an event of the run while this delivery holds its lease.
+    """Publish events of the run, in order, while this delivery holds its lease.
 
     A lease that expired with nobody else granted the session (a pause, a Redis blip) is taken
-    back by the heartbeat script and the event published; otherwise the FencedError stands.
+    back by the heartbeat script and the events published; otherwise the FencedError stands.
     """
+    publish = partial(rt.bus.publish_many, events, identity=identity, fence=fence)
     try:
-        await _retrying(rt, partial(rt.bus.publish, event, identity=identity, fence=fence))
+        await _retrying(rt, publish)
     except FencedError:
         if not await _redis_retrying(rt, lambda: rt.locks.heartbeat(lease)):
             raise
         logger.warning("run %s took its expired session lease back", lease.invocation_id)
-        await _retrying(rt, partial(rt.bus.publish, event, identity=identity, fence=fence))
+        await _retrying(rt, publish)
 
 
 async def _cancel_when(cancelled: asyncio.Event, stream: RunStream) -> None:

@@ -30,6 +30,7 @@ from runner_core.artifacts import ArtifactService
 from runner_core.memory import MemoryService
 from runner_core.session import SessionService
 from runner_core.traces import TraceStore
+from session_backends.redis_pool import WaitingConnectionPool
 from session_backends.redis_target import AsyncRedis, async_client, is_cluster_url
 
 from .agents import AgentRegistry
@@ -68,7 +69,7 @@ def _redis_client(url: str, max_connections: int) -> AsyncRedis:
         )
     if url.startswith("redis+socket://"):
         url = "unix://" + url.removeprefix("redis+socket://")
-    pool = aioredis.BlockingConnectionPool.from_url(
+    pool = WaitingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=_POOL_WAIT_S,
