@@ -859,8 +859,8 @@ in flight, and after they all finished. Per task in flight = (peak - idle) / tas
 
 A run in flight costs {ratio:.1f}x the memory of a bare sleeping task (its worker thread, the
 run's coroutine, its model call's HTTP connection and the events and session state it holds).
-{held_text}{error_text} Runs took {runs["seconds"]:.0f} s from the first send to the last
-result ({runs["submitted_s"]:.1f} s to send them); the bare tasks {sleep["seconds"]:.0f} s.
+{held_text.strip()}{error_text} Runs took {runs["seconds"]:.0f} s from the first send to the
+last result ({runs["submitted_s"]:.1f} s to send them); the bare tasks {sleep["seconds"]:.0f} s.
 """
 
 
