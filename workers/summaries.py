@@ -432,6 +432,8 @@ def maybe_enqueue_after_run(rt: WorkerRuntime, completion: RunCompletionEvent) -
         return None
     app_name, user_id, session_id = completion.app_name, completion.user_id, completion.session_id
     try:
+        if summarizer_for(rt, app_name) is None:
+            return None  # the common case, answered here without a hop to the runtime's loop
         if not rt.run(_due_after_run(rt, app_name, user_id, session_id), timeout=30):
             return None
         try:

@@ -60,6 +60,7 @@ from .runtime import WorkerRuntime, get_runtime
 from .summaries import maybe_enqueue_after_run
 from .task_messages import PROBLEM_HEADER
 from .webhooks import enqueue_after_run as enqueue_webhook
+from .webhooks import webhook_due
 
 __all__ = ["SUBMIT_RUN", "submit_run"]
 
@@ -101,6 +102,14 @@ async def _reject_invalid(
         return done
     error_event = EventError(type="invalid_request", message=str(error))
     return await publish_failure(rt, invocation_id, labels, error_event, before_start=True)
+
+
+async def _run_then_webhook(
+    rt: WorkerRuntime, request: RunRequest, invocation_id: str, delivery_tag: str | None
+) -> tuple[RunCompletionEvent, bool | None]:
+    """The run, then whether its webhook is due: one hop to the runtime's loop for both."""
+    completion = await execute_run(rt, request, invocation_id, delivery_tag=delivery_tag)
+    return completion, await webhook_due(rt, invocation_id)
 
 
 def _validate(
@@ -231,11 +240,11 @@ def _submit_run(self: Task, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
     properties = getattr(self.request, "properties", None) or {}
     delivery_tag = properties.get("delivery_tag")
     try:
-        completion = rt.run(execute_run(rt, request, invocation_id, delivery_tag=delivery_tag))
+        completion, webhook = rt.run(_run_then_webhook(rt, request, invocation_id, delivery_tag))
     except (FencedError, InvocationOwnedError) as refused:
         raise _refuse(self, refused) from refused
     maybe_enqueue_after_run(rt, completion)  # a summary job when the app's checks pass
-    enqueue_webhook(rt, completion)  # when the run has a webhook (workers.webhooks)
+    enqueue_webhook(rt, completion, due=webhook)  # when the run has a webhook (workers.webhooks)
     result: dict[str, Any] = json.loads(completion.to_json())
     if completion.status in ("completed", "paused"):
         return result

@@ -310,14 +310,31 @@ async def _mark_queued(redis: AsyncRedis, key: str) -> None:
     await redis.hset(key, "queued", 1)
 
 
-def enqueue_after_run(rt: WorkerRuntime, completion: RunCompletionEvent) -> None:
+async def webhook_due(rt: WorkerRuntime, invocation_id: str) -> bool | None:
+    """Whether the run has a webhook whose delivery was not queued yet; None when that could
+    not be read (logged). On the runtime's loop: the run task asks it in the same hop as the
+    run itself, and passes the answer to :func:`enqueue_after_run`."""
+    try:
+        return await _to_queue(rt.redis, webhook_key(invocation_id, rt.settings.events_prefix))
+    except Exception:
+        logger.exception("run %s: its webhook delivery could not be queued", invocation_id)
+        return None
+
+
+def enqueue_after_run(
+    rt: WorkerRuntime, completion: RunCompletionEvent, *, due: bool | None = None
+) -> None:
     """After a run's task: queue its webhook delivery if the run has one and it was not
     queued yet (a redelivered run's copy finds it queued). Marked after sending, so a worker
-    dying in between makes a duplicate delivery at worst, never a lost one. Never raises."""
+    dying in between makes a duplicate delivery at worst, never a lost one. Never raises.
+
+    ``due``: what :func:`webhook_due` answered for this run already (None: ask here)."""
     invocation_id = completion.invocation_id
     key = webhook_key(invocation_id, rt.settings.events_prefix)
     try:
-        if not rt.run(_to_queue(rt.redis, key), timeout=30):
+        if due is None:
+            due = rt.run(_to_queue(rt.redis, key), timeout=30)
+        if not due:
             return
         app.send_task(DELIVER_WEBHOOK, args=[invocation_id], queue=rt.settings.queue)
         rt.run(_mark_queued(rt.redis, key), timeout=30)
