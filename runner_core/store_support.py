@@ -280,9 +280,13 @@ def summary_session_not_found(key: SessionKey) -> SessionNotFoundError:
 # --- JSON ----------------------------------------------------------------------------------
 
 
+#: One encoder for every store write: ``json.dumps`` with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_json(value: Any, field: str) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(
             f"{field} must hold JSON values only (str, int, float, bool, None, list, dict): {exc}"

@@ -6,12 +6,14 @@ The tables are in :mod:`session_backends.postgres_schema`, the statements in
 either. Expired rows are hidden at once and swept by a cleanup loop. Events evicted by the event
 limit are removed, not soft-deleted: the limit exists to bound storage.
 
-Each append is one transaction: ``SELECT ... FOR UPDATE`` the session row (so appends to one
-session queue up, from any number of processes), insert the event unless its ID is there,
-apply the state delta to the three scopes, evict past the limit. A fenced append first reads
-its ``session_fences`` row ``FOR SHARE`` in the same transaction: a new owner's ``take_fence``
-waits for an append in flight (and then sees it), and an append after it sees the new token and
-writes nothing. Schema creation takes a
+Each append is one statement, so one round trip and one transaction, committed when it
+returns (``Statements._append`` in :mod:`~.postgres_statements`): update the session row (which
+locks it, so appends to one session queue up, from any number of processes), insert the event
+(an ID the session holds fails on the unique index and undoes the statement), evict past the
+limit, upsert the user and app state. A fenced append first reads its ``session_fences`` row
+``FOR SHARE`` in the same statement: a new owner's ``take_fence`` waits for an append in flight
+(and then sees it), and an append after it sees the new token and writes nothing. Schema
+creation takes a
 transaction-scoped advisory lock, so many workers can start at once. ``schema`` and
 ``table_prefix`` are checked against a strict pattern and always quoted with
 :class:`psycopg.sql.Identifier`; IDs and values only ever travel as query parameters.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -66,7 +69,6 @@ from runner_core.store_support import (
     decode_time,
     encode_json,
     fenced,
-    first_kept_position,
     loaded_session,
     new_session,
     route_initial_state,
@@ -84,6 +86,8 @@ __all__ = ["PostgresSessionService"]
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 
+#: Seconds a connection stays out of the pool between calls at most (see ``_take``).
+_KEEP_SECONDS = 30.0
 _HINT = "is PostgreSQL running and reachable there? Check AGENT_RUNNER_SESSION_URL"
 
 
@@ -146,7 +150,14 @@ class PostgresSessionService:
         self._owns_pool = pool is None
         self._where = self._describe(dsn) if dsn is not None else "the given pool"
         self._tables = tables
-        self._sql = Statements(tables, self.soft_delete)
+        self._sql = Statements(
+            tables,
+            self.soft_delete,
+            event_limit=self.event_limit,
+            session_ttl=self.session_ttl,
+            user_state_ttl=self.user_state_ttl,
+            app_state_ttl=self.app_state_ttl,
+        )
         self._ready_lock: asyncio.Lock | None = None
         self._initialized = self.skip_db_init
         self._sweeper = ExpirySweeper(
@@ -166,6 +177,9 @@ class PostgresSessionService:
         #: The server was unreachable: the next call checks it before using the pool.
         self._server_lost = False
         self._probe: asyncio.Task[None] | None = None
+        #: The connection kept out of the pool between calls (:meth:`_take`), its pool, and
+        #: when it left the pool.
+        self._kept: tuple[psycopg_pool.AsyncConnectionPool[Any], Conn, float] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -268,12 +282,13 @@ class PostgresSessionService:
             pool = self._pool
             assert pool is not None
             try:
-                async with pool.connection() as conn:
-                    self._lent += 1
-                    try:
-                        return await work(conn)
-                    finally:
-                        self._lent -= 1
+                conn, since = await self._take(pool)
+                self._lent += 1
+                try:
+                    return await work(conn)
+                finally:
+                    self._lent -= 1
+                    await self._give(pool, conn, since)
             except psycopg_pool.PoolTimeout as exc:
                 if reconnected or self._lent or not self._owns_pool:
                     raise self._backend_error(action, exc) from exc
@@ -290,6 +305,39 @@ class PostgresSessionService:
                     await pool.check()
             except (psycopg.Error, OSError) as exc:
                 raise self._backend_error(action, exc) from exc
+
+    async def _take(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> tuple[Conn, float]:
+        """A connection for one call: the one kept from the last call, or one from ``pool``.
+
+        Why keep one: a ``getconn``/``putconn`` pair costs about 80 µs of CPU (the pool's
+        locks, logging and checks), a fifth of an append. One connection is kept out between
+        calls; concurrent calls take the others from the pool as usual. It goes back to the
+        pool when it is broken or was out for :data:`_KEEP_SECONDS` (so the pool's own
+        health checks and lifetime apply to it), when the pool is replaced, and at close.
+        Returns the connection and when it left the pool.
+        """
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            owner, conn, since = kept
+            if owner is pool and time.monotonic() - since < _KEEP_SECONDS:
+                return conn, since
+            await owner.putconn(conn)  # a replaced pool closes it
+        return await pool.getconn(), time.monotonic()
+
+    async def _give(
+        self, pool: psycopg_pool.AsyncConnectionPool[Any], conn: Conn, since: float
+    ) -> None:
+        """Keep ``conn`` for the next call if none is kept and it is idle; else give it back
+        (``putconn`` rolls back one left in a transaction and replaces a broken one)."""
+        if (
+            self._kept is None
+            and not self._closed
+            and pool is self._pool
+            and conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        ):
+            self._kept = (pool, conn, since)
+        else:
+            await pool.putconn(conn)
 
     async def _reconnect(self, action: str) -> None:
         """Replace the pool by a fresh one once the server answers a connection of our own.
@@ -424,7 +472,7 @@ class PostgresSessionService:
         check_num_events(num_events)
 
         async def work(conn: Conn) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(self._sql.get_session, ids * 2)
+            cur = await conn.execute(self._sql.get_session, ids * 3)
             return await cur.fetchall()
 
         ids = (key.app_name, key.user_id, key.session_id)
@@ -523,50 +571,36 @@ class PostgresSessionService:
         session_delta = encode_json(parts.session, "event.state_delta")
         is_user = event.is_user_message()
         now = utcnow()
-        ids = (key.app_name, key.user_id, key.session_id)
         limit = self.event_limit
-        ttl = self.session_ttl
 
-        async def work(conn: Conn) -> int | None:
-            # Pipeline mode batches the statements: two round trips in all (lock the row and
-            # insert the event; the rest with COMMIT), which keeps the row lock short when
-            # many writers queue on one session.
-            async with conn.pipeline(), conn.transaction():
-                if fence is not None:
-                    # Sent with the row lock (one round trip); a stale owner's insert is rolled
-                    # back below, before anything else is sent.
-                    fence_cur = await conn.execute(self._sql.check_fence, ids)
-                cur = await conn.execute(
-                    self._sql.lock_and_insert, (*ids, *ids, event.id, event_json, now, now, ttl)
-                )
-                if fence is not None:
-                    holder = await fence_cur.fetchone()
-                    if holder is None or holder[0] != fence:
-                        raise fenced(key, fence, None if holder is None else holder[0])
-                row = await cur.fetchone()
-                if row is None:
-                    raise session_not_found(key)
-                pk, position, first, last_user, inserted = row
-                if not inserted:  # the event ID is there already
-                    return None
-                count = position + 1
-                if is_user:
-                    last_user = position
-                new_first = first_kept_position(
-                    first=first, count=count, last_user=last_user, limit=limit
-                )
-                await conn.execute(
-                    self._sql.update_session,
-                    (session_delta, count, new_first, last_user, now, ttl, pk),
-                )
-                if new_first > first:
-                    await conn.execute(self._sql.evict_events, (*ids, new_first))
-                await self._write_scopes(conn, key.app_name, key.user_id, parts.user, parts.app)
-                return int(count)
+        params = {
+            "app": key.app_name, "user": key.user_id, "sid": key.session_id,
+            "event_id": event.id, "event": event_json, "now": now, "is_user": is_user,
+            "delta": session_delta,
+            "user_delta": encode_json(parts.user, "event.state_delta") if parts.user else None,
+            "app_delta": encode_json(parts.app, "event.state_delta") if parts.app else None,
+        }  # fmt: skip
+        if fence is not None:
+            params["fence"] = fence
+        statement = self._sql.append if fence is None else self._sql.append_fenced
 
-        event_count = await self._run("appending an event", work)
-        if event_count is None:
+        async def work(conn: Conn) -> tuple[Any, ...] | None:
+            try:
+                cur = await conn.execute(statement, params)
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name != self._tables.event_id_index:
+                    raise
+                return None  # the session holds this event ID: the statement wrote nothing
+            return await cur.fetchone()
+
+        row = await self._run("appending an event", work)
+        if row is None:
             return False
+        holder, event_count = row
+        if fence is not None and holder != fence:
+            raise fenced(key, fence, holder)
+        if event_count is None:
+            raise session_not_found(key)
         apply_append(
             session, event, parts, event_count=event_count, updated_at=now, event_limit=limit
         )
@@ -670,6 +704,10 @@ class PostgresSessionService:
             if pending is not None and pending.get_loop() is loop:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await pending
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            with contextlib.suppress(Exception):
+                await kept[0].putconn(kept[1])
         if self._owns_pool and self._pool is not None:
             await self._pool.close()
 

@@ -24,8 +24,12 @@ def _live(alias: str) -> str:
     )
 
 
-def _q(text: str, **names: sql.Composable) -> sql.Composed:
-    return sql.SQL(text).format(**names)
+def _q(text: str, **names: sql.Composable) -> bytes:
+    """The statement as the bytes sent, rendered once: psycopg would render a ``Composed``
+    again at every execution (a tenth of an append's client time). Rendering needs no
+    connection: names are plain ASCII (checked by :class:`~.postgres_schema.Tables`),
+    literals are numbers."""
+    return sql.SQL(text).format(**names).as_bytes(None)
 
 
 class Statements:
@@ -34,9 +38,20 @@ class Statements:
     Args:
         tables: the store's tables.
         soft_delete: deletes and expiry set ``deleted_at`` (True) or remove rows.
+        event_limit, session_ttl, user_state_ttl, app_state_ttl: the store's options
+            (checked), written into the append statements as literals.
     """
 
-    def __init__(self, tables: Tables, soft_delete: bool) -> None:
+    def __init__(
+        self,
+        tables: Tables,
+        soft_delete: bool,
+        *,
+        event_limit: int | None = None,
+        session_ttl: float | None = None,
+        user_state_ttl: float | None = None,
+        app_state_ttl: float | None = None,
+    ) -> None:
         q = _q
         t = tables.names
 
@@ -107,7 +122,8 @@ class Statements:
         self.scopes = q(f"SELECT {user_agg('%s', '%s')}::text, {app_agg('%s')}::text", **t)
         s_live = _live("s")
         # One statement (one snapshot, one round trip): the session row as a JSON document
-        # at position -1, then the events in append order. Rows beat one big array here:
+        # at position -1, then the events in append order from the session's first kept
+        # position (see the eviction note of _append). Rows beat one big array here:
         # array literals escape every quote of the event JSON.
         self.get_session = q(
             "SELECT -1 AS position, json_build_object("
@@ -122,7 +138,9 @@ class Statements:
             f"AND {s_live} "
             "UNION ALL SELECT e.position, e.event::text FROM {se} AS e "
             "WHERE e.app_name = %s AND e.user_id = %s AND e.session_id = %s "
-            "AND e.deleted_at IS NULL ORDER BY 1",
+            "AND e.deleted_at IS NULL AND e.position >= (SELECT s.first_position FROM {ss} AS s "
+            f"WHERE s.app_name = %s AND s.user_id = %s AND s.session_id = %s AND {s_live}) "
+            "ORDER BY 1",
             **t,
         )
         self.list_sessions = q(
@@ -139,30 +157,6 @@ class Statements:
         self.check_fence = q(f"SELECT token FROM {{sf}} WHERE {_KEY} FOR SHARE", **t)
         self.delete_fence = q(f"DELETE FROM {{sf}} WHERE {_KEY}", **t)
         self.share_session = q(f"SELECT 1 FROM {{ss}} WHERE {_KEY} AND {_LIVE} FOR KEY SHARE", **t)
-        # Lock the session row and insert the event at the next position, in one statement
-        # (one round trip): the row (id, event_count, first_position, last_user_position)
-        # and whether the event was inserted (false: the session holds its ID already). No
-        # row: no live session.
-        self.lock_and_insert = q(
-            "WITH s AS (SELECT id, event_count, first_position, last_user_position FROM {ss} "
-            f"WHERE {_KEY} AND {_LIVE} FOR UPDATE), "
-            "e AS (INSERT INTO {se} (app_name, user_id, session_id, event_id, position, event, "
-            "created_at, updated_at, expires_at) SELECT %s, %s, %s, %s, s.event_count, "
-            f"%s::jsonb, %s, %s, {_EXPIRES} FROM s "
-            "ON CONFLICT (app_name, user_id, session_id, event_id) WHERE deleted_at IS NULL "
-            "DO NOTHING RETURNING 1) "
-            "SELECT s.id, s.event_count, s.first_position, s.last_user_position, "
-            "EXISTS (SELECT 1 FROM e) FROM s",
-            **t,
-        )
-        self.update_session = q(
-            "UPDATE {ss} SET state = state || %s::jsonb, event_count = %s, first_position = %s, "
-            f"last_user_position = %s, updated_at = %s, expires_at = {_EXPIRES} WHERE id = %s",
-            **t,
-        )
-        self.evict_events = q(
-            f"DELETE FROM {{se}} WHERE {_KEY} AND position < %s AND deleted_at IS NULL", **t
-        )
         self.upsert_user_state = q(
             "INSERT INTO {uss} (app_name, user_id, key, value, created_at, updated_at, "
             f"expires_at) SELECT %s, %s, d.k, d.v::jsonb, now(), now(), {_EXPIRES} "
@@ -204,4 +198,126 @@ class Statements:
             "updated_at = excluded.updated_at WHERE {su}.event_count < excluded.event_count "
             "RETURNING 1",
             **t,
+        )
+        options = (event_limit, session_ttl, user_state_ttl, app_state_ttl)
+        self.append = self._append(tables, False, *options)
+        self.append_fenced = self._append(tables, True, *options)
+
+    @staticmethod
+    def _append(
+        tables: Tables,
+        fenced: bool,
+        event_limit: int | None,
+        session_ttl: float | None,
+        user_state_ttl: float | None,
+        app_state_ttl: float | None,
+    ) -> bytes:
+        """A whole append as one statement: one round trip, one implicit transaction, and
+        the same writes a bare driver would make (one update, one insert, one upsert).
+
+        In order: (fenced only) read the session's fence ``FOR SHARE`` and go on only if it
+        holds ``%(fence)s``; update the live session row (which locks it: appends to one
+        session queue here, from any number of processes, and each sees the row as the one
+        before it left it) with the state delta, the count, the first kept position and the
+        latest user message; insert the event at the position the update gave it; evict
+        the events before the first kept position; upsert the user and app state deltas.
+        An event ID the session holds already fails the insert on the unique index
+        (``UniqueViolation``), which undoes the whole statement: duplicates are rare
+        (retries), so they pay instead of every append paying for ``ON CONFLICT``.
+
+        Returns one row: the fence's token (fenced only; NULL: no fence) and the new event
+        count (NULL: nothing written, no live session or the fence is another owner's).
+
+        The eviction rule is :func:`runner_core.session.first_kept_position`, copied into the
+        update below (the conformance suite checks this copy against it). Event rows before
+        the first kept position that a concurrent append committed after this statement's
+        snapshot are not seen by its ``DELETE``: reads skip them (they read from the session
+        row's ``first_position``) and the next append's ``DELETE`` removes them.
+
+        Parameters: app, user, sid, event_id, event (JSON text), now, is_user, and the state
+        delta split by scope as JSON objects: delta (the session's), user_delta and app_delta
+        (NULL: none); fence when fenced. The event limit and TTLs are literals: they are fixed
+        for a store.
+        """
+
+        def expires(ttl: float | None) -> sql.Composable:
+            if ttl is None:
+                return sql.SQL("NULL::timestamptz")
+            return sql.SQL("now() + {ttl} * interval '1 second'").format(
+                ttl=sql.Literal(float(ttl))
+            )
+
+        # first_kept_position(first=x.first_position, count=x.event_count + 1,
+        # last_user=<below>, limit=event_limit), on the row as it was before this update.
+        count, first = "(x.event_count + 1)", "x.first_position"
+        last_user = "(CASE WHEN %(is_user)s THEN x.event_count ELSE x.last_user_position END)"
+        if event_limit:
+            limit = str(int(event_limit))
+            first_kept = (
+                f"CASE WHEN {count} - {first} <= {limit} THEN {first} "
+                f"WHEN {first} <= {last_user} AND {last_user} < {count} - {limit} "
+                f"THEN {last_user} ELSE {count} - {limit} END"
+            )
+        else:
+            first_kept = first
+        live = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+        parts = []
+        if fenced:
+            parts.append(
+                "f AS (SELECT token FROM {sf} WHERE app_name = %(app)s AND user_id = %(user)s "
+                "AND session_id = %(sid)s FOR SHARE)"
+            )
+        parts += [
+            "u AS (UPDATE {ss} AS x SET state = x.state || %(delta)s::jsonb, "
+            f"event_count = {count}, first_position = {first_kept}, "
+            f"last_user_position = {last_user}, updated_at = %(now)s, "
+            "expires_at = {session_expires} WHERE x.app_name = %(app)s "
+            "AND x.user_id = %(user)s AND x.session_id = %(sid)s "
+            "AND x.deleted_at IS NULL AND (x.expires_at IS NULL OR x.expires_at > now())"
+            + (" AND (SELECT token FROM f) = %(fence)s" if fenced else "")
+            + " RETURNING x.event_count AS count, x.first_position AS first)",
+            "e AS (INSERT INTO {se} (app_name, user_id, session_id, event_id, position, event, "
+            "created_at, updated_at, expires_at) SELECT %(app)s, %(user)s, %(sid)s, "
+            "%(event_id)s, u.count - 1, %(event)s::jsonb, %(now)s, %(now)s, {session_expires} "
+            "FROM u RETURNING 1)",
+            "d AS (DELETE FROM {se} WHERE app_name = %(app)s AND user_id = %(user)s "
+            "AND session_id = %(sid)s AND position < (SELECT first FROM u) "
+            "AND deleted_at IS NULL RETURNING 1)",
+            "us AS (INSERT INTO {uss} (app_name, user_id, key, value, created_at, updated_at, "
+            "expires_at) SELECT %(app)s, %(user)s, d.k, d.v, now(), now(), "
+            "{user_expires} FROM jsonb_each(%(user_delta)s::jsonb) AS d(k, v) "
+            "WHERE EXISTS (SELECT FROM u) "
+            "ON CONFLICT (app_name, user_id, key) WHERE deleted_at IS NULL DO UPDATE SET "
+            "value = excluded.value, updated_at = excluded.updated_at, "
+            "expires_at = excluded.expires_at RETURNING 1)",
+            "ap AS (INSERT INTO {aps} (app_name, key, value, created_at, updated_at, "
+            "expires_at) SELECT %(app)s, d.k, d.v, now(), now(), {app_expires} "
+            "FROM jsonb_each(%(app_delta)s::jsonb) AS d(k, v) "
+            "WHERE EXISTS (SELECT FROM u) "
+            "ON CONFLICT (app_name, key) WHERE deleted_at IS NULL DO UPDATE SET "
+            "value = excluded.value, updated_at = excluded.updated_at, "
+            "expires_at = excluded.expires_at RETURNING 1)",
+        ]
+        # A TTL counts from the last write of the scope: a write of some keys refreshes the
+        # others (the keys written get their expiry from the upsert above).
+        if user_state_ttl is not None:
+            parts.append(
+                "ur AS (UPDATE {uss} SET expires_at = {user_expires} WHERE app_name = %(app)s "
+                f"AND user_id = %(user)s AND {live} AND NOT %(user_delta)s::jsonb ? key "
+                "AND EXISTS (SELECT FROM u) "
+                "RETURNING 1)"
+            )
+        if app_state_ttl is not None:
+            parts.append(
+                "ar AS (UPDATE {aps} SET expires_at = {app_expires} WHERE app_name = %(app)s "
+                f"AND {live} AND NOT %(app_delta)s::jsonb ? key AND EXISTS (SELECT FROM u) "
+                "RETURNING 1)"
+            )
+        select = "SELECT " + ("(SELECT token FROM f), " if fenced else "NULL::bigint, ")
+        return _q(
+            "WITH " + ", ".join(parts) + " " + select + "(SELECT count FROM u)",
+            session_expires=expires(session_ttl),
+            user_expires=expires(user_state_ttl),
+            app_expires=expires(app_state_ttl),
+            **tables.names,
         )

@@ -447,7 +447,8 @@ async def test_event_limit_evicts_oldest_but_keeps_the_latest_user_message(
 @pytest.mark.parametrize("seed", range(4))
 async def test_eviction_follows_the_one_rule(make_service: MakeService, seed: int) -> None:
     """Every store keeps what runner_core.session.first_kept_position says, whether the rule
-    runs in Python (memory, PostgreSQL, MySQL) or in a copy on the server (Redis's script)."""
+    runs in Python (memory, MySQL) or in a copy on the server (Redis's script, PostgreSQL's
+    append statement)."""
     rng = random.Random(seed)
     limit = rng.randint(1, 5)
     service = await make_service(event_limit=limit)

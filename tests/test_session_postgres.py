@@ -123,6 +123,40 @@ async def test_evicted_events_are_removed(postgres_dsn: str) -> None:
     assert positions == [(1,), (2,)]
 
 
+async def test_concurrent_appends_past_the_limit_read_the_window(postgres_dsn: str) -> None:
+    """An append is one statement whose eviction cannot see rows committed after it started
+    (appends queued on the session row before it): reads still show only the kept window,
+    and the next append removes what was left."""
+    svc = PostgresSessionService(postgres_dsn, event_limit=2, max_pool_size=8)
+    try:
+        await svc.create_session(APP, USER, "s1")
+        for round_ in range(5):
+            copies = [await svc.get_session(APP, USER, "s1") for _ in range(8)]
+            await asyncio.gather(
+                *(
+                    svc.append_event(c, assistant_event(c, f"r{round_}-{n}"))
+                    for n, c in enumerate(copies)
+                    if c is not None
+                )
+            )
+            loaded = await svc.get_session(APP, USER, "s1")
+            assert loaded is not None and loaded.event_count == 8 * (round_ + 1)
+            (row,) = await rows(
+                postgres_dsn, "SELECT first_position, event_count FROM session_states"
+            )
+            kept = await rows(
+                postgres_dsn,
+                "SELECT event_id FROM session_events WHERE position >= %s ORDER BY position",
+                row[0],
+            )
+            assert [e.id for e in loaded.events] == [k[0] for k in kept]
+            assert len(kept) == 2 and row[1] == loaded.event_count
+        await svc.append_event(loaded, assistant_event(loaded, "last"))
+    finally:
+        await svc.close()
+    assert await live_and_deleted(postgres_dsn, "session_events") == (2, 0)
+
+
 async def test_schema_and_table_prefix(postgres_dsn: str) -> None:
     tenant = PostgresSessionService(postgres_dsn, schema="tenant_a", table_prefix="app1_")
     plain = PostgresSessionService(postgres_dsn)
