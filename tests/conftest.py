@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.redis_cluster",
     "tests.celery_workers",
     "tests.gateway_support",
+    "tests.xdist_groups",
 ]
 
 # Nothing in the tests may reach a real LLM: point the openai client's defaults at a closed

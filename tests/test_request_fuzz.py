@@ -267,7 +267,13 @@ def test_where_a_run_with_an_invalid_task_id_publishes(
             ["testkit", "u", "s", "hi"],
             ["lone surrogate (U+DFFF)", "its events are under the invocation ID invalid-task-id/"],
         ),
-        (str(uuid.uuid4()), None, ["nope", "u", "s", "hi"], ["unknown app_name 'nope'"]),
+        # a fixed well-formed ID: parameters must be the same in every pytest-xdist worker
+        (
+            "5f0c7d1e-2b7a-4c59-9e3f-0a1b2c3d4e5f",
+            None,
+            ["nope", "u", "s", "hi"],
+            ["unknown app_name 'nope'"],
+        ),
     ],
 )
 def test_a_worker_names_what_is_wrong_with_the_message_the_task_id_and_the_arguments(
