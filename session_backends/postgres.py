@@ -439,21 +439,29 @@ class PostgresSessionService:
         parts = route_initial_state(state)
         session_json = encode_json(parts.session, "state")
         now = utcnow()
-        ids = (key.app_name, key.user_id, key.session_id)
+        params = {
+            "app": key.app_name, "user": key.user_id, "sid": key.session_id,
+            "state": session_json, "now": now,
+            "user_delta": encode_json(parts.user, "state") if parts.user else None,
+            "app_delta": encode_json(parts.app, "state") if parts.app else None,
+        }  # fmt: skip
 
         async def work(conn: Conn) -> dict[str, Any]:
-            async with conn.transaction():
-                await conn.execute(self._sql.retire_expired_session, ids)
-                try:
-                    async with conn.transaction():  # a savepoint, to name the conflict below
-                        await conn.execute(
-                            self._sql.insert_session,
-                            (*ids, session_json, now, now, self.session_ttl),
-                        )
-                except psycopg.errors.UniqueViolation as exc:
-                    raise already_exists(key) from exc
-                await self._write_scopes(conn, key.app_name, key.user_id, parts.user, parts.app)
-                user_state, app_state = await self._scopes(conn, key.app_name, key.user_id)
+            # One statement (see Statements.create_session): one round trip.
+            try:
+                cur = await conn.execute(self._sql.create_session, params)
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name != self._tables.session_index:
+                    raise
+                raise already_exists(key) from exc
+            row = await cur.fetchone()
+            assert row is not None
+            where = f"of {key.app_name!r}"
+            user_state = decode_json_object(row[0], f"user_states {where}/{key.user_id!r}")
+            app_state = decode_json_object(row[1], f"app_states {where}")
+            # The scopes as they were before the statement, and the deltas it wrote.
+            user_state.update(parts.user)
+            app_state.update(parts.app)
             return merge_state(parts.session, app_state, user_state)
 
         merged = await self._run("creating a session", work)

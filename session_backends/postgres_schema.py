@@ -65,6 +65,8 @@ class Tables:
         #: The advisory lock that serialises schema creation by many workers.
         self.lock_key = zlib.crc32(f"agent-runner-sessions:{schema}.{prefix}".encode())
 
+        #: The unique index on live sessions' keys (what creating a live one again violates).
+        self.session_index = prefix + "session_states_unique_active"
         #: The unique index on live events' IDs (what a duplicate append violates).
         self.event_id_index = prefix + "session_events_unique_active"
         #: Every table and index, schema-qualified: all present means nothing to create.

@@ -24,6 +24,52 @@ def _live(alias: str) -> str:
     )
 
 
+def _expires(ttl: float | None) -> sql.Composable:
+    """``expires_at`` for a write now, with a store's TTL as a literal (NULL: none)."""
+    if ttl is None:
+        return sql.SQL("NULL::timestamptz")
+    return sql.SQL("now() + {ttl} * interval '1 second'").format(ttl=sql.Literal(float(ttl)))
+
+
+def _scope_writes(
+    after: str, user_state_ttl: float | None, app_state_ttl: float | None
+) -> list[str]:
+    """The steps of a statement that upsert ``%(user_delta)s`` and ``%(app_delta)s`` (JSON
+    objects, NULL: none), only if the step ``after`` wrote a row. A TTL counts from the last
+    write of the scope: a write of some keys refreshes the others (the keys written get their
+    expiry from the upsert). Format with ``user_expires`` and ``app_expires``."""
+    live = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+    steps = [
+        "us AS (INSERT INTO {uss} (app_name, user_id, key, value, created_at, updated_at, "
+        "expires_at) SELECT %(app)s, %(user)s, d.k, d.v, now(), now(), "
+        "{user_expires} FROM jsonb_each(%(user_delta)s::jsonb) AS d(k, v) "
+        f"WHERE EXISTS (SELECT FROM {after}) "
+        "ON CONFLICT (app_name, user_id, key) WHERE deleted_at IS NULL DO UPDATE SET "
+        "value = excluded.value, updated_at = excluded.updated_at, "
+        "expires_at = excluded.expires_at RETURNING 1)",
+        "ap AS (INSERT INTO {aps} (app_name, key, value, created_at, updated_at, "
+        "expires_at) SELECT %(app)s, d.k, d.v, now(), now(), {app_expires} "
+        "FROM jsonb_each(%(app_delta)s::jsonb) AS d(k, v) "
+        f"WHERE EXISTS (SELECT FROM {after}) "
+        "ON CONFLICT (app_name, key) WHERE deleted_at IS NULL DO UPDATE SET "
+        "value = excluded.value, updated_at = excluded.updated_at, "
+        "expires_at = excluded.expires_at RETURNING 1)",
+    ]
+    if user_state_ttl is not None:
+        steps.append(
+            "ur AS (UPDATE {uss} SET expires_at = {user_expires} WHERE app_name = %(app)s "
+            f"AND user_id = %(user)s AND {live} AND NOT %(user_delta)s::jsonb ? key "
+            f"AND EXISTS (SELECT FROM {after}) RETURNING 1)"
+        )
+    if app_state_ttl is not None:
+        steps.append(
+            "ar AS (UPDATE {aps} SET expires_at = {app_expires} WHERE app_name = %(app)s "
+            f"AND {live} AND NOT %(app_delta)s::jsonb ? key AND EXISTS (SELECT FROM {after}) "
+            "RETURNING 1)"
+        )
+    return steps
+
+
 def _q(text: str, **names: sql.Composable) -> bytes:
     """The statement as the bytes sent, rendered once: psycopg would render a ``Composed``
     again at every execution (a tenth of an append's client time). Rendering needs no
@@ -70,16 +116,6 @@ class Statements:
         key_x = "x.app_name = %s AND x.user_id = %s AND x.session_id = %s AND x.deleted_at IS NULL"
         expired = "x.deleted_at IS NULL AND x.expires_at <= now()"
 
-        # The expired session under this key (if any), with its events and summaries.
-        self.retire_expired_session = q(
-            "WITH gone AS ("
-            + retire("ss", f"{key_x} AND x.expires_at <= now()")
-            + " RETURNING x.app_name, x.user_id, x.session_id), "
-            "e AS (" + retire("se", same, using="gone") + " RETURNING 1), "
-            "s AS (" + retire("su", same, using="gone") + " RETURNING 1) "
-            "SELECT count(*) FROM gone",
-            **t,
-        )
         self.delete_session = q(
             "WITH a AS (" + retire("ss", key_x) + " RETURNING 1), "
             "e AS (" + retire("se", key_x) + " RETURNING 1), "
@@ -99,11 +135,6 @@ class Statements:
             "u AS (" + retire("uss", expired) + " RETURNING 1) "
             "SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM a) "
             "+ (SELECT count(*) FROM u)",
-            **t,
-        )
-        self.insert_session = q(
-            "INSERT INTO {ss} (app_name, user_id, session_id, state, created_at, updated_at, "
-            f"expires_at) VALUES (%s, %s, %s, %s::jsonb, %s, %s, {_EXPIRES})",
             **t,
         )
 
@@ -199,6 +230,34 @@ class Statements:
             "RETURNING 1",
             **t,
         )
+        # create_session as one statement (one round trip, one transaction): retire an
+        # expired session under the key (with its events and summaries), insert the new row
+        # (a live one under the key fails on the unique index and undoes the statement),
+        # upsert the initial user and app state; return the scopes as they were before this
+        # statement (the caller merges the deltas it wrote). The insert reads `gone` so that
+        # it runs after the retirement. Parameters: app, user, sid, state, now, user_delta,
+        # app_delta.
+        key_n = (
+            "x.app_name = %(app)s AND x.user_id = %(user)s AND x.session_id = %(sid)s "
+            "AND x.deleted_at IS NULL"
+        )
+        self.create_session = _q(
+            "WITH gone AS ("
+            + retire("ss", f"{key_n} AND x.expires_at <= now()")
+            + " RETURNING x.app_name, x.user_id, x.session_id), "
+            "ge AS (" + retire("se", same, using="gone") + " RETURNING 1), "
+            "gs AS (" + retire("su", same, using="gone") + " RETURNING 1), "
+            "n AS (INSERT INTO {ss} (app_name, user_id, session_id, state, created_at, "
+            "updated_at, expires_at) SELECT %(app)s, %(user)s, %(sid)s, %(state)s::jsonb, "
+            "%(now)s, %(now)s, {session_expires} WHERE (SELECT count(*) FROM gone) >= 0 "
+            "RETURNING 1), "
+            + ", ".join(_scope_writes("n", user_state_ttl, app_state_ttl))
+            + f" SELECT {user_agg('%(app)s', '%(user)s')}::text, {app_agg('%(app)s')}::text",
+            session_expires=_expires(session_ttl),
+            user_expires=_expires(user_state_ttl),
+            app_expires=_expires(app_state_ttl),
+            **t,
+        )
         options = (event_limit, session_ttl, user_state_ttl, app_state_ttl)
         self.append = self._append(tables, False, *options)
         self.append_fenced = self._append(tables, True, *options)
@@ -240,19 +299,12 @@ class Statements:
         for a store.
         """
 
-        def expires(ttl: float | None) -> sql.Composable:
-            if ttl is None:
-                return sql.SQL("NULL::timestamptz")
-            return sql.SQL("now() + {ttl} * interval '1 second'").format(
-                ttl=sql.Literal(float(ttl))
-            )
-
         # first_kept_position(first=x.first_position, count=x.event_count + 1,
         # last_user=<below>, limit=event_limit), on the row as it was before this update.
         count, first = "(x.event_count + 1)", "x.first_position"
         last_user = "(CASE WHEN %(is_user)s THEN x.event_count ELSE x.last_user_position END)"
         if event_limit:
-            limit = str(int(event_limit))
+            limit = str(int(event_limit))  # an int (checked): a literal, like the TTLs
             first_kept = (
                 f"CASE WHEN {count} - {first} <= {limit} THEN {first} "
                 f"WHEN {first} <= {last_user} AND {last_user} < {count} - {limit} "
@@ -260,7 +312,6 @@ class Statements:
             )
         else:
             first_kept = first
-        live = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
         parts = []
         if fenced:
             parts.append(
@@ -280,44 +331,22 @@ class Statements:
             "created_at, updated_at, expires_at) SELECT %(app)s, %(user)s, %(sid)s, "
             "%(event_id)s, u.count - 1, %(event)s::jsonb, %(now)s, %(now)s, {session_expires} "
             "FROM u RETURNING 1)",
-            "d AS (DELETE FROM {se} WHERE app_name = %(app)s AND user_id = %(user)s "
-            "AND session_id = %(sid)s AND position < (SELECT first FROM u) "
-            "AND deleted_at IS NULL RETURNING 1)",
-            "us AS (INSERT INTO {uss} (app_name, user_id, key, value, created_at, updated_at, "
-            "expires_at) SELECT %(app)s, %(user)s, d.k, d.v, now(), now(), "
-            "{user_expires} FROM jsonb_each(%(user_delta)s::jsonb) AS d(k, v) "
-            "WHERE EXISTS (SELECT FROM u) "
-            "ON CONFLICT (app_name, user_id, key) WHERE deleted_at IS NULL DO UPDATE SET "
-            "value = excluded.value, updated_at = excluded.updated_at, "
-            "expires_at = excluded.expires_at RETURNING 1)",
-            "ap AS (INSERT INTO {aps} (app_name, key, value, created_at, updated_at, "
-            "expires_at) SELECT %(app)s, d.k, d.v, now(), now(), {app_expires} "
-            "FROM jsonb_each(%(app_delta)s::jsonb) AS d(k, v) "
-            "WHERE EXISTS (SELECT FROM u) "
-            "ON CONFLICT (app_name, key) WHERE deleted_at IS NULL DO UPDATE SET "
-            "value = excluded.value, updated_at = excluded.updated_at, "
-            "expires_at = excluded.expires_at RETURNING 1)",
+            *_scope_writes("u", user_state_ttl, app_state_ttl),
         ]
-        # A TTL counts from the last write of the scope: a write of some keys refreshes the
-        # others (the keys written get their expiry from the upsert above).
-        if user_state_ttl is not None:
+        if event_limit:
+            # An append that evicted leaves at least `limit` events (more when widened to the
+            # latest user message): below that, skip the index scan (a tenth of the statement).
             parts.append(
-                "ur AS (UPDATE {uss} SET expires_at = {user_expires} WHERE app_name = %(app)s "
-                f"AND user_id = %(user)s AND {live} AND NOT %(user_delta)s::jsonb ? key "
-                "AND EXISTS (SELECT FROM u) "
-                "RETURNING 1)"
-            )
-        if app_state_ttl is not None:
-            parts.append(
-                "ar AS (UPDATE {aps} SET expires_at = {app_expires} WHERE app_name = %(app)s "
-                f"AND {live} AND NOT %(app_delta)s::jsonb ? key AND EXISTS (SELECT FROM u) "
-                "RETURNING 1)"
+                "d AS (DELETE FROM {se} WHERE (SELECT count - first >= {limit} FROM u) "
+                "AND app_name = %(app)s AND user_id = %(user)s AND session_id = %(sid)s "
+                "AND position < (SELECT first FROM u) AND deleted_at IS NULL RETURNING 1)"
             )
         select = "SELECT " + ("(SELECT token FROM f), " if fenced else "NULL::bigint, ")
         return _q(
             "WITH " + ", ".join(parts) + " " + select + "(SELECT count FROM u)",
-            session_expires=expires(session_ttl),
-            user_expires=expires(user_state_ttl),
-            app_expires=expires(app_state_ttl),
+            limit=sql.Literal(event_limit or 0),
+            session_expires=_expires(session_ttl),
+            user_expires=_expires(user_state_ttl),
+            app_expires=_expires(app_state_ttl),
             **tables.names,
         )
