@@ -26,8 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RECORD_PATHS = ("docs/benchmarks.md", "docs/benchmarks", "bench/results")
 QUICK_DIR = ROOT / "bench" / ".quick"
 
+#: A hang guard, not a time limit: a bench run as a subprocess takes a few times
+#: longer while the other xdist workers load the cores.
+pytestmark = pytest.mark.timeout(600)
 
-def bench(*args: str, cache: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+
+def bench(*args: str, cache: Path, timeout: float = 540) -> subprocess.CompletedProcess[str]:
     """``python -m bench ARGS`` from the checkout, with the peers' cache in ``cache``."""
     env = {**os.environ, "AGENT_RUNNER_BENCH_CACHE": str(cache)}
     paths = [str(ROOT), os.environ.get("PYTHONPATH")]

@@ -23,6 +23,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 
+#: A hang guard, not a time limit: a pip install of the project into a new venv takes a few times
+#: longer while the other xdist workers load the cores.
+pytestmark = pytest.mark.timeout(600)
+
 
 def _copied_paths() -> list[str]:
     """The sources of the Dockerfile's COPY lines (all but the destination)."""
