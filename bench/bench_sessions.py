@@ -13,8 +13,9 @@ same run:
 - MySQL (MariaDB): the same rows in one asyncmy transaction.
 
 Reads are compared twice: with the raw client fetching the event rows undecoded, and with it
-fetching them and decoding each one into an ``Event`` (``runner_core.events.decode_event``),
-which is what a read of the store must do too.
+fetching them and decoding them into ``Event``s the way the stores do
+(``runner_core.store_support.decode_events``: ``decode_event`` per row, the garbage collector
+paused for the batch), which is what a read of the store must do too.
 
 The store does more than that (dedupe by event ID, the event-limit check, TTL bookkeeping,
 locking the session row), which is what the ratio prices. Appends alternate in blocks between
@@ -50,9 +51,10 @@ from bench.report import (
     rounded,
     summarize,
 )
-from runner_core.events import MessageEvent, Usage, decode_event
+from runner_core.events import MessageEvent, Usage
 from runner_core.messages import Message
 from runner_core.session import Session, SessionService, split_state_delta
+from runner_core.store_support import decode_events
 from session_backends import (
     InMemorySessionService,
     MySQLSessionService,
@@ -153,7 +155,7 @@ class RawRedis:
         return replies
 
     async def read_decoded(self) -> None:
-        [decode_event(raw) for raw in (await self.read())[2]]
+        decode_events(enumerate((await self.read())[2]), "raw read")
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -237,7 +239,7 @@ class RawPostgres:
         return await cur.fetchall()
 
     async def read_decoded(self) -> None:
-        [decode_event(row[0]) for row in await self.read()]
+        decode_events(((i, row[0]) for i, row in enumerate(await self.read())), "raw read")
 
     async def close(self) -> None:
         await self.conn.close()
@@ -303,7 +305,7 @@ class RawMySQL:
             return list(await cur.fetchall())
 
     async def read_decoded(self) -> None:
-        [decode_event(row[0]) for row in await self.read()]
+        decode_events(((i, row[0]) for i, row in enumerate(await self.read())), "raw read")
 
     async def close(self) -> None:
         self.conn.close()
@@ -563,7 +565,8 @@ def render(result: dict[str, Any]) -> str:
         "",
         "Reading includes decoding and validating every event into an `Event` model (about "
         "7-8 µs per event on an idle core); the undecoded raw read fetches the same rows "
-        "without decoding them, the decoded one decodes each with the same `decode_event`. "
+        "without decoding them, the decoded one decodes them as the stores do "
+        "(`decode_events`: `decode_event` per row, the garbage collector paused for the batch). "
         "The machine is shared with other work, so medians move between runs; "
         "p10 is the closest to an idle machine.",
         "",
