@@ -66,7 +66,9 @@ class Output:
 #: Full runs write here: the figures of record, tracked in git.
 RECORD = Output(ROOT / "bench" / "results", ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "benchmarks")
 #: ``--quick`` runs write here unless given ``--write`` or ``--out``; git-ignored.
-QUICK_DIR = ROOT / "bench" / ".quick"
+#: ``AGENT_RUNNER_BENCH_QUICK_DIR`` moves it (the CLI tests give a run a directory of its own, so
+#: tests running at the same time never see each other's files).
+QUICK_DIR = Path(os.environ.get("AGENT_RUNNER_BENCH_QUICK_DIR") or ROOT / "bench" / ".quick")
 
 
 def default_output(quick: bool) -> Output:

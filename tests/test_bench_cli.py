@@ -31,9 +31,14 @@ QUICK_DIR = ROOT / "bench" / ".quick"
 pytestmark = pytest.mark.timeout(600)
 
 
-def bench(*args: str, cache: Path, timeout: float = 540) -> subprocess.CompletedProcess[str]:
-    """``python -m bench ARGS`` from the checkout, with the peers' cache in ``cache``."""
+def bench(
+    *args: str, cache: Path, timeout: float = 540, quick_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` from the checkout, with the peers' cache in ``cache`` (and the
+    quick output in ``quick_dir`` when given)."""
     env = {**os.environ, "AGENT_RUNNER_BENCH_CACHE": str(cache)}
+    if quick_dir is not None:
+        env["AGENT_RUNNER_BENCH_QUICK_DIR"] = str(quick_dir)
     paths = [str(ROOT), os.environ.get("PYTHONPATH")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return subprocess.run(
@@ -106,11 +111,11 @@ def test_quick_run_writes_to_the_ignored_quick_dir(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("record_untouched")
 def test_no_write_prints_and_writes_nothing(tmp_path: Path) -> None:
-    # Given the quick output as it is (CI's smoke run uses --no-write)
-    quick_before = sorted(QUICK_DIR.rglob("*")) if QUICK_DIR.exists() else []
+    # Given a quick output directory of its own (CI's smoke run uses --no-write)
+    quick_dir = tmp_path / "quick"
 
     # When the runtime benchmark runs with --no-write
-    done = bench("runtime", "--quick", "--no-write", cache=tmp_path / "cache")
+    done = bench("runtime", "--quick", "--no-write", cache=tmp_path / "cache", quick_dir=quick_dir)
 
     # Then it prints its section and writes no file anywhere
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -137,7 +142,14 @@ def test_no_write_prints_and_writes_nothing(tmp_path: Path) -> None:
     assert re.search(r"Reference event.*\*\*\d+ bytes\*\*, target ≤ 200: (meets|misses) it",
                      done.stdout)  # fmt: skip
     assert "wrote " not in done.stdout
-    assert (sorted(QUICK_DIR.rglob("*")) if QUICK_DIR.exists() else []) == quick_before
+    assert not quick_dir.exists()
+    # ... which is where that run would have written without --no-write
+    where = subprocess.run(
+        [sys.executable, "-c", "from bench.report import QUICK_DIR; print(QUICK_DIR)"],
+        cwd=ROOT, env={**os.environ, "AGENT_RUNNER_BENCH_QUICK_DIR": str(quick_dir)},
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert where == str(quick_dir)
 
 
 @pytest.mark.usefixtures("record_untouched")
