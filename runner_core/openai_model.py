@@ -66,7 +66,9 @@ class OpenAIModel:
             given.
         client: an ``AsyncOpenAI`` to use as is. The model never closes a client it was given.
         price: per-million-token prices, for the cost on run completions.
-        timeout: seconds per attempt (``None``: no limit). Ignored when ``client`` is given.
+        timeout: seconds per attempt (``None``: no limit); 600 as in the ``openai`` client, so
+            a slow model (a long reasoning step before its first token) is not cut off and
+            asked again. Ignored when ``client`` is given.
         max_retries: the client's own retries on connection errors, 408, 409, 429 and 5xx.
             Ignored when ``client`` is given.
         default_headers: headers sent with every request. Ignored when ``client`` is given.
@@ -86,7 +88,7 @@ class OpenAIModel:
         api_key: str | None = None,
         client: AsyncOpenAI | None = None,
         price: ModelPrice | None = None,
-        timeout: float | None = 60.0,
+        timeout: float | None = 600.0,
         max_retries: int = 2,
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
