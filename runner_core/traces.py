@@ -367,6 +367,31 @@ def trace_not_found(invocation_id: str) -> TraceNotFoundError:
     )
 
 
+def check_header_of(invocation_id: str, header: Trace | None) -> None:
+    """Refuse a :meth:`TraceStore.write` whose ``header`` is another trace's."""
+    if header is not None and header.invocation_id != invocation_id:
+        raise ValueError(
+            f"the header is trace {header.invocation_id!r}'s, not {invocation_id!r}'s"
+        )
+
+
+async def write_step_by_step(
+    store: TraceStore,
+    invocation_id: str,
+    steps: Sequence[Step],
+    *,
+    header: Trace | None,
+    fence: int | None,
+) -> None:
+    """:meth:`TraceStore.write` as one :meth:`~TraceStore.add_step` per step, then
+    :meth:`~TraceStore.finish`: for a store without a one-call write."""
+    check_header_of(invocation_id, header)
+    for step in steps:
+        await store.add_step(invocation_id, step, fence=fence)
+    if header is not None:
+        await store.finish(header, fence=fence)
+
+
 def check_owner(stored: Trace, trace: Trace) -> None:
     """Refuse to take over a trace of the same invocation ID held by another session."""
     if (stored.app_name, stored.user_id, stored.session_id) != (

@@ -42,6 +42,7 @@ from runner_core.traces import (
     decode_trace,
     trace_fenced,
     trace_not_found,
+    write_step_by_step,
 )
 
 __all__ = ["PostgresTraceStore"]
@@ -317,14 +318,7 @@ class PostgresTraceStore:
         header: Trace | None = None,
         fence: int | None = None,
     ) -> None:
-        if header is not None and header.invocation_id != invocation_id:
-            raise ValueError(
-                f"the header is trace {header.invocation_id!r}'s, not {invocation_id!r}'s"
-            )
-        for step in steps:
-            await self.add_step(invocation_id, step, fence=fence)
-        if header is not None:
-            await self.finish(header, fence=fence)
+        await write_step_by_step(self, invocation_id, steps, header=header, fence=fence)
 
     async def get(self, invocation_id: str) -> Trace | None:
         validate_identifier(invocation_id, "invocation_id")

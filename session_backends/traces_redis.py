@@ -30,6 +30,7 @@ from runner_core.store_support import check_fence, check_ttl
 from runner_core.traces import (
     Step,
     Trace,
+    check_header_of,
     check_owner,
     decode_step,
     decode_trace,
@@ -244,10 +245,7 @@ class RedisTraceStore:
         validate_identifier(invocation_id, "invocation_id")
         if fence is not None:
             check_fence(fence)
-        if header is not None and header.invocation_id != invocation_id:
-            raise ValueError(
-                f"the header is trace {header.invocation_id!r}'s, not {invocation_id!r}'s"
-            )
+        check_header_of(invocation_id, header)
         if steps or header is not None:
             await self._write(invocation_id, header, steps, fence)
 
