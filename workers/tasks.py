@@ -106,7 +106,7 @@ async def _reject_invalid(
 
 async def _run_then_webhook(
     rt: WorkerRuntime, request: RunRequest, invocation_id: str, delivery_tag: str | None
-) -> tuple[RunCompletionEvent, bool | None]:
+) -> tuple[RunCompletionEvent, bool]:
     """The run, then whether its webhook is due: one hop to the runtime's loop for both."""
     completion = await execute_run(rt, request, invocation_id, delivery_tag=delivery_tag)
     return completion, await webhook_due(rt, invocation_id)

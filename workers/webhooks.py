@@ -310,15 +310,15 @@ async def _mark_queued(redis: AsyncRedis, key: str) -> None:
     await redis.hset(key, "queued", 1)
 
 
-async def webhook_due(rt: WorkerRuntime, invocation_id: str) -> bool | None:
-    """Whether the run has a webhook whose delivery was not queued yet; None when that could
-    not be read (logged). On the runtime's loop: the run task asks it in the same hop as the
-    run itself, and passes the answer to :func:`enqueue_after_run`."""
+async def webhook_due(rt: WorkerRuntime, invocation_id: str) -> bool:
+    """Whether the run has a webhook whose delivery was not queued yet (False, logged, when
+    that could not be read). On the runtime's loop: the run task asks it in the same hop as
+    the run itself, and passes the answer to :func:`enqueue_after_run`."""
     try:
         return await _to_queue(rt.redis, webhook_key(invocation_id, rt.settings.events_prefix))
     except Exception:
         logger.exception("run %s: its webhook delivery could not be queued", invocation_id)
-        return None
+        return False
 
 
 def enqueue_after_run(
