@@ -70,7 +70,14 @@ from .messages import Message, coerce_message
 from .plugins import CallbackError, GuardrailTripped, Plugin, call_hook, plugin_scopes
 from .progress import run_of
 from .run_config import RunConfig, coerce_run_config
-from .session import TEMP_PREFIX, Session, SessionKey, SessionService, validate_identifier
+from .session import (
+    TEMP_PREFIX,
+    Session,
+    SessionKey,
+    SessionService,
+    open_session,
+    validate_identifier,
+)
 from .stopping import RunStop, call_store
 from .transfer import active_agent, check_agent_tree, transfer_problem
 
@@ -883,27 +890,22 @@ class _RunPlan:
                     stop, service.take_fence(app_name, user_id, created.id, self.fence)
                 )
             return created
-        session_id = self.session_id
-        if self.fence is not None:
-            # Before reading: from here on an older owner's appends are refused, so the
-            # session read next holds everything it will ever have stored.
-            await call_store(stop, service.take_fence(app_name, user_id, session_id, self.fence))
-        session = await call_store(stop, service.get_session(app_name, user_id, session_id))
-        if session is not None:
-            return session
-        if self.resume:
+        # The fence first (from then on an older owner's appends are refused, so the session
+        # read holds everything it will ever have stored), then read or create: one call
+        # where the store can do it in one.
+        session = await call_store(
+            stop,
+            open_session(
+                service, app_name, user_id, self.session_id, fence=self.fence,
+                create=not self.resume,
+            ),
+        )  # fmt: skip
+        if session is None:
             raise SessionNotFoundError(
                 f"session {self.session_id!r} does not exist, so there is nothing to resume; "
                 "start it with a message instead."
             )
-        try:
-            return await call_store(stop, service.create_session(app_name, user_id, session_id))
-        except InvalidRequestError:
-            # Another run created it between our get and create.
-            session = await call_store(stop, service.get_session(app_name, user_id, session_id))
-            if session is None:
-                raise
-            return session
+        return session
 
     def _seed_ends_with_message(self) -> bool:
         if not self.seed or self.message is None:

@@ -37,11 +37,13 @@ __all__ = [
     "USER_PREFIX",
     "Session",
     "SessionKey",
+    "SessionOpener",
     "SessionService",
     "StateDeltaParts",
     "Summary",
     "first_kept_position",
     "merge_state",
+    "open_session",
     "split_state_delta",
     "summary_replaces",
     "validate_identifier",
@@ -253,6 +255,73 @@ class SessionService(Protocol):
     async def close(self) -> None:
         """Release what the service opened (connections, cleanup tasks). Idempotent."""
         ...
+
+
+@runtime_checkable
+class SessionOpener(Protocol):
+    """A store's optional fast path for :func:`open_session`: all of it in one call.
+
+    A run starts by taking its session's fence (distributed runs), reading the session and
+    creating it when it is missing: with the methods of :class:`SessionService` that is up
+    to four round trips to the store. A store that can do it in one (a script, a pipeline)
+    implements this method; the runner uses it when the store has it, and the method-by-method
+    sequence of :func:`open_session` otherwise. Third-party stores need not implement it.
+    """
+
+    async def open_session(
+        self,
+        app_name: str,
+        user_id: str,
+        session_id: str,
+        *,
+        fence: int | None = None,
+        create: bool = True,
+    ) -> Session | None:
+        """Exactly what :func:`open_session` does, with the same errors, in one call."""
+        ...
+
+
+async def open_session(
+    service: SessionService,
+    app_name: str,
+    user_id: str,
+    session_id: str,
+    *,
+    fence: int | None = None,
+    create: bool = True,
+) -> Session | None:
+    """Open a session for a run: take its fence, read it, and create it if it is missing.
+
+    - ``fence``: taken first (:meth:`SessionService.take_fence`), so the session read holds
+      everything an older owner will ever have stored.
+    - ``create``: create an empty session (no initial state) when there is none; a session
+      another caller created meanwhile is read instead, never reported as a conflict. With
+      ``create=False`` a missing session gives None.
+
+    Uses the store's :meth:`SessionOpener.open_session` when it has one (one round trip),
+    else the methods of :class:`SessionService` one after the other.
+
+    Raises:
+        FencedError: a greater token holds the fence; nothing was read or created.
+        InvalidRequestError: a bad ID or fence token.
+    """
+    if isinstance(service, SessionOpener):
+        return await service.open_session(
+            app_name, user_id, session_id, fence=fence, create=create
+        )
+    if fence is not None:
+        await service.take_fence(app_name, user_id, session_id, fence)
+    session = await service.get_session(app_name, user_id, session_id)
+    if session is not None or not create:
+        return session
+    try:
+        return await service.create_session(app_name, user_id, session_id)
+    except InvalidRequestError:
+        # Another caller created it between our get and create.
+        session = await service.get_session(app_name, user_id, session_id)
+        if session is None:
+            raise
+        return session
 
 
 # --- rules shared by every backend -------------------------------------------------------

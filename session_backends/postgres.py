@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -88,6 +88,9 @@ Conn = psycopg.AsyncConnection[Any]
 
 #: Seconds a connection stays out of the pool between calls at most (see ``_take``).
 _KEEP_SECONDS = 30.0
+#: Tries of open_session when a concurrent caller created the session after its snapshot
+#: (each try after the first reads what that caller committed).
+_OPEN_ATTEMPTS = 3
 _HINT = "is PostgreSQL running and reachable there? Check AGENT_RUNNER_SESSION_URL"
 
 
@@ -485,6 +488,18 @@ class PostgresSessionService:
 
         ids = (key.app_name, key.user_id, key.session_id)
         rows = await self._run("reading a session", work)
+        return self._session_of(key, rows, num_events=num_events, since=since)
+
+    def _session_of(
+        self,
+        key: SessionKey,
+        rows: Sequence[tuple[Any, ...]],
+        *,
+        num_events: int | None = None,
+        since: datetime | None = None,
+    ) -> Session | None:
+        """The Session read by the rows of a session read (Statements.get_session): the
+        session row as a JSON document at position -1, then the events; None: no -1 row."""
         if not rows or rows[0][0] != -1:
             return None
         where = f"session {key.app_name!r}/{key.user_id!r}/{key.session_id!r}"
@@ -514,6 +529,47 @@ class PostgresSessionService:
             },
             num_events=num_events,
             since=since,
+        )
+
+    async def open_session(
+        self,
+        app_name: str,
+        user_id: str,
+        session_id: str,
+        *,
+        fence: int | None = None,
+        create: bool = True,
+    ) -> Session | None:
+        """:func:`runner_core.session.open_session` as one statement (Statements.open_session):
+        one round trip where the generic sequence makes up to four."""
+        key = SessionKey(app_name, user_id, session_id)
+        params: dict[str, Any] = {
+            "app": key.app_name, "user": key.user_id, "sid": key.session_id,
+            "now": utcnow(), "create": create,
+        }  # fmt: skip
+        if fence is not None:
+            params["fence"] = check_fence(fence)
+        statement = self._sql.open_session if fence is None else self._sql.open_session_fenced
+
+        async def work(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(statement, params)
+            return await cur.fetchall()
+
+        for _ in range(_OPEN_ATTEMPTS):
+            rows = await self._run("opening a session", work)
+            if fence is not None:
+                holder = int(rows[0][1])
+                if holder != fence:
+                    raise fenced(key, fence, holder)
+                rows = rows[1:]
+            session = self._session_of(key, rows)
+            if session is not None or not create:
+                return session
+            # A concurrent call created it after this statement's snapshot: read it now.
+        raise SessionBackendError(
+            f"opening session {key.app_name!r}/{key.user_id!r}/{key.session_id!r}: it was "
+            f"created and removed again by other callers {_OPEN_ATTEMPTS} times in a row; "
+            "try again."
         )
 
     async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:

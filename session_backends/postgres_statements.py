@@ -152,28 +152,32 @@ class Statements:
 
         self.scopes = q(f"SELECT {user_agg('%s', '%s')}::text, {app_agg('%s')}::text", **t)
         s_live = _live("s")
+
+        def read_rows(app: str, user: str, sid: str) -> str:
+            """The rows of a session read (see get_session), without the ORDER BY."""
+            return (
+                "SELECT -1 AS position, json_build_object("
+                "'state', s.state, 'created_at', s.created_at, 'updated_at', s.updated_at, "
+                "'event_count', s.event_count, "
+                f"'user_state', {user_agg('s.app_name', 's.user_id')}, "
+                f"'app_state', {app_agg('s.app_name')}, "
+                "'summaries', (SELECT jsonb_object_agg(m.filter_key, m.summary::text) "
+                "FROM {su} AS m WHERE m.app_name = s.app_name AND m.user_id = s.user_id "
+                "AND m.session_id = s.session_id AND m.deleted_at IS NULL))::text "
+                f"FROM {{ss}} AS s WHERE s.app_name = {app} AND s.user_id = {user} "
+                f"AND s.session_id = {sid} AND {s_live} "
+                "UNION ALL SELECT e.position, e.event::text FROM {se} AS e "
+                f"WHERE e.app_name = {app} AND e.user_id = {user} AND e.session_id = {sid} "
+                "AND e.deleted_at IS NULL AND e.position >= (SELECT s.first_position "
+                f"FROM {{ss}} AS s WHERE s.app_name = {app} AND s.user_id = {user} "
+                f"AND s.session_id = {sid} AND {s_live})"
+            )
+
         # One statement (one snapshot, one round trip): the session row as a JSON document
         # at position -1, then the events in append order from the session's first kept
         # position (see the eviction note of _append). Rows beat one big array here:
         # array literals escape every quote of the event JSON.
-        self.get_session = q(
-            "SELECT -1 AS position, json_build_object("
-            "'state', s.state, 'created_at', s.created_at, 'updated_at', s.updated_at, "
-            "'event_count', s.event_count, "
-            f"'user_state', {user_agg('s.app_name', 's.user_id')}, "
-            f"'app_state', {app_agg('s.app_name')}, "
-            "'summaries', (SELECT jsonb_object_agg(m.filter_key, m.summary::text) FROM {su} AS m "
-            "WHERE m.app_name = s.app_name AND m.user_id = s.user_id "
-            "AND m.session_id = s.session_id AND m.deleted_at IS NULL))::text "
-            f"FROM {{ss}} AS s WHERE s.app_name = %s AND s.user_id = %s AND s.session_id = %s "
-            f"AND {s_live} "
-            "UNION ALL SELECT e.position, e.event::text FROM {se} AS e "
-            "WHERE e.app_name = %s AND e.user_id = %s AND e.session_id = %s "
-            "AND e.deleted_at IS NULL AND e.position >= (SELECT s.first_position FROM {ss} AS s "
-            f"WHERE s.app_name = %s AND s.user_id = %s AND s.session_id = %s AND {s_live}) "
-            "ORDER BY 1",
-            **t,
-        )
+        self.get_session = q(read_rows("%s", "%s", "%s") + " ORDER BY 1", **t)
         self.list_sessions = q(
             "SELECT session_id, state::text, created_at, updated_at, event_count FROM {ss} "
             f"WHERE app_name = %s AND user_id = %s AND {_LIVE} ORDER BY created_at, session_id",
@@ -258,6 +262,54 @@ class Statements:
             app_expires=_expires(app_state_ttl),
             **t,
         )
+        # open_session as one statement (see the store's method): take the fence (fenced
+        # only), create the session if no live one is there (retiring an expired one, as
+        # create_session does; nothing when the fence is another owner's or %(create)s is
+        # false), then read it. The read sees the snapshot from before the statement: a
+        # session created here comes from the insert's RETURNING instead (no events, no
+        # summaries, the scopes as they are). Rows: (-2, fence token) when fenced, then the
+        # rows of get_session. No -1 row at all: missing and not created, or created by a
+        # concurrent call after this statement's snapshot (the caller reads again).
+        # Parameters: app, user, sid, now, create, and fence when fenced.
+        def open_statement(fenced: bool) -> bytes:
+            fence_ok = " AND (SELECT token FROM f) = %(fence)s" if fenced else ""
+            steps = []
+            if fenced:
+                steps.append(
+                    "f AS (INSERT INTO {sf} (app_name, user_id, session_id, token) "
+                    "VALUES (%(app)s, %(user)s, %(sid)s, %(fence)s) "
+                    "ON CONFLICT (app_name, user_id, session_id) DO UPDATE SET "
+                    "token = GREATEST({sf}.token, excluded.token) RETURNING token)"
+                )
+            steps += [
+                "gone AS ("
+                + retire("ss", f"{key_n} AND x.expires_at <= now() AND %(create)s{fence_ok}")
+                + " RETURNING x.app_name, x.user_id, x.session_id)",
+                "ge AS (" + retire("se", same, using="gone") + " RETURNING 1)",
+                "gs AS (" + retire("su", same, using="gone") + " RETURNING 1)",
+                "n AS (INSERT INTO {ss} (app_name, user_id, session_id, state, created_at, "
+                "updated_at, expires_at) SELECT %(app)s, %(user)s, %(sid)s, '{{}}'::jsonb, "
+                f"%(now)s, %(now)s, {{session_expires}} WHERE %(create)s{fence_ok} "
+                "AND (SELECT count(*) FROM gone) >= 0 "
+                "ON CONFLICT (app_name, user_id, session_id) WHERE deleted_at IS NULL "
+                "DO NOTHING RETURNING created_at)",
+            ]
+            head = "SELECT -2 AS position, (SELECT token FROM f)::text UNION ALL " if fenced else ""
+            created = (
+                "SELECT -1, json_build_object('state', '{{}}'::jsonb, "
+                "'created_at', n.created_at, 'updated_at', n.created_at, 'event_count', 0, "
+                f"'user_state', {user_agg('%(app)s', '%(user)s')}, "
+                f"'app_state', {app_agg('%(app)s')}, 'summaries', NULL)::text FROM n"
+            )
+            return _q(
+                "WITH " + ", ".join(steps) + " " + head + created + " UNION ALL "
+                + read_rows("%(app)s", "%(user)s", "%(sid)s") + " ORDER BY 1",
+                session_expires=_expires(session_ttl),
+                **t,
+            )  # fmt: skip
+
+        self.open_session = open_statement(False)
+        self.open_session_fenced = open_statement(True)
         options = (event_limit, session_ttl, user_state_ttl, app_state_ttl)
         self.append = self._append(tables, False, *options)
         self.append_fenced = self._append(tables, True, *options)

@@ -234,6 +234,39 @@ if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
+# open_session in one script: take the fence, create the session if it is missing, read it.
+# KEYS: session, state, events, event_ids, summaries, summary_counts, user_state, app_state,
+#       sessions, fence
+# ARGV: fence token ('' for none), session_ttl_ms, create ('1' or '0'), created_at,
+#       session_id, created_score, call_id
+# Returns {-2, holder} when a greater token holds the fence (nothing else done), {0} when the
+# session is missing and not created, else {1, session hash, state hash, events, summaries
+# hash, user state hash, app state hash} (the reads of get_session).
+_OPEN = """
+local ttl = tonumber(ARGV[2])
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[10])
+  if holder and tonumber(holder) > tonumber(ARGV[1]) then return {-2, holder} end
+  redis.call('SET', KEYS[10], ARGV[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[10], ttl) end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[3] ~= '1' then return {0} end
+  -- create_session's writes with no initial state (see _CREATE)
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[4], 'updated_at', ARGV[4],
+             'event_count', 0, 'last_user', -1, 'call_id', ARGV[7])
+  redis.call('ZADD', KEYS[9], ARGV[6], ARGV[5])
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[9], ttl)
+  end
+end
+return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+        redis.call('LRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[5]),
+        redis.call('HGETALL', KEYS[7]), redis.call('HGETALL', KEYS[8])}
+"""
+
 # KEYS: a session's pending app-state hash (Redis Cluster). ARGV: field, value, ... as copied to
 # the app state. Removes each field that still holds the value copied (a newer append may have
 # set it again meanwhile: that one is copied next time).
@@ -443,6 +476,7 @@ class RedisSessionService:
         self._create_script = self._client.register_script(_CREATE)
         self._append_script = self._client.register_script(_APPEND)
         self._take_fence_script = self._client.register_script(_TAKE_FENCE)
+        self._open_script = self._client.register_script(_OPEN)
         self._put_summary_script = self._client.register_script(_PUT_SUMMARY)
         self._closed = False
 
@@ -620,9 +654,25 @@ class RedisSessionService:
             return await pipe.execute()
 
         replies = await self._call("reading a session", read)
+        return await self._loaded(key, keys, replies, num_events=num_events, since=since)
+
+    async def _loaded(
+        self,
+        key: SessionKey,
+        keys: list[str],
+        replies: Sequence[Any],
+        *,
+        num_events: int | None = None,
+        since: datetime | None = None,
+    ) -> Session | None:
+        """The Session read by ``replies``: the session, state, events, summaries, user state
+        and app state (on a cluster: pending app state) of ``keys``, in that order."""
         meta, state, raw_events, summaries, user_state, app_state = replies
         if not meta:
             return None
+        if not isinstance(meta, dict):  # from a script: flat lists of fields and values
+            meta, state, summaries = _pairs(meta), _pairs(state), _pairs(summaries)
+            user_state, app_state = _pairs(user_state), _pairs(app_state)
         if self._cluster:  # app_state is the session's pending app state here
             app_state = await self._cluster_app_state(key, app_state)
         created_at, updated_at, event_count = self._meta(meta, keys[0])
@@ -641,6 +691,43 @@ class RedisSessionService:
             num_events=num_events,
             since=since,
         )
+
+    async def open_session(
+        self,
+        app_name: str,
+        user_id: str,
+        session_id: str,
+        *,
+        fence: int | None = None,
+        create: bool = True,
+    ) -> Session | None:
+        """:func:`runner_core.session.open_session` in one script (one round trip; a second
+        on a cluster, for the app state). Safe to retry: the fence one holds is taken again,
+        and a session a lost try created is read."""
+        key = SessionKey(app_name, user_id, session_id)
+        if fence is not None:
+            check_fence(fence, "fence")
+        now = utcnow()
+        keys = [*self._session_keys(key), self._fence_key(key)]
+        args: list[str | int | float] = [
+            "" if fence is None else fence,
+            _ms(self.session_ttl),
+            "1" if create else "0",
+            now.isoformat(),
+            key.session_id,
+            now.timestamp(),
+            uuid.uuid4().hex,
+        ]
+        result = await self._call(
+            "opening a session", lambda: self._open_script(keys=keys, args=args)
+        )
+        status = int(result[0])
+        if status == -2:
+            assert fence is not None
+            raise fenced(key, fence, _text(result[1]))
+        if status == 0:
+            return None
+        return await self._loaded(key, keys, result[1:])
 
     async def list_sessions(self, app_name: str, user_id: str) -> list[Session]:
         validate_identifier(app_name, "app_name")

@@ -40,9 +40,11 @@ from runner_core.events import (
 from runner_core.messages import Message
 from runner_core.session import (
     Session,
+    SessionOpener,
     SessionService,
     Summary,
     first_kept_position,
+    open_session,
     summary_replaces,
 )
 from session_backends import (
@@ -355,6 +357,115 @@ async def test_a_takeover_waits_for_an_append_in_flight_and_then_sees_it(
     assert loaded is not None
     assert [e.id for e in loaded.events] == [e.id for e in taken_over.events]
     assert len(loaded.events) == sum(stored)
+
+
+# --- open_session: what a run does first (one round trip where the store can) -------------
+
+
+def test_redis_and_postgres_open_a_session_in_one_call(
+    backend: str, session_service: SessionService
+) -> None:
+    # The fast path exists where the store has it; the others take the generic sequence.
+    assert isinstance(session_service, SessionOpener) == (
+        backend in ("redis", "redis-cluster", "postgres")
+    )
+
+
+async def test_open_creates_a_missing_session_and_reads_an_existing_one(
+    session_service: SessionService,
+) -> None:
+    await session_service.update_user_state(APP, USER, {"plan": "pro"})
+    await session_service.update_app_state(APP, {"motd": "hi"})
+
+    created = await open_session(session_service, APP, USER, "s1")
+    assert created is not None
+    assert (created.id, created.events, created.event_count) == ("s1", [], 0)
+    assert created.state == {"user:plan": "pro", "app:motd": "hi"}
+    assert await session_service.append_event(created, user_event(created, "hi"))
+
+    opened = await open_session(session_service, APP, USER, "s1")
+    assert opened is not None
+    assert texts(opened) == ["hi"] and opened.event_count == 1
+    assert opened.created_at == created.created_at
+    assert opened.state == {"user:plan": "pro", "app:motd": "hi"}
+    assert [s.id for s in await session_service.list_sessions(APP, USER)] == ["s1"]
+
+
+async def test_open_without_create_leaves_a_missing_session_missing(
+    session_service: SessionService,
+) -> None:
+    assert await open_session(session_service, APP, USER, "s1", create=False) is None
+    assert await open_session(session_service, APP, USER, "s1", fence=4, create=False) is None
+    assert await session_service.get_session(APP, USER, "s1") is None
+    assert await session_service.list_sessions(APP, USER) == []
+
+
+async def test_open_takes_the_fence_before_reading(session_service: SessionService) -> None:
+    # Given a session opened by its first owner (token 5), which appended an event
+    first = await open_session(session_service, APP, USER, "s1", fence=5)
+    assert first is not None
+    assert await session_service.append_event(first, user_event(first, "hi"), fence=5)
+
+    # When a newer owner opens it (token 9)
+    second = await open_session(session_service, APP, USER, "s1", fence=9)
+
+    # Then it reads what the first stored, and the first owner can write no more
+    assert second is not None and texts(second) == ["hi"]
+    with pytest.raises(FencedError, match="newer owner"):
+        await session_service.append_event(first, assistant_event(first, "late"), fence=5)
+    assert await session_service.append_event(second, assistant_event(second, "ok"), fence=9)
+    # The same owner opening again is a no-op for the fence
+    again = await open_session(session_service, APP, USER, "s1", fence=9)
+    assert again is not None and texts(again) == ["hi", "ok"]
+
+
+async def test_open_with_an_older_fence_creates_nothing(session_service: SessionService) -> None:
+    await session_service.take_fence(APP, USER, "s1", 9)
+
+    with pytest.raises(FencedError):
+        await open_session(session_service, APP, USER, "s1", fence=5)
+
+    assert await session_service.get_session(APP, USER, "s1") is None
+    session = await open_session(session_service, APP, USER, "s1", fence=9)
+    assert session is not None
+    assert await session_service.append_event(session, user_event(session, "hi"), fence=9)
+    with pytest.raises(InvalidRequestError, match="int >= 1"):
+        await open_session(session_service, APP, USER, "s1", fence=0)
+
+
+async def test_concurrent_opens_of_a_missing_session_all_get_the_one_session(
+    make_service: MakeService,
+) -> None:
+    # Each caller on its own store (its own connection; in memory, one store), all at once
+    first = await make_service()
+    shared = isinstance(first, InMemorySessionService)
+    services = [first, *[first if shared else await make_service() for _ in range(5)]]
+    opened = await asyncio.gather(
+        *(open_session(service, APP, USER, "s1") for service in services for _ in range(2))
+    )
+    assert all(session is not None for session in opened)
+    assert len({session.created_at for session in opened if session is not None}) == 1
+    assert [s.id for s in await services[0].list_sessions(APP, USER)] == ["s1"]
+
+
+async def test_open_replaces_an_expired_session_with_a_fresh_one(
+    make_service: MakeService,
+) -> None:
+    # No sweeper: the open itself must find the expired session and retire it
+    service = await make_service(session_ttl=1, cleanup_interval=3600)
+    old = await service.create_session(APP, USER, "s1", state={"old": True})
+    await service.append_event(old, user_event(old, "old message"))
+
+    async def expired() -> bool:
+        return await service.get_session(APP, USER, "s1") is None
+
+    await wait_until(expired)
+    fresh = await open_session(service, APP, USER, "s1", fence=3)
+    assert fresh is not None
+    assert (fresh.events, fresh.event_count, fresh.state) == ([], 0, {})
+    assert await service.append_event(fresh, user_event(fresh, "new"), fence=3)
+    loaded = await service.get_session(APP, USER, "s1")
+    assert loaded is not None and texts(loaded) == ["new"] and loaded.state == {}
 
 
 async def test_append_is_idempotent_by_event_id(session_service: SessionService) -> None:
