@@ -646,7 +646,7 @@ class PostgresSessionService:
         }  # fmt: skip
         if fence is not None:
             params["fence"] = fence
-        statement = self._sql.append if fence is None else self._sql.append_fenced
+        statement = self._sql.appends[fence is not None, bool(parts.user), bool(parts.app)]
 
         async def work(conn: Conn) -> tuple[Any, ...] | None:
             try:

@@ -32,12 +32,19 @@ def _expires(ttl: float | None) -> sql.Composable:
 
 
 def _scope_writes(
-    after: str, user_state_ttl: float | None, app_state_ttl: float | None
+    after: str,
+    user_state_ttl: float | None,
+    app_state_ttl: float | None,
+    *,
+    user: bool = True,
+    app: bool = True,
 ) -> list[str]:
     """The steps of a statement that upsert ``%(user_delta)s`` and ``%(app_delta)s`` (JSON
     objects, NULL: none), only if the step ``after`` wrote a row. A TTL counts from the last
     write of the scope: a write of some keys refreshes the others (the keys written get their
-    expiry from the upsert). Format with ``user_expires`` and ``app_expires``."""
+    expiry from the upsert). ``user``/``app`` False: for writes without that scope's delta,
+    with no step for it (an empty step still costs the executor a few percent of an append).
+    Format with ``user_expires`` and ``app_expires``."""
     live = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
     steps = [
         "us AS (INSERT INTO {uss} (app_name, user_id, key, value, created_at, updated_at, "
@@ -67,7 +74,9 @@ def _scope_writes(
             f"AND {live} AND NOT %(app_delta)s::jsonb ? key AND EXISTS (SELECT FROM {after}) "
             "RETURNING 1)"
         )
-    return steps
+    unused: tuple[str, ...] = () if user else ("us ", "ur ")
+    unused += () if app else ("ap ", "ar ")
+    return [step for step in steps if not step.startswith(unused)]
 
 
 def _q(text: str, **names: sql.Composable) -> bytes:
@@ -311,13 +320,20 @@ class Statements:
         self.open_session = open_statement(False)
         self.open_session_fenced = open_statement(True)
         options = (event_limit, session_ttl, user_state_ttl, app_state_ttl)
-        self.append = self._append(tables, False, *options)
-        self.append_fenced = self._append(tables, True, *options)
+        #: The append statements by (fenced, has a user-state delta, has an app-state delta).
+        self.appends = {
+            (fenced, user, app): self._append(tables, fenced, user, app, *options)
+            for fenced in (False, True)
+            for user in (False, True)
+            for app in (False, True)
+        }
 
     @staticmethod
     def _append(
         tables: Tables,
         fenced: bool,
+        user: bool,
+        app: bool,
         event_limit: int | None,
         session_ttl: float | None,
         user_state_ttl: float | None,
@@ -347,7 +363,7 @@ class Statements:
 
         Parameters: app, user, sid, event_id, event (JSON text), now, is_user, and the state
         delta split by scope as JSON objects: delta (the session's), user_delta and app_delta
-        (NULL: none); fence when fenced. The event limit and TTLs are literals: they are fixed
+        (in the variants with ``user``/``app`` True); fence when fenced. The event limit and TTLs are literals: they are fixed
         for a store.
         """
 
@@ -383,7 +399,7 @@ class Statements:
             "created_at, updated_at, expires_at) SELECT %(app)s, %(user)s, %(sid)s, "
             "%(event_id)s, u.count - 1, %(event)s::jsonb, %(now)s, %(now)s, {session_expires} "
             "FROM u RETURNING 1)",
-            *_scope_writes("u", user_state_ttl, app_state_ttl),
+            *_scope_writes("u", user_state_ttl, app_state_ttl, user=user, app=app),
         ]
         if event_limit:
             # An append that evicted leaves at least `limit` events (more when widened to the
