@@ -7,8 +7,10 @@ pool), then measures:
 1. end-to-end runs per second (``submit_run`` -> worker -> model with zero latency -> events
    and session in Redis -> result) against the floor of any Celery agent runtime: a bare Celery
    task making the same streamed model call with the raw ``openai`` client, same broker, same
-   settings, same pool and concurrency (``-c 8``; target: >= 0.8x). A bare no-op task is
-   measured too, as context (no target);
+   settings, same pool and concurrency (``-c 8``; target: >= 0.8x). Two more paths are
+   measured as context (no target): the same call made with ``AsyncOpenAI`` on one asyncio
+   loop thread per process, handed over from the task thread as a run worker does (what a
+   runtime with an asyncio agent loop pays before doing anything), and a bare no-op task;
 2. scale-out: the same bursts with 1 and 2 worker processes per path (``-c 8`` each, the same
    producer), and the CPU each component spends per run: worker process(es), redis-server, the
    model server and the producer (utime + stime from ``/proc/<pid>/stat`` before and after
@@ -75,10 +77,11 @@ THROUGHPUT_TARGET = 0.8  # runs/s >= 0.8x the raw-client floor
 CONCURRENT_TARGET = 1.5  # 200 concurrent 1 s runs <= 1.5x 200 bare tasks sleeping 1 s
 #: The components whose CPU is counted per run, in report order.
 COMPONENTS = ("worker", "redis-server", "model server", "producer")
-PATHS = ("runs", "model_call", "noop")
+PATHS = ("runs", "model_call", "async_model_call", "noop")
 PATH_LABELS = {
     "runs": "agent-runner run",
     "model_call": "bare task, raw-client model call",
+    "async_model_call": "bare task, AsyncOpenAI call on one loop thread",
     "noop": "bare no-op task",
 }
 
@@ -154,6 +157,9 @@ def _path_worker(path: str, env: dict[str, str], concurrency: int) -> CeleryWork
         return CeleryWorker(env, concurrency=concurrency).start()
     if path == "model_call":
         return _model_call_worker(env, concurrency)
+    if path == "async_model_call":
+        worker = CeleryWorker(env, concurrency=concurrency, queues="bench-async-model-call")
+        return _start_app(worker, "bench.model_call_app")
     return _noop_worker(env, concurrency)
 
 
@@ -243,7 +249,7 @@ def model_server_process(latency: float = 0.0) -> Iterator[tuple[str, int]]:
 
 
 def _submitter(path: str) -> Callable[[int, str], Any]:
-    from bench.model_call_app import model_call
+    from bench.model_call_app import async_model_call, model_call
     from bench.noop_app import noop
     from workers.tasks import submit_run
 
@@ -251,6 +257,8 @@ def _submitter(path: str) -> Callable[[int, str], Any]:
         return lambda i, tag: submit_run.delay("assistant", "bench", f"{tag}-{i}", "hi")
     if path == "model_call":
         return lambda i, tag: model_call.delay("hi")
+    if path == "async_model_call":
+        return lambda i, tag: async_model_call.delay("hi")
     return lambda i, tag: noop.delay()
 
 
@@ -691,6 +699,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "ratio": round(run_rate / noop_rate, 3),
         "model_call_tasks_per_s": model_call_rate,
         "ratio_to_model_call": round(run_rate / model_call_rate, 3),
+        "async_model_call_tasks_per_s": one["per_s"]["async_model_call"],
+        "ratio_to_async_model_call": round(run_rate / one["per_s"]["async_model_call"], 3),
         "concurrent_runs": sizes.concurrent,
         "model_latency_s": LATENCY_S,
         "concurrent_completion_s": round(concurrent["seconds"], 3),
@@ -705,6 +715,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "noop_rates": one["rates"]["noop"],
             "run_rates": one["rates"]["runs"],
             "model_call_rates": one["rates"]["model_call"],
+            "async_model_call_rates": one["rates"]["async_model_call"],
             "sweep": sweep,
             "concurrent_completion_s": concurrent["completion_s"],
             "memory": memory_samples,
@@ -733,6 +744,14 @@ def _headline_rows(result: dict[str, Any]) -> list[str]:
             f"| runs/s, zero-latency model, 1 worker process (threads, -c 8) | {run_rate:.1f} "
             f"| bare Celery task making the same streamed model call with the raw `openai` "
             f"client: {model_rate:.1f}/s | {ratio:.2f}x | {_verdict(ratio, THROUGHPUT_TARGET, True)} |"
+        )
+    if "async_model_call_tasks_per_s" in result:
+        asyncio_rate = result["async_model_call_tasks_per_s"]
+        rows.append(
+            f"| same, against the call made the way a runtime with an asyncio agent loop makes "
+            f"it (context) | {run_rate:.1f} | bare Celery task handing the same call to "
+            f"`AsyncOpenAI` on one asyncio loop thread: {asyncio_rate:.1f}/s "
+            f"| {run_rate / asyncio_rate:.2f}x | (no target) |"
         )
     rows.append(
         f"| same, against a bare Celery no-op task (context) | {run_rate:.1f} "
@@ -766,14 +785,22 @@ def _scale_out_text(result: dict[str, Any]) -> str:
     for point in scale:
         per_s = point["per_s"]
         one = scale[0]["per_s"]["runs"]
+        asyncio_rate = per_s.get("async_model_call")
+        asyncio_cells = (
+            f"{asyncio_rate:.1f} | {per_s['runs'] / asyncio_rate:.2f}x"
+            if asyncio_rate
+            else "— | —"
+        )
         rate_lines.append(
             f"| {point['processes']} | {per_s['runs']:.1f} | {per_s['runs'] / one:.2f}x "
             f"| {per_s['model_call']:.1f} | {per_s['runs'] / per_s['model_call']:.2f}x "
-            f"| {per_s['noop']:.1f} |"
+            f"| {asyncio_cells} | {per_s['noop']:.1f} |"
         )
     cpu_lines = []
     for path in PATHS:
         for point in scale:
+            if path not in point["cpu_ms_per_task"]:
+                continue  # a record from before this path was measured
             cpu = point["cpu_ms_per_task"][path]
             cells = " | ".join(f"{cpu[c]:.2f}" for c in COMPONENTS)
             total = sum(cpu[c] for c in COMPONENTS)
@@ -788,8 +815,8 @@ Each path with 1 and 2 worker processes (threads `-c 8` each), the same producer
 process, `delay()` then `.get()` on every result) and the same redis-server and model server;
 best of {sizes["rounds"]} round(s) of {sizes["runs"]} tasks submitted at once.
 
-| worker processes | agent-runner runs/s | vs 1 process | raw-client floor tasks/s | runs / floor | no-op tasks/s |
-|---:|---:|---:|---:|---:|---:|
+| worker processes | agent-runner runs/s | vs 1 process | raw-client floor tasks/s | runs / floor | `AsyncOpenAI` on one loop thread, tasks/s | runs / that | no-op tasks/s |
+|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rate_lines)}
 
 CPU per task, ms, by component (utime + stime from `/proc/<pid>/stat` before and after each
@@ -918,7 +945,11 @@ max({sizes["sweep_min"]}, 4 x in flight) tasks per point.
 The floors are what any Celery-based agent runtime pays at the least on this machine: the
 broker and result-backend round trip plus the run's one streamed model call through the
 `openai` client (throughput), and Celery holding as many tasks for as long as the model takes
-(concurrency). The ratios against them are agent-runner's own cost. Each run loads or creates
+(concurrency). The ratios against them are agent-runner's own cost. The `AsyncOpenAI` row
+splits that cost: the floor's sync client blocks a Celery thread per call, while a run's agent
+loop is asyncio on one loop thread per process, and the same call made that way, with nothing
+of agent-runner around it, is the part of the gap that comes from asyncio and the thread hop.
+Each run loads or creates
 its session, appends the user and assistant messages to Redis, streams the model's deltas,
 publishes every event (pub/sub + stream) and stores the task result. Throughput: best of
 {rounds} round(s) of {result["runs"]} submitted at once. {result["concurrent_completed"]}/{result["concurrent_runs"]}

@@ -233,9 +233,14 @@ def _with_scale_out_and_memory(result: dict[str, Any]) -> dict[str, Any]:
     def point(processes: int, runs: float) -> dict[str, Any]:
         return {
             "processes": processes,
-            "rates": {"runs": [runs], "model_call": [200.0], "noop": [400.0]},
-            "per_s": {"runs": runs, "model_call": 200.0, "noop": 400.0},
-            "cpu_ms_per_task": {path: dict(cpu) for path in ("runs", "model_call", "noop")},
+            "rates": {
+                "runs": [runs], "model_call": [200.0], "async_model_call": [160.0],
+                "noop": [400.0],
+            },
+            "per_s": {"runs": runs, "model_call": 200.0, "async_model_call": 160.0, "noop": 400.0},
+            "cpu_ms_per_task": {
+                path: dict(cpu) for path in ("runs", "model_call", "async_model_call", "noop")
+            },
         }
 
     def held(idle: int, peak: int, outcomes: dict[str, int]) -> dict[str, Any]:
@@ -250,6 +255,7 @@ def _with_scale_out_and_memory(result: dict[str, Any]) -> dict[str, Any]:
     runs["held"] = {"at_s": 40.0, "model_calls_held": 1000, "in_flight": 1000, "rss_kib": 290_000}
     return {
         **result,
+        "async_model_call_tasks_per_s": 160.0,
         "scale_out": [point(1, 120.0), point(2, 150.0)],
         "memory": {
             "concurrency": 1000, "sleep_s": 30.0,
@@ -293,11 +299,17 @@ def test_distributed_section_has_the_floors_with_targets_scale_out_and_memory(
         "sleeping 1 s" in row and f"| {sleep_ratio:.2f}x | <= 1.5x: **{met}** |" in row
         for row in rows
     ), rows
-    # ... the no-op row and the raw-client 1 s row are context, without targets
+    # ... the AsyncOpenAI row, the no-op row and the raw-client 1 s row are context, without
+    # targets
     context = [row for row in rows if row.endswith("| (no target) |")]
-    assert len(context) == 2 and "no-op" in context[0] and "raw client" in context[1]
-    # ... the scale-out table has 1 and 2 worker processes, 2 processes against 1
-    assert "| 2 | 150.0 | 1.25x | 200.0 | 0.75x | 400.0 |" in section
+    assert len(context) == 3
+    async_ratio = result["runs_per_s"] / 160.0
+    assert "`AsyncOpenAI` on one asyncio loop thread: 160.0/s" in context[0]
+    assert f"| {async_ratio:.2f}x |" in context[0]
+    assert "no-op" in context[1] and "raw client" in context[2]
+    # ... the scale-out table has 1 and 2 worker processes, 2 processes against 1, and
+    # against both the raw-client floor and the AsyncOpenAI path
+    assert "| 2 | 150.0 | 1.25x | 200.0 | 0.75x | 160.0 | 0.94x | 400.0 |" in section
     # ... with the CPU of every component per task, and their total
     header = next(row for row in rows if row.startswith("| path | worker processes |"))
     assert header.split(" | ")[2:6] == ["worker", "redis-server", "model server", "producer"]
@@ -310,7 +322,11 @@ def test_distributed_section_has_the_floors_with_targets_scale_out_and_memory(
     assert "1.7x the memory of a bare sleeping task" in section
 
     # When the result has no scale-out or memory part (a run from before they were measured)
-    old = {k: v for k, v in result.items() if k not in ("scale_out", "memory")}
+    old = {
+        k: v
+        for k, v in result.items()
+        if k not in ("scale_out", "memory", "async_model_call_tasks_per_s")
+    }
     section = _distributed_page(old, tmp_path / "old", tmp_path / "cache")
 
     # Then the section still renders, with its headline rows and without those tables
