@@ -135,8 +135,11 @@ class InMemoryTraceStore:
         *,
         header: Trace | None = None,
         fence: int | None = None,
+        start: Trace | None = None,
     ) -> None:
-        await write_step_by_step(self, invocation_id, steps, header=header, fence=fence)
+        await write_step_by_step(
+            self, invocation_id, steps, header=header, fence=fence, start=start
+        )
 
     async def get(self, invocation_id: str) -> Trace | None:
         validate_identifier(invocation_id, "invocation_id")

@@ -312,14 +312,17 @@ class TraceStore(Protocol):
         *,
         header: Trace | None = None,
         fence: int | None = None,
+        start: Trace | None = None,
     ) -> None:
-        """:meth:`add_step` for each of ``steps`` in order, then with ``header``
-        :meth:`finish`: what a run's recorder queued meanwhile, in one round trip where the
-        store can (Redis: one script call, all or nothing). The fence is checked as those
-        methods check it.
+        """With ``start``, first :meth:`start` that trace; then :meth:`add_step` for each of
+        ``steps`` in order, then with ``header`` :meth:`finish`: what a run's recorder queued
+        meanwhile, in one round trip where the store can (Redis: one script call, all or
+        nothing, when the trace is created; a second one to take an existing trace over). The
+        fence is checked as those methods check it.
 
         Raises:
-            TraceNotFoundError, FencedError: as :meth:`add_step`.
+            TraceNotFoundError, FencedError: as :meth:`add_step` (and :meth:`start`).
+            InvocationOwnedError: as :meth:`start`.
         """
         ...
 
@@ -367,12 +370,15 @@ def trace_not_found(invocation_id: str) -> TraceNotFoundError:
     )
 
 
-def check_header_of(invocation_id: str, header: Trace | None) -> None:
-    """Refuse a :meth:`TraceStore.write` whose ``header`` is another trace's."""
-    if header is not None and header.invocation_id != invocation_id:
-        raise ValueError(
-            f"the header is trace {header.invocation_id!r}'s, not {invocation_id!r}'s"
-        )
+def check_header_of(
+    invocation_id: str, header: Trace | None, start: Trace | None = None
+) -> None:
+    """Refuse a :meth:`TraceStore.write` whose ``header`` or ``start`` is another trace's."""
+    for given in (header, start):
+        if given is not None and given.invocation_id != invocation_id:
+            raise ValueError(
+                f"the header is trace {given.invocation_id!r}'s, not {invocation_id!r}'s"
+            )
 
 
 async def write_step_by_step(
@@ -382,10 +388,14 @@ async def write_step_by_step(
     *,
     header: Trace | None,
     fence: int | None,
+    start: Trace | None = None,
 ) -> None:
-    """:meth:`TraceStore.write` as one :meth:`~TraceStore.add_step` per step, then
-    :meth:`~TraceStore.finish`: for a store without a one-call write."""
-    check_header_of(invocation_id, header)
+    """:meth:`TraceStore.write` as :meth:`~TraceStore.start` (with ``start``), one
+    :meth:`~TraceStore.add_step` per step, then :meth:`~TraceStore.finish`: for a store
+    without a one-call write."""
+    check_header_of(invocation_id, header, start)
+    if start is not None:
+        await store.start(start, fence=fence)
     for step in steps:
         await store.add_step(invocation_id, step, fence=fence)
     if header is not None:

@@ -3,9 +3,12 @@
 ``TraceRecorder(store)`` in ``Runner(..., plugins=[...])`` (workers add one to every run unless
 ``AGENT_RUNNER_TRACES=off``) records, through the public plugin hooks:
 
-- ``before_run``: the trace is started (:meth:`TraceStore.start`, with the run's fence); on a
-  redelivered run, the steps the session's stored events hold but the trace lacks (the dead
-  attempt stored the event and died before its step) are added first;
+- ``before_run``: the trace is started (:meth:`TraceStore.start`, with the run's fence) by the
+  run's first write (``TraceStore.write(start=...)``, one round trip for both where the store
+  can), at most :data:`WRITE_LINGER_S` after the run began, with the steps queued by then;
+  on a redelivered run (the session holds events of the invocation) it is started here, and the
+  steps the session's stored events hold but the trace lacks (the dead attempt stored the
+  event and died before its step) are added first;
 - ``before_model`` / ``after_model``: when a model call started and ended and what it was sent;
 - ``before_tool`` / ``after_tool``: when a tool call started and ended, its arguments;
 - ``after_event``: one step per stored event that records one (an assistant turn: a model call;
@@ -324,15 +327,28 @@ class _Writer:
     :attr:`fenced`, which the recorder raises on the run's next event.
     """
 
-    def __init__(self, store: TraceStore, invocation_id: str, fence: int | None) -> None:
+    def __init__(
+        self,
+        store: TraceStore,
+        invocation_id: str,
+        fence: int | None,
+        *,
+        start: Trace | None = None,
+    ) -> None:
         self.store = store
         self.invocation_id = invocation_id
         self.fence = fence
+        #: The trace to start with the first write (a run's first delivery), if not started.
+        self._start = start
         self.fenced: FencedError | None = None
         self.failed = False
         self._steps: list[Step] = []
         self._header: Trace | None = None
         self._queued = asyncio.Event()
+        if start is not None:
+            # The trace shows up at most WRITE_LINGER_S after the run began, with what was
+            # queued by then (a short run's whole trace: close cuts the wait short).
+            self._queued.set()
         self._closing = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -354,14 +370,17 @@ class _Writer:
             self._queued.clear()
             steps, header = self._steps, self._header
             self._steps, self._header = [], None
-            if not self.failed and (steps or header is not None):
+            if not self.failed and (steps or header is not None or self._start is not None):
                 await self._write(steps, header)
             if self._closing.is_set() and not self._queued.is_set():
                 return
 
     async def _write(self, steps: list[Step], header: Trace | None) -> None:
+        start, self._start = self._start, None
         try:
-            await self.store.write(self.invocation_id, steps, header=header, fence=self.fence)
+            await self.store.write(
+                self.invocation_id, steps, header=header, fence=self.fence, start=start
+            )
         except FencedError as exc:
             self.failed, self.fenced = True, exc
         except Exception as exc:  # a failing trace store never fails the run
@@ -445,6 +464,11 @@ class TraceRecorder(Plugin):
         fence = self.fence if self.fence is not None else getattr(ctx, "fence", None)
         recording = _Recording(trace, fence, TraceBuilder(self._prices()))
         self._runs[ctx.invocation_id] = recording
+        if not prior:
+            # Nothing of this invocation is in the session: the trace is started by the first
+            # write (one round trip for both where the store can), not here.
+            recording.writer = _Writer(self.store, ctx.invocation_id, fence, start=trace.header())
+            return
         created = await self._read(recording, self.store.start(trace, fence=fence))
         if created is None:
             return  # the trace store failed: no trace for this run

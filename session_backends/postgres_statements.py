@@ -363,8 +363,8 @@ class Statements:
 
         Parameters: app, user, sid, event_id, event (JSON text), now, is_user, and the state
         delta split by scope as JSON objects: delta (the session's), user_delta and app_delta
-        (in the variants with ``user``/``app`` True); fence when fenced. The event limit and TTLs are literals: they are fixed
-        for a store.
+        (in the variants with ``user``/``app`` True); fence when fenced. The event limit and
+        TTLs are literals: they are fixed for a store.
         """
 
         # first_kept_position(first=x.first_position, count=x.event_count + 1,

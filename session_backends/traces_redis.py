@@ -67,6 +67,29 @@ end
 return {0, header}
 """
 
+# A write that starts its trace (TraceStore.write with start=), in one call when the trace is
+# new: _START's creation, then _WRITE's steps and header. KEYS: trace, steps, order, index.
+# ARGV: start header, fence ('' none), ttl_ms, invocation_id, header JSON ('' none), then step_id,
+# step JSON for each step. Returns {1} done, {0} the trace exists (nothing written: the caller
+# takes it over with start, then writes).
+_START_WRITE = """
+if redis.call('HGET', KEYS[1], 'header') then return {0} end
+redis.call('HSET', KEYS[1], 'header', ARGV[1], 'n', 0)
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'fence', ARGV[2]) end
+redis.call('SADD', KEYS[4], ARGV[4])
+for i = 6, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'n', 1), ARGV[i])
+  end
+end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'header', ARGV[5]) end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], ttl) end
+end
+return {1}
+"""
+
 # KEYS: trace, steps, order[, index]. ARGV: fence ('' none), ttl_ms, header JSON ('' none), then
 # step_id, step JSON for each step, in order. Steps first (a known step ID is skipped), then the
 # header. Returns how many steps were new, -1 no trace, {-2, holder} fenced (nothing written).
@@ -143,6 +166,7 @@ class RedisTraceStore:
         self._client: aioredis.Redis = client
         self._start = self._client.register_script(_START)
         self._write_script = self._client.register_script(_WRITE)
+        self._start_write = self._client.register_script(_START_WRITE)
 
     def __repr__(self) -> str:
         return f"RedisTraceStore({self._where}, key_prefix={self.key_prefix!r})"
@@ -241,13 +265,42 @@ class RedisTraceStore:
         *,
         header: Trace | None = None,
         fence: int | None = None,
+        start: Trace | None = None,
     ) -> None:
         validate_identifier(invocation_id, "invocation_id")
         if fence is not None:
             check_fence(fence)
-        check_header_of(invocation_id, header)
+        check_header_of(invocation_id, header, start)
+        if start is not None:
+            if await self._start_and_write(start, steps, header, fence):
+                return
+            await self.start(start, fence=fence)  # it exists: take it over, then write
         if steps or header is not None:
             await self._write(invocation_id, header, steps, fence)
+
+    async def _start_and_write(
+        self, start: Trace, steps: Sequence[Step], header: Trace | None, fence: int | None
+    ) -> bool:
+        """Create the trace ``start`` and write ``steps`` and ``header`` to it, in one call;
+        False (nothing written) when the trace exists."""
+        key = SessionKey(start.app_name, start.user_id, start.session_id)
+        keys = [
+            *self._keys(start.invocation_id),
+            self._index(key.app_name, key.user_id, key.session_id),
+        ]
+        args: list[str | int] = [
+            start.header().to_json(),
+            "" if fence is None else fence,
+            _ms(self.ttl),
+            start.invocation_id,
+            header.header().to_json() if header is not None else "",
+        ]
+        for step in steps:
+            args += [step.step_id, step.to_json()]
+        result = await self._call(
+            "starting a trace", lambda: self._start_write(keys=keys, args=args)
+        )
+        return int(result[0]) == 1
 
     async def get(self, invocation_id: str) -> Trace | None:
         validate_identifier(invocation_id, "invocation_id")

@@ -188,6 +188,58 @@ async def test_a_fenced_off_write_writes_none_of_it(store: TraceStore) -> None:
         await store.write("inv-1", [], header=a_trace("inv-2"))
 
 
+async def test_a_write_that_starts_its_trace_creates_it_with_its_steps(
+    store: TraceStore,
+) -> None:
+    # When a run's first write carries the trace's start, its steps and the final header
+    steps = [model_step(1), tool_step(2, "model:1")]
+    await store.write(
+        "inv-1", steps, header=a_trace(status="completed", cost=0.5), fence=3, start=a_trace()
+    )
+
+    # Then the trace is there with them, started once and fenced by the token
+    trace = await store.get("inv-1")
+    assert trace is not None and trace.status == "completed" and trace.cost == 0.5
+    assert trace.attempts == 1
+    assert [s.step_id for s in trace.steps] == ["model:1", "tool:2"]
+    with pytest.raises(FencedError):
+        await store.add_step("inv-1", model_step(7), fence=2)
+
+    # ... and a start with nothing else written yet creates the running trace alone
+    await store.write("inv-2", [], start=a_trace("inv-2"), fence=3)
+    started = await store.get("inv-2")
+    assert started is not None and started.status == "running" and started.steps == []
+    # ... both in their session's index, as a started trace is
+    assert await store.delete_session(APP, USER, SESSION) == 2
+    assert await store.get("inv-1") is None
+
+
+async def test_a_write_that_starts_an_existing_trace_takes_it_over(store: TraceStore) -> None:
+    # Given a trace a first delivery started and wrote a step to
+    await store.start(a_trace(), fence=1)
+    await store.add_step("inv-1", model_step(1), fence=1)
+
+    # When a newer delivery's first write starts it (its token 2)
+    await store.write("inv-1", [model_step(2)], fence=2, start=a_trace())
+
+    # Then it counted the attempt, kept the first step, added its own and holds the fence
+    trace = await store.get("inv-1")
+    assert trace is not None and trace.attempts == 2 and trace.status == "running"
+    assert [s.step_id for s in trace.steps] == ["model:1", "model:2"]
+    with pytest.raises(FencedError):
+        await store.add_step("inv-1", model_step(3), fence=1)
+
+    # ... and an older delivery's starting write is refused and writes nothing
+    with pytest.raises(FencedError):
+        await store.write("inv-1", [model_step(9)], fence=1, start=a_trace())
+    with pytest.raises(InvocationOwnedError):
+        await store.write("inv-1", [model_step(9)], fence=2, start=a_trace(user_id="mallory"))
+    with pytest.raises(ValueError, match="not 'inv-1'"):
+        await store.write("inv-1", [], start=a_trace("inv-2"))
+    trace = await store.get("inv-1")
+    assert trace is not None and [s.step_id for s in trace.steps] == ["model:1", "model:2"]
+
+
 async def test_a_later_step_such_as_feedback_is_added_after_the_run(store: TraceStore) -> None:
     await store.start(a_trace())
     await store.add_step("inv-1", model_step(1))

@@ -116,6 +116,30 @@ async def test_a_cancelled_run_leaves_its_steps_and_status() -> None:
     assert [s.kind for s in trace.steps] == ["model_call", "tool_call"]
 
 
+async def test_a_running_runs_trace_shows_up_before_its_first_step_ends() -> None:
+    # Given a run whose first model call never answers
+    model = FakeModel()
+    model.add_hang()
+    store = InMemoryTraceStore()
+    agent = LLMAgent("calc", model=model)
+    async with Runner("demo", agent, plugins=[TraceRecorder(store)]) as runner:
+        stream = runner.run("alice", "s1", "go")
+        first = await anext(stream)  # the user message: the run is under way
+
+        # Then its trace is there, running and without steps, soon after the run began (the
+        # trace is started by the writer's first write, which lingers WRITE_LINGER_S at most)
+        for _ in range(500):  # 10 s at most
+            trace = await store.get(first.invocation_id)
+            if trace is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert trace is not None and trace.status == "running" and trace.steps == []
+        stream.cancel()
+        await stream.completion()
+    trace = await store.get(first.invocation_id)
+    assert trace is not None and trace.status == "cancelled" and trace.attempts == 1
+
+
 async def test_parallel_branches_each_follow_the_fork_and_the_next_step_joins_them() -> None:
     flights, hotels, planner = FakeModel(), FakeModel(), FakeModel()
     flights.add_text("Flight AF 1234.")
