@@ -165,23 +165,39 @@ class RawPostgres:
     """The same rows as an append with the bare driver: :meth:`append` as one statement (one
     round trip, like the store's), :meth:`append_tx` as a transaction of three (five)."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], session_id: str, row_id: int) -> None:
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        session_id: str,
+        row_id: int,
+        tx: tuple[str, int] | None = None,
+    ) -> None:
         self.conn = conn
         self.session_id = session_id
         self.row_id = row_id
         self.count = 0
+        #: The transaction form writes to a session of its own (ID, row ID), so that the
+        #: session :meth:`read` reads holds only what :meth:`append` wrote: as many events as
+        #: the store's session.
+        self.tx_session_id, self.tx_row_id = tx if tx is not None else (session_id, row_id)
+        self.tx_count = 0
 
     @classmethod
-    async def connect(cls, dsn: str, session_id: str) -> RawPostgres:
+    async def connect(cls, dsn: str, session_id: str, tx_session_id: str) -> RawPostgres:
+        """On the sessions ``session_id`` (:meth:`append`, :meth:`read`) and ``tx_session_id``
+        (:meth:`append_tx`), which must exist."""
         conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-        cur = await conn.execute(
-            "SELECT id FROM session_states WHERE app_name = %s AND user_id = %s "
-            "AND session_id = %s AND deleted_at IS NULL",
-            (APP, USER, session_id),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return cls(conn, session_id, int(row[0]))
+        row_ids = []
+        for sid in (session_id, tx_session_id):
+            cur = await conn.execute(
+                "SELECT id FROM session_states WHERE app_name = %s AND user_id = %s "
+                "AND session_id = %s AND deleted_at IS NULL",
+                (APP, USER, sid),
+            )
+            row = await cur.fetchone()
+            assert row is not None, sid
+            row_ids.append(int(row[0]))
+        return cls(conn, session_id, row_ids[0], (tx_session_id, row_ids[1]))
 
     async def append(self, event: MessageEvent) -> None:
         parts = split_state_delta(event.state_delta)
@@ -213,12 +229,12 @@ class RawPostgres:
             await self.conn.execute(
                 "INSERT INTO session_events (app_name, user_id, session_id, event_id, position, "
                 "event, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
-                (APP, USER, self.session_id, event.id, self.count, event.to_json(), now, now),
+                (APP, USER, self.tx_session_id, event.id, self.tx_count, event.to_json(), now, now),
             )
             await self.conn.execute(
                 "UPDATE session_states SET state = state || %s::jsonb, "
                 "event_count = event_count + 1, updated_at = %s WHERE id = %s",
-                (_json(parts.session), now, self.row_id),
+                (_json(parts.session), now, self.tx_row_id),
             )
             await self.conn.execute(
                 "INSERT INTO user_states (app_name, user_id, key, value, created_at, updated_at) "
@@ -228,7 +244,7 @@ class RawPostgres:
                 "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 (APP, USER, list(parts.user), [_json(v) for v in parts.user.values()]),
             )
-        self.count += 1
+        self.tx_count += 1
 
     async def read(self) -> list[Any]:
         cur = await self.conn.execute(
@@ -346,23 +362,29 @@ async def measure_store(
     service: SessionService,
     appends: int,
     reads: int,
-    raw_factory: Callable[[], Awaitable[Any]] | None,
+    raw_factory: Callable[[str], Awaitable[Any]] | None,
 ) -> dict[str, Any]:
+    """``raw_factory(session_id)``: the raw client on that session (created here)."""
     session = await service.create_session(APP, USER, f"{name}-store")
-    raw = None
+    raw = warm_raw = None
     if raw_factory is not None:
-        await service.create_session(APP, USER, f"{name}-store-raw")
-        raw = await raw_factory()
+        # The raw client's warm-up goes to a session of its own, as the store's does: the
+        # session read back holds the measured appends only, as many events as the store's.
+        for sid in (f"{name}-store-raw", f"{name}-warm-raw"):
+            await service.create_session(APP, USER, sid)
+        raw = await raw_factory(f"{name}-store-raw")
+        warm_raw = await raw_factory(f"{name}-warm-raw")
 
     # Warm up both paths (script cache, prepared statements, connections).
     warm = await service.create_session(APP, USER, f"{name}-warm")
     for n in range(20):
         await service.append_event(warm, make_event(warm.id, n))
-    if raw is not None:
+    if warm_raw is not None:
         for n in range(20):
-            await raw.append(make_event(f"{name}-warm-raw", n))
-            if hasattr(raw, "append_tx"):
-                await raw.append_tx(make_event(f"{name}-warm-tx", n))
+            await warm_raw.append(make_event(f"{name}-warm-raw", n))
+            if hasattr(warm_raw, "append_tx"):
+                await warm_raw.append_tx(make_event(f"{name}-warm-tx", n))
+        await warm_raw.close()
 
     store_samples, raw_samples, raw_tx_samples = await alternate_appends(
         service, session, raw, appends
@@ -440,8 +462,8 @@ async def measure_redis(appends: int, reads: int) -> dict[str, Any]:
     with RedisServer() as redis_server:
         store = RedisSessionService(redis_server.url)
 
-        async def raw_redis() -> RawRedis:
-            return RawRedis(redis_server.url, "redis-store-raw")
+        async def raw_redis(session_id: str) -> RawRedis:
+            return RawRedis(redis_server.url, session_id)
 
         result = await measure_store("redis", store, appends, reads, raw_redis)
         await store.close()
@@ -453,8 +475,9 @@ async def measure_postgres(appends: int, reads: int) -> dict[str, Any]:
         dsn = pg_server.create_database("bench_sessions")
         store_pg = PostgresSessionService(dsn)
 
-        async def raw_pg() -> RawPostgres:
-            return await RawPostgres.connect(dsn, "postgres-store-raw")
+        async def raw_pg(session_id: str) -> RawPostgres:
+            await store_pg.create_session(APP, USER, f"{session_id}-tx")
+            return await RawPostgres.connect(dsn, session_id, f"{session_id}-tx")
 
         result = await measure_store("postgres", store_pg, appends, reads, raw_pg)
         await store_pg.close()
@@ -466,8 +489,8 @@ async def measure_mysql(appends: int, reads: int) -> dict[str, Any]:
         url = mysql_server.create_database("bench_sessions")
         store_mysql = MySQLSessionService(url)
 
-        async def raw_mysql() -> RawMySQL:
-            return await RawMySQL.connect(mysql_server, "bench_sessions", "mysql-store-raw")
+        async def raw_mysql(session_id: str) -> RawMySQL:
+            return await RawMySQL.connect(mysql_server, "bench_sessions", session_id)
 
         result = await measure_store("mysql", store_mysql, appends, reads, raw_mysql)
         await store_mysql.close()

@@ -362,6 +362,8 @@ def _distributed_cpu(ax: Any, scale: list[dict[str, Any]]) -> None:
     labels, stacks = [], []
     for path in PATHS:
         for point in scale:
+            if path not in point["cpu_ms_per_task"]:
+                continue  # a record from before this path was measured
             labels.append(f"{PATH_LABELS[path]}\n{point['processes']} worker process(es)")
             stacks.append([point["cpu_ms_per_task"][path][c] for c in COMPONENTS])
     positions = list(range(len(labels)))
