@@ -646,7 +646,12 @@ class PostgresSessionService:
         }  # fmt: skip
         if fence is not None:
             params["fence"] = fence
-        statement = self._sql.appends[fence is not None, bool(parts.user), bool(parts.app)]
+        # The evicting statement only when this append can reach the limit as far as the
+        # caller's session knows (a stale one may be behind: then the next append evicts).
+        evict = limit is not None and session.event_count + 1 > limit
+        statement = self._sql.appends[
+            fence is not None, bool(parts.user), bool(parts.app), evict
+        ]
 
         async def work(conn: Conn) -> tuple[Any, ...] | None:
             try:

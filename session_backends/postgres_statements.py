@@ -320,12 +320,16 @@ class Statements:
         self.open_session = open_statement(False)
         self.open_session_fenced = open_statement(True)
         options = (event_limit, session_ttl, user_state_ttl, app_state_ttl)
-        #: The append statements by (fenced, has a user-state delta, has an app-state delta).
+        #: The append statements by (fenced, has a user-state delta, has an app-state delta,
+        #: may evict). Without a limit the last is always False (no statement evicts).
         self.appends = {
-            (fenced, user, app): self._append(tables, fenced, user, app, *options)
+            (fenced, user, app, evict): self._append(
+                tables, fenced, user, app, evict and bool(event_limit), *options
+            )
             for fenced in (False, True)
             for user in (False, True)
             for app in (False, True)
+            for evict in (False, True)
         }
 
     @staticmethod
@@ -334,6 +338,7 @@ class Statements:
         fenced: bool,
         user: bool,
         app: bool,
+        evict: bool,
         event_limit: int | None,
         session_ttl: float | None,
         user_state_ttl: float | None,
@@ -401,9 +406,13 @@ class Statements:
             "FROM u RETURNING 1)",
             *_scope_writes("u", user_state_ttl, app_state_ttl, user=user, app=app),
         ]
-        if event_limit:
+        if evict:
             # An append that evicted leaves at least `limit` events (more when widened to the
             # latest user message): below that, skip the index scan (a tenth of the statement).
+            # Without `evict` (the caller's session is below its limit) the step is left out:
+            # even skipped, it costs the executor ~3% of an append. The window still moves
+            # (first_position above), so rows it leaves behind are never read; the next
+            # append with `evict` removes them.
             parts.append(
                 "d AS (DELETE FROM {se} WHERE (SELECT count - first >= {limit} FROM u) "
                 "AND app_name = %(app)s AND user_id = %(user)s AND session_id = %(sid)s "

@@ -157,6 +157,38 @@ async def test_concurrent_appends_past_the_limit_read_the_window(postgres_dsn: s
     assert await live_and_deleted(postgres_dsn, "session_events") == (2, 0)
 
 
+async def test_an_append_from_a_stale_session_below_the_limit_leaves_no_row_in_reads(
+    postgres_dsn: str,
+) -> None:
+    """An append evicts in its statement only when the caller's session is at its limit as
+    far as it knows: one that is behind (another writer appended meanwhile) moves the window
+    without removing rows, and its next append removes them."""
+    svc = PostgresSessionService(postgres_dsn, event_limit=3)
+    try:
+        stale = await svc.create_session(APP, USER, "s1")
+        current = await svc.get_session(APP, USER, "s1")
+        assert current is not None
+        for n in range(4):  # another writer fills the session past its limit
+            await svc.append_event(current, assistant_event(current, f"a{n}"))
+
+        # When the stale copy (0 events, as it knows) appends
+        await svc.append_event(stale, assistant_event(stale, "late"))
+
+        # Then reads show the window of 3, though one row outside it is still stored
+        loaded = await svc.get_session(APP, USER, "s1")
+        assert loaded is not None and [e.message.text for e in loaded.events] == [
+            "a2", "a3", "late"
+        ]  # fmt: skip
+        assert stale.event_count == 5  # the append told the copy the stored count
+        assert await live_and_deleted(postgres_dsn, "session_events") == (4, 0)
+
+        # ... and the copy's next append, now knowing the count, removes it
+        await svc.append_event(stale, assistant_event(stale, "next"))
+    finally:
+        await svc.close()
+    assert await live_and_deleted(postgres_dsn, "session_events") == (3, 0)
+
+
 async def test_schema_and_table_prefix(postgres_dsn: str) -> None:
     tenant = PostgresSessionService(postgres_dsn, schema="tenant_a", table_prefix="app1_")
     plain = PostgresSessionService(postgres_dsn)
