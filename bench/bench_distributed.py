@@ -519,8 +519,8 @@ class GatedModelServer(ScriptedModelServer):
 #: The gate opens once this many seconds pass without a new model call (runs that failed
 #: before calling the model would otherwise keep it closed until its timeout).
 GATE_STALL_S = 10.0
-#: ... and at the latest this long after the first call arrived: below the worker's model
-#: timeout (``OpenAIModel``'s 60 s), so no held call times out and comes again as a retry.
+#: ... and at the latest this long after the first call arrived: well below the worker's model
+#: timeout (``OpenAIModel``'s 600 s), so no held call times out and comes again as a retry.
 GATE_MAX_S = 50.0
 
 
@@ -859,7 +859,7 @@ def _memory_text(result: dict[str, Any]) -> str:
         if held.get("model_calls_held", 0) >= runs["tasks"]
         else f" At most {held.get('model_calls_held', 0)} of the {runs['tasks']} model calls were "
         f"held at once: the gate opens when all are held, when none arrived for "
-        f"{GATE_STALL_S:g} s, or {GATE_MAX_S:g} s after the first (below the model client's 60 s "
+        f"{GATE_STALL_S:g} s, or {GATE_MAX_S:g} s after the first (below the model client's 600 s "
         "timeout), and the runs had not all reached their model call by then."
     )
     errors = runs.get("errors") or {}
