@@ -381,7 +381,8 @@ class PostgresSessionService:
             retiring.add_done_callback(self._retiring.discard)
 
     async def _run(self, action: str, work: Callable[[Conn], Awaitable[T]]) -> T:
-        await self._ready()
+        if self._closed or self._pool is None or not self._initialized:
+            await self._ready()  # opens the pool and the schema once; refuses a closed store
         return await self._attempt(action, work)
 
     async def remove_expired(self) -> int:
