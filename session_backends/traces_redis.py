@@ -67,40 +67,18 @@ end
 return {0, header}
 """
 
-# A write that starts its trace (TraceStore.write with start=), in one call when the trace is
-# new: _START's creation, then _WRITE's steps and header. KEYS: trace, steps, order, index.
-# ARGV: start header, fence ('' none), ttl_ms, invocation_id, header JSON ('' none), then step_id,
-# step JSON for each step. Returns {1} done, {0} the trace exists (nothing written: the caller
-# takes it over with start, then writes).
-_START_WRITE = """
-if redis.call('HGET', KEYS[1], 'header') then return {0} end
-redis.call('HSET', KEYS[1], 'header', ARGV[1], 'n', 0)
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'fence', ARGV[2]) end
-redis.call('SADD', KEYS[4], ARGV[4])
-for i = 6, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'n', 1), ARGV[i])
-  end
-end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'header', ARGV[5]) end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], ttl) end
-end
-return {1}
-"""
-
 # KEYS: trace, steps, order[, index]. ARGV: fence ('' none), ttl_ms, header JSON ('' none), then
-# step_id, step JSON for each step, in order. Steps first (a known step ID is skipped), then the
-# header. Returns how many steps were new, -1 no trace, {-2, holder} fenced (nothing written).
-_WRITE = """
+# step_id, step JSON for each step from ARGV[FIRST_STEP] on, in order. Steps first (a known step
+# ID is skipped), then the header. Returns how many steps were new, -1 no trace, {-2, holder}
+# fenced (nothing written).
+_WRITE_BODY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] ~= '' then
   local holder = redis.call('HGET', KEYS[1], 'fence')
   if holder ~= ARGV[1] then return {-2, holder or ''} end
 end
 local added = 0
-for i = 4, #ARGV, 2 do
+for i = FIRST_STEP, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
     redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'n', 1), ARGV[i])
     added = added + 1
@@ -113,6 +91,22 @@ if ttl > 0 then
 end
 return added
 """
+_WRITE = _WRITE_BODY.replace("FIRST_STEP", "4")
+
+# A write that starts its trace (TraceStore.write with start=): _START's creation, then the
+# write above, in one call when the trace is new. KEYS as above with the index. ARGV as above
+# with the start header and the invocation ID as ARGV[4] and ARGV[5], the steps from ARGV[6].
+# Returns -3 when the trace exists (nothing written: the caller takes it over with start, then
+# writes), else as above.
+_START_WRITE = (
+    """
+if redis.call('HGET', KEYS[1], 'header') then return -3 end
+redis.call('HSET', KEYS[1], 'header', ARGV[4], 'n', 0)
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'fence', ARGV[1]) end
+redis.call('SADD', KEYS[4], ARGV[5])
+"""
+    + _WRITE_BODY.replace("FIRST_STEP", "6")
+)
 
 
 def _ms(seconds: float | None) -> int:
@@ -191,28 +185,40 @@ class RedisTraceStore:
             ) from exc
 
     async def _write(
-        self, invocation_id: str, trace: Trace | None, steps: Sequence[Step], fence: int | None
-    ) -> int:
+        self,
+        invocation_id: str,
+        trace: Trace | None,
+        steps: Sequence[Step],
+        fence: int | None,
+        *,
+        start: Trace | None = None,
+    ) -> int | None:
         """Write ``steps``, then a header (``trace``); the header's write refreshes the
-        session's index too. Returns how many steps were new."""
+        session's index too. With ``start``, create that trace first, in the same call.
+        Returns how many steps were new; None when ``start`` found the trace there (nothing
+        was written)."""
         keys = self._keys(invocation_id)
-        if trace is not None:
-            keys.append(self._index(trace.app_name, trace.user_id, trace.session_id))
+        indexed = start or trace
+        if indexed is not None:
+            keys.append(self._index(indexed.app_name, indexed.user_id, indexed.session_id))
         args: list[str | int] = [
             "" if fence is None else fence,
             _ms(self.ttl),
             trace.header().to_json() if trace is not None else "",
         ]
+        if start is not None:
+            args += [start.header().to_json(), start.invocation_id]
         for step in steps:
             args += [step.step_id, step.to_json()]
-        action = "writing a trace" if trace is not None else "adding a trace step"
-        result = await self._call(action, lambda: self._write_script(keys=keys, args=args))
+        script = self._write_script if start is None else self._start_write
+        action = "adding a trace step" if indexed is None else "writing a trace"
+        result = await self._call(action, lambda: script(keys=keys, args=args))
         if isinstance(result, list):
             assert fence is not None
             raise trace_fenced(invocation_id, fence, _text(result[1]) or None)
         if int(result) == -1:
             raise trace_not_found(invocation_id)
-        return int(result)
+        return None if int(result) == -3 else int(result)
 
     # --- the store -----------------------------------------------------------------------
 
@@ -272,35 +278,11 @@ class RedisTraceStore:
             check_fence(fence)
         check_header_of(invocation_id, header, start)
         if start is not None:
-            if await self._start_and_write(start, steps, header, fence):
+            if await self._write(invocation_id, header, steps, fence, start=start) is not None:
                 return
             await self.start(start, fence=fence)  # it exists: take it over, then write
         if steps or header is not None:
             await self._write(invocation_id, header, steps, fence)
-
-    async def _start_and_write(
-        self, start: Trace, steps: Sequence[Step], header: Trace | None, fence: int | None
-    ) -> bool:
-        """Create the trace ``start`` and write ``steps`` and ``header`` to it, in one call;
-        False (nothing written) when the trace exists."""
-        key = SessionKey(start.app_name, start.user_id, start.session_id)
-        keys = [
-            *self._keys(start.invocation_id),
-            self._index(key.app_name, key.user_id, key.session_id),
-        ]
-        args: list[str | int] = [
-            start.header().to_json(),
-            "" if fence is None else fence,
-            _ms(self.ttl),
-            start.invocation_id,
-            header.header().to_json() if header is not None else "",
-        ]
-        for step in steps:
-            args += [step.step_id, step.to_json()]
-        result = await self._call(
-            "starting a trace", lambda: self._start_write(keys=keys, args=args)
-        )
-        return int(result[0]) == 1
 
     async def get(self, invocation_id: str) -> Trace | None:
         validate_identifier(invocation_id, "invocation_id")
