@@ -254,12 +254,19 @@ class Statements:
             "x.app_name = %(app)s AND x.user_id = %(user)s AND x.session_id = %(sid)s "
             "AND x.deleted_at IS NULL"
         )
+        def retire_expired(condition: str) -> list[str]:
+            """The steps that retire an expired session under the key (``gone``) with its
+            events and summaries, when ``condition`` (SQL after AND, or "") holds."""
+            return [
+                "gone AS ("
+                + retire("ss", f"{key_n} AND x.expires_at <= now(){condition}")
+                + " RETURNING x.app_name, x.user_id, x.session_id)",
+                "ge AS (" + retire("se", same, using="gone") + " RETURNING 1)",
+                "gs AS (" + retire("su", same, using="gone") + " RETURNING 1)",
+            ]
+
         self.create_session = _q(
-            "WITH gone AS ("
-            + retire("ss", f"{key_n} AND x.expires_at <= now()")
-            + " RETURNING x.app_name, x.user_id, x.session_id), "
-            "ge AS (" + retire("se", same, using="gone") + " RETURNING 1), "
-            "gs AS (" + retire("su", same, using="gone") + " RETURNING 1), "
+            "WITH " + ", ".join(retire_expired("")) + ", "
             "n AS (INSERT INTO {ss} (app_name, user_id, session_id, state, created_at, "
             "updated_at, expires_at) SELECT %(app)s, %(user)s, %(sid)s, %(state)s::jsonb, "
             "%(now)s, %(now)s, {session_expires} WHERE (SELECT count(*) FROM gone) >= 0 "
@@ -291,11 +298,7 @@ class Statements:
                     "token = GREATEST({sf}.token, excluded.token) RETURNING token)"
                 )
             steps += [
-                "gone AS ("
-                + retire("ss", f"{key_n} AND x.expires_at <= now() AND %(create)s{fence_ok}")
-                + " RETURNING x.app_name, x.user_id, x.session_id)",
-                "ge AS (" + retire("se", same, using="gone") + " RETURNING 1)",
-                "gs AS (" + retire("su", same, using="gone") + " RETURNING 1)",
+                *retire_expired(f" AND %(create)s{fence_ok}"),
                 "n AS (INSERT INTO {ss} (app_name, user_id, session_id, state, created_at, "
                 "updated_at, expires_at) SELECT %(app)s, %(user)s, %(sid)s, '{{}}'::jsonb, "
                 f"%(now)s, %(now)s, {{session_expires}} WHERE %(create)s{fence_ok} "
