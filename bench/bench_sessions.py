@@ -170,7 +170,7 @@ class RawPostgres:
         conn: psycopg.AsyncConnection[Any],
         session_id: str,
         row_id: int,
-        tx: tuple[str, int] | None = None,
+        tx: tuple[str, int],
     ) -> None:
         self.conn = conn
         self.session_id = session_id
@@ -179,7 +179,7 @@ class RawPostgres:
         #: The transaction form writes to a session of its own (ID, row ID), so that the
         #: session :meth:`read` reads holds only what :meth:`append` wrote: as many events as
         #: the store's session.
-        self.tx_session_id, self.tx_row_id = tx if tx is not None else (session_id, row_id)
+        self.tx_session_id, self.tx_row_id = tx
         self.tx_count = 0
 
     @classmethod
