@@ -92,6 +92,10 @@ class MariaDBServer:
         self._dir = tempfile.mkdtemp(prefix="agent-runner-mariadb-")
         self.datadir = os.path.join(self._dir, "data")
         self.socket = os.path.join(self._dir, "mysqld.sock")
+        # A server of its own for temporary tables: mariadbd removes every `#sql*` file in its
+        # tmpdir at start, so servers sharing /tmp delete each other's (a concurrent
+        # mariadb-install-db then fails with "Unknown table 'mysql.tmp_user_sys'").
+        self.tmpdir = os.path.join(self._dir, "tmp")
         self._ids = _system_user_ids()
         self._process: subprocess.Popen[bytes] | None = None
         self._initialized = False
@@ -119,10 +123,13 @@ class MariaDBServer:
                 "MariaDB binaries (mariadb-install-db, mariadbd) not found: install "
                 "mariadb-server (apt-get install mariadb-server)"
             )
+        os.makedirs(self.tmpdir, exist_ok=True)
         if self._ids is not None:
             os.chown(self._dir, *self._ids)
+            os.chown(self.tmpdir, *self._ids)
         result = subprocess.run(
             [self.binaries[0], "--no-defaults", f"--datadir={self.datadir}",
+             f"--tmpdir={self.tmpdir}",
              "--auth-root-authentication-method=normal", "--skip-test-db",
              "--skip-name-resolve"],
             capture_output=True, cwd=self._dir, check=False, **self._as_user(),  # type: ignore[call-overload]
@@ -142,6 +149,7 @@ class MariaDBServer:
         args = [
             self.binaries[1], "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",
             f"--port={self.port}",
             f"--bind-address={self.host}",
             f"--socket={self.socket}",
