@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -133,7 +134,17 @@ class Session(BaseModel):
 
     @property
     def key(self) -> SessionKey:
-        return SessionKey(self.app_name, self.user_id, self.id)
+        try:
+            return _session_key(self.app_name, self.user_id, self.id)
+        except TypeError:  # an unhashable ID: SessionKey names the field that is wrong
+            return SessionKey(self.app_name, self.user_id, self.id)
+
+
+@lru_cache(maxsize=4096)
+def _session_key(app_name: str, user_id: str, session_id: str) -> SessionKey:
+    """The validated key of a session, kept for the sessions in use: every append starts
+    with its session's key, and validating three IDs costs more than the lookup."""
+    return SessionKey(app_name, user_id, session_id)
 
 
 @runtime_checkable

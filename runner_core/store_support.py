@@ -197,6 +197,8 @@ def check_delta(delta: object, field: str) -> dict[str, Any]:
     """A state delta: a dict with string keys and JSON-encodable values."""
     if not isinstance(delta, dict):
         raise InvalidRequestError(f"{field} must be a dict, got {type(delta).__name__}.")
+    if not delta:
+        return delta
     for key in delta:
         if not isinstance(key, str) or not key:
             raise InvalidRequestError(f"{field} keys must be non-empty strings, got {key!r}.")
@@ -376,9 +378,12 @@ def apply_append(
     session.events.append(event)
     if event_limit is not None and len(session.events) > event_limit:
         session.events = window_events(session.events, num_events=event_limit)
-    session.state.update(parts.session)
-    session.state.update({APP_PREFIX + k: v for k, v in parts.app.items()})
-    session.state.update({USER_PREFIX + k: v for k, v in parts.user.items()})
+    state = session.state
+    state.update(parts.session)
+    if parts.app:
+        state.update({APP_PREFIX + k: v for k, v in parts.app.items()})
+    if parts.user:
+        state.update({USER_PREFIX + k: v for k, v in parts.user.items()})
     session.event_count = event_count
     session.updated_at = updated_at
 
