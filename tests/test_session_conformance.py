@@ -815,6 +815,21 @@ async def test_bad_ids_are_refused_everywhere(session_service: SessionService, b
             await session_service.create_session(APP, USER, bad)
 
 
+async def test_an_append_from_a_session_with_a_bad_id_is_refused_every_time(
+    session_service: SessionService,
+) -> None:
+    session = await session_service.create_session(APP, USER, "s1")
+    event = user_event(session, "hi")
+    session.id = "a b"  # changed by the caller after the store built it
+    for _ in range(2):  # a bad key is never kept as a valid one
+        with pytest.raises(InvalidRequestError, match="session_id"):
+            await session_service.append_event(session, event)
+    session.id = "s1"
+    assert await session_service.append_event(session, event)
+    stored = await session_service.get_session(APP, USER, "s1")
+    assert stored is not None and texts(stored) == ["hi"]
+
+
 async def test_non_string_ids_are_refused(session_service: SessionService) -> None:
     with pytest.raises(InvalidRequestError, match="user_id must be a string"):
         await session_service.get_session(APP, 42, "s1")  # type: ignore[arg-type]
