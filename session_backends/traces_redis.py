@@ -39,6 +39,7 @@ from runner_core.traces import (
 )
 
 from .redis import _KEY_PREFIX_RE, DEFAULT_KEY_PREFIX, _where_of
+from .redis_pool import sends_in_place
 
 __all__ = ["RedisTraceStore"]
 
@@ -157,6 +158,9 @@ class RedisTraceStore:
                 )
             except ValueError as exc:
                 raise ConfigurationError(f"bad Redis URL for the trace store: {exc}") from exc
+            # Before its first connection: each write is sent without a task of its own.
+            pool = client.connection_pool
+            pool.connection_class = sends_in_place(pool.connection_class)
         self._client: aioredis.Redis = client
         self._start = self._client.register_script(_START)
         self._write_script = self._client.register_script(_WRITE)

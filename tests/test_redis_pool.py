@@ -2,18 +2,25 @@
 
 It never opens more than ``max_connections`` connections, makes a command that finds them all
 busy wait for one instead of failing, and fails a wait longer than ``timeout`` with an error
-that says what to change.
+that says what to change. Its connections send without a task per command, and a send to a
+server that stopped reading still ends at ``socket_timeout`` with redis-py's error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+from collections.abc import Coroutine, Generator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from session_backends.redis_pool import WaitingConnectionPool
+from tests.services import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -87,3 +94,62 @@ async def test_a_cancelled_wait_gives_no_slot_away(redis_url: str) -> None:
         assert len(pool._available_connections) + len(pool._in_use_connections) == 1
     finally:
         await client.aclose()
+
+
+async def test_commands_are_sent_without_a_task_each(redis_url: str) -> None:
+    # Given a pool whose connections have a socket timeout (redis-py then sends each command
+    # under asyncio.wait_for: one task per command on Python 3.11)
+    pool = WaitingConnectionPool.from_url(redis_url, max_connections=4, socket_timeout=5)
+    client = aioredis.Redis.from_pool(pool)
+    loop = asyncio.get_running_loop()
+    created: list[str] = []
+
+    def counting_factory(
+        loop: asyncio.AbstractEventLoop,
+        coro: Generator[Any, None, Any] | Coroutine[Any, Any, Any],
+        **kwargs: Any,
+    ) -> asyncio.Task[Any]:
+        created.append(getattr(coro, "__qualname__", repr(coro)))
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        await client.ping()
+        loop.set_task_factory(counting_factory)  # type: ignore[arg-type]
+        # When 20 commands run one after another
+        for i in range(20):
+            await client.set(f"k{i}", i)
+        loop.set_task_factory(None)
+
+        # Then no task was made for them, and they all took effect
+        assert created == []
+        assert await client.mget([f"k{i}" for i in range(20)]) == [
+            str(i).encode() for i in range(20)
+        ]
+    finally:
+        loop.set_task_factory(None)
+        await client.aclose()
+
+
+async def test_a_send_to_a_stopped_server_times_out_and_writes_nothing() -> None:
+    server = RedisServer()
+    server.start()
+    pool = WaitingConnectionPool.from_url(server.url, max_connections=1, socket_timeout=0.5)
+    client = aioredis.Redis.from_pool(pool)
+    try:
+        # Given a connected client, and a server that stops reading (SIGSTOP)
+        assert await client.ping()
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            # When a command too large for the socket buffers is sent
+            with pytest.raises(RedisTimeoutError, match="Timeout writing to socket"):
+                await client.set("big", b"x" * (64 * 1024 * 1024))
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+
+        # Then the cut command was not applied, and the client works again on a new connection
+        assert await client.get("big") is None
+        assert await client.set("small", "1")
+        assert await client.get("small") == b"1"
+    finally:
+        await client.aclose()
+        server.close()
