@@ -776,6 +776,46 @@ def _headline_rows(result: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _reach_text(result: dict[str, Any]) -> str:
+    """What each target asks against what a path without agent-runner reaches in the same run:
+    a target that a bare path misses too is out of reach for any runtime on that path."""
+    parts = []
+    model_rate = result.get("model_call_tasks_per_s")
+    asyncio_rate = result.get("async_model_call_tasks_per_s")
+    if model_rate and asyncio_rate:
+        needed = THROUGHPUT_TARGET * model_rate
+        share = asyncio_rate / model_rate
+        if asyncio_rate <= needed:
+            left = "so even a runtime that did nothing around the call would miss it"
+        else:
+            left = (
+                f"which leaves {1 - needed / asyncio_rate:.0%} of that path's time per task "
+                "for everything a run does besides the call"
+            )
+        parts.append(
+            f"The throughput target asks {needed:.1f} runs/s ({THROUGHPUT_TARGET:g}x the "
+            f"raw-client floor). The bare task that hands the same call to `AsyncOpenAI` on one "
+            f"loop thread, with no session, event, lease or trace, reached {asyncio_rate:.1f}/s "
+            f"({share:.3f}x), {left}."
+        )
+    floors = result.get("concurrent_floors_s", {})
+    if "sleep_s" in floors and "model_call_s" in floors:
+        raw = floors["model_call_s"] / floors["sleep_s"]
+        verdict = (
+            "more than the target allows a run: the `openai` client's own cost of holding "
+            "that many calls at once on this machine is already past it"
+            if raw > CONCURRENT_TARGET
+            else f"which leaves {CONCURRENT_TARGET - raw:.2f}x for agent-runner's own work"
+        )
+        parts.append(
+            f"The concurrency target asks at most {CONCURRENT_TARGET:g}x the sleeping tasks; the "
+            f"bare tasks making the same 1 s call with the raw client took {raw:.2f}x, {verdict}."
+        )
+    if not parts:
+        return ""
+    return "\n**What the targets leave.** " + " ".join(parts) + "\n"
+
+
 def _scale_out_text(result: dict[str, Any]) -> str:
     scale = result.get("scale_out")
     if not scale:
@@ -955,7 +995,7 @@ publishes every event (pub/sub + stream) and stores the task result. Throughput:
 {rounds} round(s) of {result["runs"]} submitted at once. {result["concurrent_completed"]}/{result["concurrent_runs"]}
 concurrent runs completed.{spread} The workers, Redis, the scripted model server and the
 producer share the same {result["machine"]["cores"]} cores, so CPU spent anywhere counts.{cpu_pointer}
-{_scale_out_text(result)}{_memory_text(result)}{sweep_text}{mode_note(result)}
+{_reach_text(result)}{_scale_out_text(result)}{_memory_text(result)}{sweep_text}{mode_note(result)}
 """
 
 

@@ -274,6 +274,39 @@ def _distributed_page(result: dict[str, Any], out: Path, cache: Path) -> str:
 
 
 @pytest.mark.usefixtures("record_untouched")
+def test_distributed_section_says_what_the_targets_leave() -> None:
+    from bench.bench_distributed import _reach_text
+
+    base: dict[str, Any] = {"model_call_tasks_per_s": 100.0}
+    # Given a bare AsyncOpenAI path below the throughput target's level, and raw-client 1 s
+    # tasks already past the concurrency target
+    text = _reach_text(
+        {
+            **base,
+            "async_model_call_tasks_per_s": 79.0,
+            "concurrent_floors_s": {"sleep_s": 2.0, "model_call_s": 4.0},
+        }
+    )
+    # Then the section says no runtime on that path could meet either
+    assert "asks 80.0 runs/s" in text and "reached 79.0/s (0.790x)" in text
+    assert "even a runtime that did nothing around the call would miss it" in text
+    assert "took 2.00x, more than the target allows a run" in text
+
+    # Given bare paths within the targets, it says how much they leave for agent-runner
+    text = _reach_text(
+        {
+            **base,
+            "async_model_call_tasks_per_s": 100.0,
+            "concurrent_floors_s": {"sleep_s": 2.0, "model_call_s": 2.4},
+        }
+    )
+    assert "leaves 20% of that path's time per task" in text
+    assert "took 1.20x, which leaves 0.30x for agent-runner's own work" in text
+
+    # A result from before the context paths were measured gets no paragraph
+    assert _reach_text({"runs_per_s": 1.0}) == ""
+
+
 def test_distributed_section_has_the_floors_with_targets_scale_out_and_memory(
     tmp_path: Path,
 ) -> None:
