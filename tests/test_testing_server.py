@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import io
 import json
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -235,6 +238,47 @@ def test_streaming_sends_sse_chunks_and_done(server: ScriptedModelServer) -> Non
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert all("usage" not in c for c in chunks)  # not asked for
     conn.close()
+
+
+def test_a_client_that_resets_mid_reply_is_not_reported_as_an_error(
+    server: ScriptedModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a long streamed reply
+    server.set_default("word " * 20000)
+    body = json.dumps(ask(stream=True)).encode()
+    for _ in range(3):
+        # When the client reads its first bytes, then resets the connection
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    # Then the server answers the next request
+    server.add_text("still here")
+    conn = connect(server)
+    response, raw = post(conn, ask())
+    conn.close()
+    assert response.status == 200 and b"still here" in raw
+
+    # ... and what it reports for a request that failed (in the thread that served it: here,
+    # called the way socketserver calls it) says nothing of a client gone mid-reply, while a
+    # bug of the fake itself is still printed
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    httpd = server._httpd
+    assert httpd is not None
+    errors: list[Exception] = [ConnectionResetError(104, "reset"), BrokenPipeError(32, "pipe")]
+    for error in [*errors, ValueError("a bug of the fake")]:
+        try:
+            raise error
+        except Exception:
+            httpd.handle_error(None, ("127.0.0.1", 1))
+        if not isinstance(error, ValueError):
+            assert stderr.getvalue() == ""
+    assert "ValueError: a bug of the fake" in stderr.getvalue()
 
 
 def test_a_final_usage_chunk_when_include_usage_is_set(server: ScriptedModelServer) -> None:
